@@ -1,0 +1,5 @@
+import sys
+
+from mirrorkeeper.cli import main
+
+sys.exit(main())

@@ -1,0 +1,246 @@
+"""Configuration, parsed once, in one place.
+
+Every setting is looked up in the same order: command-line flag, then environment variable
+``MIRRORKEEPER_<NAME>``, then the optional TOML config file (``--config`` or
+``MIRRORKEEPER_CONFIG``), then the default. An invalid value is a :class:`ConfigError` that
+names where the value came from, so the operator knows which knob to turn.
+"""
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mirrorkeeper.errors import ConfigError
+from mirrorkeeper.layout import MirrorLayout
+
+ENV_PREFIX = "MIRRORKEEPER_"
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true/false")
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1048576', '1.5g' → bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise ValueError("expected a size such as 512M or 2G")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def parse_percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise ValueError("expected a percentage from 0 to 100")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("expected a number above 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where setting values come from, in precedence order."""
+
+    flags: Mapping[str, Any]
+    environ: Mapping[str, str]
+    file: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "Sources":
+        env = os.environ if environ is None else environ
+        config_path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG")
+        return cls(flags=flags, environ=env, file=_read_config_file(config_path) if config_path else {})
+
+    def get[T](self, name: str, parse: Callable[[str], T], default: T) -> T:
+        """The value of setting ``name`` (snake_case): flag, env, file, default."""
+        flag = self.flags.get(name)
+        if flag is not None:
+            return _convert(flag, parse, f"--{name.replace('_', '-')}")
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in self.environ:
+            return _convert(self.environ[env_name], parse, env_name)
+        for key in (name, name.replace("_", "-")):
+            if key in self.file:
+                return _convert(self.file[key], parse, f"config file key {key!r}")
+        return default
+
+
+def _convert[T](raw: Any, parse: Callable[[str], T], source: str) -> T:
+    if not isinstance(raw, str) and not isinstance(raw, list):
+        raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
+    try:
+        return parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}={raw!r} is invalid: {exc}") from None
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; fix --config / MIRRORKEEPER_CONFIG") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def parse_upstream(text: str) -> str:
+    """Validate an rsync:// URL and give it the trailing slash that means 'the module's contents'."""
+    parts = urlsplit(text.strip())
+    if parts.scheme != "rsync":
+        raise ValueError("the upstream must be an rsync:// URL, such as rsync://mirror.example.org/module/")
+    if not parts.hostname:
+        raise ValueError("the upstream URL has no host")
+    if not parts.path.strip("/"):
+        raise ValueError("the upstream URL names no module: add it, as in rsync://HOST/MODULE/")
+    if parts.query or parts.fragment:
+        raise ValueError("the upstream URL must not carry ?query or #fragment")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("the upstream URL's port is not a number from 1 to 65535") from None
+    url = text.strip()
+    return url if url.endswith("/") else url + "/"
+
+
+def parse_bucket(text: str) -> str:
+    if not _BUCKET_RE.match(text) or ".." in text:
+        raise ValueError("not a valid S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)")
+    return text
+
+
+def parse_late_patterns(text: str | list[Any]) -> tuple[tuple[str, ...], ...]:
+    """'Packages*,Sources*;Release,InRelease' → tiers published one after another."""
+    tiers = text if isinstance(text, list) else text.split(";")
+    parsed = tuple(
+        tuple(p.strip() for p in (tier if isinstance(tier, list) else str(tier).split(",")) if p.strip())
+        for tier in tiers
+    )
+    return tuple(tier for tier in parsed if tier)
+
+
+# Index files that point at data: published only after the data (ftpsync's stage two). Tier one
+# is the per-component indexes, tier two the signed roots that name them.
+DEFAULT_LATE_PATTERNS: tuple[tuple[str, ...], ...] = (
+    ("Packages*", "Sources*", "Contents-*", "Translation-*", "Index", "ls-lR*"),
+    (
+        "Release",
+        "Release.gpg",
+        "InRelease",
+        "repomd.xml",
+        "repomd.xml.asc",
+        "repomd.xml.key",
+        "*SUMS",
+        "*SUMS.gpg",
+        "*SUMS.asc",
+        "*SUMS.sign",
+        "CHECKSUM",
+        "*-CHECKSUM",
+        "*.sha1",
+        "*.sha256",
+        "*.sha512",
+        "*.md5",
+        "*.sha1sum",
+        "*.sha256sum",
+        "*.sha512sum",
+        "*.md5sum",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    endpoint_url: str | None
+    region: str
+
+
+def load_aws_config(sources: Sources) -> AwsConfig:
+    endpoint = sources.get("endpoint_url", str, "") or sources.environ.get("AWS_ENDPOINT_URL") or None
+    region = (
+        sources.get("region", str, "")
+        or sources.environ.get("AWS_REGION")
+        or sources.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
+    )
+    return AwsConfig(endpoint_url=endpoint, region=region)
+
+
+def load_layout(sources: Sources) -> MirrorLayout:
+    bucket = sources.get("bucket", parse_bucket, "")
+    if not bucket:
+        raise ConfigError("no bucket given: pass --bucket NAME or set MIRRORKEEPER_BUCKET")
+    return MirrorLayout.create(bucket, sources.get("prefix", str, ""))
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    upstream: str
+    layout: MirrorLayout
+    aws: AwsConfig
+    max_delete_percent: float = 10.0
+    force_delete: bool = False
+    dry_run: bool = False
+    staging_dir: Path | None = None
+    staging_bytes: int = 8 * 1024**3
+    upload_concurrency: int = 16
+    multipart_threshold: int = 64 * 1024**2
+    lock_ttl: float = 900.0
+    late_patterns: tuple[tuple[str, ...], ...] = DEFAULT_LATE_PATTERNS
+    trace_path: str = ".mirrorkeeper/trace"
+    mirror_name: str = ""
+    rsync_command: str = "rsync"
+    rsync_timeout: int = 300
+
+
+def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SyncConfig:
+    sources = Sources.load(flags, environ)
+    upstream = sources.get("upstream", parse_upstream, "")
+    if not upstream:
+        raise ConfigError("no upstream given: pass --upstream rsync://HOST/MODULE/ or set MIRRORKEEPER_UPSTREAM")
+    layout = load_layout(sources)
+    staging = sources.get("staging_dir", str, "")
+    trace_path = sources.get("trace_path", str, SyncConfig.trace_path).strip("/")
+    if not trace_path or any(part in ("", ".", "..") for part in trace_path.split("/")):
+        raise ConfigError(f"trace path {trace_path!r} must be a relative path such as .mirrorkeeper/trace")
+    return SyncConfig(
+        upstream=upstream,
+        layout=layout,
+        aws=load_aws_config(sources),
+        max_delete_percent=sources.get("max_delete_percent", parse_percent, SyncConfig.max_delete_percent),
+        force_delete=sources.get("force_delete", parse_bool, False),
+        dry_run=sources.get("dry_run", parse_bool, False),
+        staging_dir=Path(staging) if staging else None,
+        staging_bytes=sources.get("staging_bytes", parse_size, SyncConfig.staging_bytes),
+        upload_concurrency=sources.get("upload_concurrency", positive_int, SyncConfig.upload_concurrency),
+        multipart_threshold=sources.get("multipart_threshold", parse_size, SyncConfig.multipart_threshold),
+        lock_ttl=sources.get("lock_ttl", positive_float, SyncConfig.lock_ttl),
+        late_patterns=sources.get("late_patterns", parse_late_patterns, DEFAULT_LATE_PATTERNS),
+        trace_path=trace_path,
+        mirror_name=sources.get("mirror_name", str, "") or layout.bucket,
+        rsync_command=sources.get("rsync_command", str, SyncConfig.rsync_command),
+        rsync_timeout=sources.get("rsync_timeout", positive_int, SyncConfig.rsync_timeout),
+    )

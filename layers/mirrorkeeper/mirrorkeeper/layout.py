@@ -1,0 +1,76 @@
+"""Where things live in the bucket.
+
+The served tree and the private state are sibling prefixes under one root, so CloudFront's
+origin path, the bucket policy and the FTP root can name the served prefix alone and private
+state is never reachable by construction (DESIGN.md, "Private state is never served").
+
+    <root>/pub/...            upstream's tree, our trace file, directory index pages
+    <root>/state/...          manifest, last upstream listing, run reports, lock, health
+
+A directory is an object whose key ends in "/" (``pub/dir/``): it marks empty directories and
+holds that directory's index page, so ``GET /dir/`` returns the page with no rewrite and no
+upstream name (which never ends in "/") can collide with it.
+"""
+
+from dataclasses import dataclass
+
+from mirrorkeeper.errors import ConfigError
+
+SERVED_DIR = "pub/"
+STATE_DIR = "state/"
+
+
+def normalize_prefix(prefix: str) -> str:
+    """'', 'a', '/a/b/' → '', 'a/', 'a/b/'. Rejects '..' and empty segments."""
+    parts = [p for p in prefix.strip().strip("/").split("/")] if prefix.strip("/ ") else []
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ConfigError(
+                f"prefix {prefix!r} has an empty, '.' or '..' segment; use a plain path such as 'mirrors/openvz'"
+            )
+    return "".join(p + "/" for p in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorLayout:
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def create(cls, bucket: str, prefix: str = "") -> "MirrorLayout":
+        return cls(bucket=bucket, prefix=normalize_prefix(prefix))
+
+    @property
+    def served_prefix(self) -> str:
+        return self.prefix + SERVED_DIR
+
+    @property
+    def state_prefix(self) -> str:
+        return self.prefix + STATE_DIR
+
+    def served_key(self, path: str) -> str:
+        """Key of a mirror file at relative ``path``."""
+        return self.served_prefix + path
+
+    def directory_key(self, path: str) -> str:
+        """Key of the directory marker (and index page) of relative directory ``path`` ('' = root)."""
+        return self.served_prefix + (path + "/" if path else "")
+
+    @property
+    def manifest_key(self) -> str:
+        return self.state_prefix + "manifest.jsonl.gz"
+
+    @property
+    def listing_key(self) -> str:
+        return self.state_prefix + "upstream-listing.jsonl.gz"
+
+    @property
+    def lock_key(self) -> str:
+        return self.state_prefix + "lock.json"
+
+    @property
+    def last_run_key(self) -> str:
+        return self.state_prefix + "runs/last.json"
+
+    def run_report_key(self, run_id: str) -> str:
+        return self.state_prefix + f"runs/{run_id}.json"

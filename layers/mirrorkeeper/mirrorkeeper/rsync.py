@@ -1,0 +1,183 @@
+"""The rsync client: list an upstream module exactly, fetch chosen files into staging.
+
+rsync runs with ``TZ=UTC`` (listed times are local time otherwise) and ``LC_ALL=C`` (so every
+byte outside printable ASCII is escaped as ``\\#ooo`` and decoded back here), ``--no-h`` (no
+thousands separators) and ``--no-motd`` (a daemon's greeting is not a file).
+"""
+
+import calendar
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from mirrorkeeper.entries import EntryType
+from mirrorkeeper.errors import StagingFullError, UpstreamError
+from mirrorkeeper.names import decode_rsync_name
+
+_LINE = re.compile(rb"^(\S+)\s+(\d+) (\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) (.*)$", re.DOTALL)
+_TYPES = {ord("-"): EntryType.FILE, ord("d"): EntryType.DIR, ord("l"): EntryType.SYMLINK}
+# rsync exit codes that mean "could not talk to the server at all".
+_UNREACHABLE = {
+    5: "the server refused the session (unknown module or access denied)",
+    10: "socket error",
+    35: "timed out connecting",
+}
+# Some files failed or vanished, the rest arrived: the caller publishes what it got.
+PARTIAL_CODES = {23, 24}
+_RSYNC_ENV = {"TZ": "UTC", "LC_ALL": "C"}
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """One listed path before name checks: the name still as bytes."""
+
+    path: bytes
+    type: EntryType
+    size: int
+    mtime: int
+    target: bytes | None = None
+
+
+@dataclass
+class Listing:
+    entries: list[RawEntry] = field(default_factory=list)
+    skipped: list[tuple[bytes, str]] = field(default_factory=list)
+    complete: bool = True
+    problem: str = ""
+
+
+def parse_listing_line(line: bytes) -> RawEntry | tuple[bytes, str] | None:
+    """A RawEntry, (name, reason) for a path we do not mirror, or None for the root ('.')."""
+    match = _LINE.match(line)
+    if not match:
+        raise ValueError(f"unparseable rsync listing line: {line[:200]!r}")
+    perms, size_text, *clock, rest = match.groups()
+    size = int(size_text)
+    year, month, day, hour, minute, second = (int(x) for x in clock)
+    mtime = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    kind = _TYPES.get(perms[0])
+    target = None
+    if kind is EntryType.SYMLINK:
+        # "name -> target", where either may contain " -> "; a symlink's listed size is the
+        # length of its target, which tells us where the name ends.
+        decoded = decode_rsync_name(rest)
+        if size + 4 > len(decoded) or decoded[len(decoded) - size - 4 : len(decoded) - size] != b" -> ":
+            raise ValueError(f"symlink line does not end in ' -> ' plus {size} bytes: {line[:200]!r}")
+        name, target = decoded[: len(decoded) - size - 4], decoded[len(decoded) - size :]
+    else:
+        name = decode_rsync_name(rest)
+    if name == b".":
+        return None
+    if kind is None:
+        return name, f"not a regular file, directory or symlink (mode {perms.decode(errors='replace')})"
+    return RawEntry(path=name, type=kind, size=size, mtime=mtime, target=target)
+
+
+@dataclass(frozen=True)
+class RsyncClient:
+    command: str = "rsync"
+    timeout: int = 300
+
+    def _base_args(self) -> list[str]:
+        return [*self.command.split(), "--no-motd", "--no-h", f"--timeout={self.timeout}", "--contimeout=30"]
+
+    def list(self, url: str) -> Listing:
+        """List ``url`` recursively. Raises UpstreamError when nothing could be listed at all."""
+        args = [*self._base_args(), "--list-only", "-rl", url]
+        with tempfile.TemporaryFile() as err:
+            process = _start(args, stdout=subprocess.PIPE, stderr=err)
+            assert process.stdout is not None
+            listing = Listing()
+            problem = ""
+            try:
+                for line in _lines(process.stdout, listing):
+                    try:
+                        parsed = parse_listing_line(line)
+                    except ValueError as exc:
+                        problem = str(exc)
+                        listing.complete = False
+                        continue
+                    if isinstance(parsed, RawEntry):
+                        listing.entries.append(parsed)
+                    elif parsed is not None:
+                        listing.skipped.append(parsed)
+            finally:
+                code = process.wait()
+            message = _read_tail(err)
+        if code != 0:
+            listing.complete = False
+            problem = f"rsync exited {code}: {message}"
+            if not listing.entries and (code in _UNREACHABLE or code not in PARTIAL_CODES):
+                raise UpstreamError(
+                    f"cannot list {url}: {_UNREACHABLE.get(code, 'rsync failed')} (rsync exit {code}: {message}); "
+                    "check the URL and that the upstream is up, then retry"
+                )
+        listing.problem = problem if not listing.complete else ""
+        return listing
+
+    def fetch(self, url: str, paths: Iterable[str], dest: Path) -> int:
+        """Copy ``paths`` (relative to ``url``) into ``dest``, keeping mtimes. Returns rsync's exit code
+        when it is 0 or partial (some files vanished); raises on anything worse."""
+        dest.mkdir(parents=True, exist_ok=True)
+        with (
+            tempfile.NamedTemporaryFile(prefix="files-from-", dir=dest.parent) as files_from,
+            tempfile.TemporaryFile() as err,
+        ):
+            for path in paths:
+                files_from.write(path.encode() + b"\0")
+            files_from.flush()
+            args = [*self._base_args(), "-t", f"--files-from={files_from.name}", "--from0", url, str(dest) + "/"]
+            code = _start(args, stdout=subprocess.DEVNULL, stderr=err).wait()
+            message = _read_tail(err)
+        if code == 0 or code in PARTIAL_CODES:
+            return code
+        if "No space left on device" in message or _disk_full(dest):
+            raise StagingFullError(
+                f"the staging directory {dest.parent} ran out of space while fetching; "
+                "lower --staging-bytes or give the task more ephemeral storage"
+            )
+        raise UpstreamError(
+            f"fetching from {url} failed: rsync exited {code}: {message}; nothing was published from this batch, "
+            "the next run retries it"
+        )
+
+
+def _start(args: list[str], stdout: int | IO[bytes], stderr: int | IO[bytes]) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            args, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env={**os.environ, **_RSYNC_ENV}
+        )
+    except FileNotFoundError:
+        raise UpstreamError(
+            f"the rsync command {args[0]!r} was not found; install rsync or set --rsync-command"
+        ) from None
+
+
+def _lines(stream: IO[bytes], listing: Listing) -> Iterator[bytes]:
+    pending = b""
+    for chunk in iter(lambda: stream.read(1 << 16), b""):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from complete
+    if pending:
+        listing.complete = False  # the stream ended mid-line: rsync died or was cut off
+
+
+def _read_tail(handle: IO[bytes]) -> str:
+    handle.seek(0)
+    text = handle.read().decode("utf-8", errors="replace").strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return " / ".join(lines[-3:])[-600:] or "no message"
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 1024 * 1024
