@@ -41,7 +41,7 @@ class RequestCounter:
 def s3_client(aws: AwsConfig, counter: RequestCounter | None = None, pool_size: int = 32) -> S3Client:
     config = Config(
         region_name=aws.region,
-        retries={"mode": "adaptive", "max_attempts": 10},
+        retries={"mode": "adaptive", "max_attempts": aws.max_attempts},
         max_pool_connections=pool_size,
         connect_timeout=10,
         read_timeout=60,

@@ -176,6 +176,7 @@ DEFAULT_LATE_PATTERNS: tuple[tuple[str, ...], ...] = (
 class AwsConfig:
     endpoint_url: str | None
     region: str
+    max_attempts: int = 10
 
 
 def load_aws_config(sources: Sources) -> AwsConfig:
@@ -186,7 +187,8 @@ def load_aws_config(sources: Sources) -> AwsConfig:
         or sources.environ.get("AWS_DEFAULT_REGION")
         or "us-east-1"
     )
-    return AwsConfig(endpoint_url=endpoint, region=region)
+    attempts = sources.get("s3_max_attempts", positive_int, AwsConfig.max_attempts)
+    return AwsConfig(endpoint_url=endpoint, region=region, max_attempts=attempts)
 
 
 def load_layout(sources: Sources) -> MirrorLayout:

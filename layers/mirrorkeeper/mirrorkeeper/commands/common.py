@@ -17,6 +17,11 @@ def add_location_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--region", help="AWS region (default: AWS_REGION or us-east-1) [MIRRORKEEPER_REGION]")
     group.add_argument(
+        "--s3-max-attempts",
+        help="attempts per S3 request, with adaptive backoff on throttling and 5xx (default: 10) "
+        "[MIRRORKEEPER_S3_MAX_ATTEMPTS]",
+    )
+    group.add_argument(
         "--config", help="TOML file with any of these settings (flags and environment win) [MIRRORKEEPER_CONFIG]"
     )
 

@@ -1,0 +1,195 @@
+"""`mirrorkeeper sync` as a real subprocess: real rsync daemon upstream, moto server as S3."""
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mirrorkeeper.rsyncd import RsyncDaemon
+from mirrorkeeper.sampletree import TreeSpec, add_hostile_names, generate_tree, write_file
+from tests.support import BUCKET, run_cli, served_objects, tree_files
+
+DaemonFactory = Callable[[Path], RsyncDaemon]
+
+
+def sync(daemon: RsyncDaemon | str, endpoint: str, *extra: str) -> tuple[int, dict[str, Any], str]:
+    url = daemon if isinstance(daemon, str) else daemon.url
+    result = run_cli(["sync", "--upstream", url, "--bucket", BUCKET, "--log-format", "json", *extra], endpoint)
+    summary = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else {}
+    return result.returncode, summary, result.stderr
+
+
+def mirror_files(s3: Any) -> dict[str, bytes]:
+    """Served files as clients see them: no directory markers, no trace."""
+    return {
+        k: v["body"] for k, v in served_objects(s3).items() if k and not k.endswith("/") and not k.startswith(".mirror")
+    }
+
+
+def etags(s3: Any, prefix: str = "pub/") -> dict[str, str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_hostile_names_round_trip_byte_identical_with_mtimes(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    # GIVEN an upstream full of hostile names, an empty directory and symlinks
+    add_hostile_names(upstream)
+    (upstream / "empty dir").mkdir()
+    write_file(upstream / "v1/pkg.rpm", b"rpm", 1_600_000_000)
+    os.symlink("v1", upstream / "current")
+    os.symlink("v1/pkg.rpm", upstream / "latest.rpm")
+    os.symlink("../../etc/passwd", upstream / "escape")
+    # WHEN synced
+    code, summary, stderr = sync(rsync_daemon(upstream), endpoint)
+    # THEN every file is in S3 byte for byte with its upstream mtime
+    assert code == 0, stderr
+    objects = served_objects(s3)
+    expected = tree_files(upstream)
+    for rel, (content, mtime) in expected.items():
+        assert objects[rel]["body"] == content, rel
+        assert objects[rel]["metadata"]["mtime"] == str(mtime), rel
+    assert objects["v1/pkg.rpm"]["content_type"] == "application/x-rpm"
+    # empty directories exist as markers; every directory has an index page naming its children
+    assert "empty dir/" in objects
+    assert b"with space.txt" in objects[""]["body"] and objects[""]["content_type"].startswith("text/html")
+    # a file symlink is served as its target's content, a directory symlink as a redirect page
+    assert objects["latest.rpm"]["body"] == b"rpm"
+    assert objects["current"]["metadata"]["symlink-target"] == "v1"
+    assert b'url=v1/"' in objects["current"]["body"]
+    # the unsafe link is skipped and reported, never dropped silently
+    assert "escape" not in objects
+    assert summary["skipped_total"] == 1
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key="state/runs/last.json")["Body"].read())
+    assert report["skipped"] == [{"path": "escape", "reason": report["skipped"][0]["reason"]}]
+    assert "unsafe" in report["skipped"][0]["reason"]
+    # private state lives outside the served prefix
+    assert etags(s3, "state/manifest.jsonl.gz") and not any(k.startswith("pub/state/") for k in etags(s3))
+    assert objects[".mirrorkeeper/trace"]["body"].splitlines()[0].endswith(time.strftime("%Y").encode())
+
+
+def test_no_change_run_writes_no_content_and_costs_constant_requests(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    requests = []
+    for files in (20, 400):
+        s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in etags(s3, "")] or [{"Key": "x"}]})
+        shutil.rmtree(upstream)
+        generate_tree(upstream, TreeSpec(files=files, total_bytes=files * 200, seed=files))
+        daemon = rsync_daemon(upstream)
+        assert sync(daemon, endpoint)[0] == 0
+        before = {k: v for k, v in etags(s3).items() if not k.startswith("pub/.mirrorkeeper/")}
+        code, summary, _ = sync(daemon, endpoint)
+        after = {k: v for k, v in etags(s3).items() if not k.startswith("pub/.mirrorkeeper/")}
+        assert code == 0 and summary["result"] == "no-change"
+        assert after == before
+        requests.append(summary["s3_requests"])
+    assert requests[0] == requests[1] <= 10
+
+
+def test_one_changed_file_is_one_upload_and_deletions_follow(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    paths = generate_tree(upstream, TreeSpec(files=60, total_bytes=60_000))
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint)[0] == 0
+    write_file(upstream / paths[3], b"new content", 1_800_000_000)
+    (upstream / paths[7]).unlink()
+    code, summary, stderr = sync(daemon, endpoint)
+    assert code == 0, stderr
+    assert summary["uploaded_files"] == 1 and summary["plan"]["delete_files"] == 1
+    assert mirror_files(s3) == {k: v[0] for k, v in tree_files(upstream).items()}
+
+
+def test_deletion_guard_exits_4_and_deletes_nothing_until_forced(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    paths = generate_tree(upstream, TreeSpec(files=40, total_bytes=40_000))
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint)[0] == 0
+    published = mirror_files(s3)
+    for rel in paths[:10]:
+        (upstream / rel).unlink()
+    write_file(upstream / "added.bin", b"added", 1_800_000_000)
+    code, _, stderr = sync(daemon, endpoint)
+    assert code == 4
+    assert "deletion guard refused" in stderr and "--force-delete" in stderr
+    assert mirror_files(s3) == published  # nothing deleted, nothing added
+    code, summary, _ = sync(daemon, endpoint, "--max-delete-percent", "30")
+    assert code == 0 and summary["deleted_objects"] >= 10
+    assert mirror_files(s3) == {k: v[0] for k, v in tree_files(upstream).items()}
+
+
+def test_empty_upstream_is_refused_even_with_a_high_limit(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    generate_tree(upstream, TreeSpec(files=5, total_bytes=500))
+    assert sync(rsync_daemon(upstream), endpoint)[0] == 0
+    published = mirror_files(s3)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, stderr = sync(rsync_daemon(empty), endpoint, "--max-delete-percent", "100")
+    assert code == 4 and "listing is empty" in stderr
+    assert mirror_files(s3) == published
+
+
+def test_second_sync_exits_3_while_a_lease_is_live_and_takes_over_an_expired_one(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    generate_tree(upstream, TreeSpec(files=5, total_bytes=500))
+    daemon = rsync_daemon(upstream)
+    lease = {"owner": "other", "host": "elsewhere", "acquired_at": time.time(), "expires_at": time.time() + 600}
+    s3.put_object(Bucket=BUCKET, Key="state/lock.json", Body=json.dumps(lease).encode())
+    code, _, stderr = sync(daemon, endpoint)
+    assert code == 3 and "holds the lock" in stderr
+    assert mirror_files(s3) == {}
+    s3.put_object(
+        Bucket=BUCKET, Key="state/lock.json", Body=json.dumps({**lease, "expires_at": time.time() - 1}).encode()
+    )
+    code, _, stderr = sync(daemon, endpoint)
+    assert code == 0, stderr
+    assert "took over an expired sync lock" in stderr
+    assert "state/lock.json" not in etags(s3, "state/")  # released at the end
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    generate_tree(upstream, TreeSpec(files=5, total_bytes=500))
+    write_file(upstream / "odd\nname", b"x", 1_700_000_000)
+    result = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET, "--dry-run"], endpoint)
+    assert result.returncode == 0, result.stderr
+    assert "upload  odd\\#012name" in result.stdout
+    assert "plan: upload_files=6" in result.stdout
+    assert etags(s3, "") == {}
+
+
+def test_unreachable_upstream_exits_1_with_a_sentence_and_writes_nothing_served(s3: Any, endpoint: str) -> None:
+    from mirrorkeeper.rsyncd import free_port
+
+    code, _, stderr = sync(f"rsync://127.0.0.1:{free_port()}/mirror/", endpoint)
+    assert code == 1
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("mirrorkeeper sync: error: cannot list") and "retry" in last_line
+    assert etags(s3, "pub/") == {}
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key="state/runs/last.json")["Body"].read())["result"] == "failed"
+
+
+def test_unknown_module_and_missing_bucket_are_clear(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    daemon = rsync_daemon(upstream)
+    code, _, stderr = sync(daemon.url.replace("/mirror/", "/nosuch/"), endpoint)
+    assert code == 1 and "unknown module or access denied" in stderr
+    result = run_cli(["sync", "--upstream", daemon.url, "--bucket", "no-such-bucket"], endpoint)
+    assert result.returncode == 1 and "bucket 'no-such-bucket' is not usable" in result.stderr
+
+
+def test_usage_errors_exit_2_with_one_line(endpoint: str) -> None:
+    result = run_cli(["sync", "--upstream", "http://x/y/", "--bucket", BUCKET], endpoint)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "rsync:// URL" in result.stderr

@@ -1,0 +1,235 @@
+"""Faults and kills: the served mirror stays consistent, errors say what happened, the next run converges."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorkeeper.rsyncd import RsyncDaemon
+from mirrorkeeper.sampletree import write_file
+from tests.faultproxy import every_nth, fault_proxy
+from tests.functional.test_sync import etags, mirror_files, sync
+from tests.support import BUCKET, cli_env, tree_files
+
+DaemonFactory = Callable[[Path], RsyncDaemon]
+LATE = {"repodata/repomd.xml", "dists/stable/Packages", "dists/stable/Release"}
+
+
+def write_version(root: Path, version: int) -> None:
+    """v1 → v2: data changes and additions, every index file changes, two old files go away."""
+    for n in range(20):
+        changed = version == 2 and n < 5
+        write_file(
+            root / f"pool/a{n:02d}.rpm",
+            f"a{n} {'v2' if changed else 'v1'}".encode() * 200,
+            1_700_000_000 + n + (5000 if changed else 0),
+        )
+    if version == 2:
+        for n in range(10):
+            write_file(root / f"pool/b{n:02d}.rpm", f"b{n} v2".encode() * 200, 1_710_000_000 + n)
+        for n in range(2):
+            (root / f"old/x{n}").unlink()
+    else:
+        for n in range(10):
+            write_file(root / f"old/x{n}", f"x{n} v1".encode(), 1_690_000_000)
+    for rel in LATE:
+        write_file(root / rel, f"index v{version}".encode(), 1_700_000_000 + version * 10_000)
+
+
+def check_invariants(s3: Any, v1: dict[str, bytes], v2: dict[str, bytes]) -> None:
+    served = mirror_files(s3)
+    for key, body in served.items():
+        assert body in (v1.get(key), v2.get(key)), f"{key} holds content of neither version"
+    new_data = {k for k in v2 if k not in LATE and v1.get(k) != v2[k]}
+    late_new = [k for k in LATE if served.get(k) == v2[k]]
+    if late_new:
+        missing = sorted(k for k in new_data if served.get(k) != v2[k])
+        assert not missing, f"index files {late_new} published before the data {missing[:5]}"
+    gone = [k for k in set(v1) - set(v2) if k not in served]
+    if gone:
+        unpublished = sorted(k for k in v2 if served.get(k) != v2[k])
+        assert not unpublished, f"deleted {gone} before publishing {unpublished[:5]}"
+
+
+def contents(root: Path) -> dict[str, bytes]:
+    return {k: v[0] for k, v in tree_files(root).items()}
+
+
+def run_until_phase_then_kill(daemon: RsyncDaemon, endpoint: str, phase: str) -> bool:
+    """Start a sync, SIGKILL its whole process group the moment it logs ``phase``. True if it was killed."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mirrorkeeper",
+            "sync",
+            "--upstream",
+            daemon.url,
+            "--bucket",
+            BUCKET,
+            "--log-format",
+            "json",
+            "--lock-ttl",
+            "1",
+            "--upload-concurrency",
+            "2",
+        ],
+        env=cli_env(endpoint),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("{") and json.loads(line).get("phase") == phase:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return True
+    return process.wait() == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("phase", ["data", "late-1", "late-2", "links", "index", "delete", "manifest", "trace"])
+def test_killed_at_any_phase_keeps_the_mirror_consistent_and_the_next_run_converges(
+    phase: str, upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    # GIVEN a published v1 and an upstream that moved to v2
+    write_version(upstream, 1)
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint)[0] == 0
+    v1 = contents(upstream)
+    write_version(upstream, 2)
+    v2 = contents(upstream)
+    # WHEN the sync is killed as it enters the phase
+    assert run_until_phase_then_kill(daemon, endpoint, phase)
+    # THEN clients see a consistent tree
+    check_invariants(s3, v1, v2)
+    # AND the next run (once the dead run's lease expires) publishes v2 exactly
+    time.sleep(1.2)
+    code, _, stderr = sync(daemon, endpoint)
+    assert code == 0, stderr
+    assert mirror_files(s3) == v2
+    assert sync(daemon, endpoint)[1]["result"] == "no-change"
+
+
+def test_upstream_stopped_mid_run_exits_1_and_leaves_the_served_tree_intact(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    write_version(upstream, 1)
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint)[0] == 0
+    v1 = contents(upstream)
+    manifest_before = etags(s3, "state/manifest")
+    write_version(upstream, 2)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mirrorkeeper",
+            "sync",
+            "--upstream",
+            daemon.url,
+            "--bucket",
+            BUCKET,
+            "--log-format",
+            "json",
+            "--staging-bytes",
+            "8K",
+        ],
+        env=cli_env(endpoint),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if '"phase": "data"' in line:
+            daemon.stop()
+    code = process.wait()
+    assert code == 1, "".join(lines)
+    assert lines[-1].startswith("mirrorkeeper sync: error: fetching from") and "next run retries" in lines[-1]
+    check_invariants(s3, v1, contents(upstream))
+    assert etags(s3, "state/manifest") == manifest_before
+    assert all(mirror_files(s3)[k] == v1[k] for k in LATE)
+    assert all(f"old/x{n}" in mirror_files(s3) for n in range(10))
+    restarted = RsyncDaemon(upstream, port=daemon.port).start()
+    try:
+        assert sync(restarted, endpoint)[0] == 0
+        assert mirror_files(s3) == contents(upstream)
+    finally:
+        restarted.stop()
+
+
+def test_throttling_and_5xx_are_retried_until_the_sync_succeeds(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    write_version(upstream, 1)
+    daemon = rsync_daemon(upstream)
+    with fault_proxy(endpoint, every_nth(6)) as proxy:
+        code, _, stderr = sync(daemon, str(proxy["url"]))
+    assert code == 0, stderr
+    assert int(str(proxy["faults"])) > 5
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key="state/runs/last.json")["Body"].read())
+    assert report["s3_requests"] > sum(report["s3_requests_by_operation"].values())  # retries are counted
+    assert mirror_files(s3) == contents(upstream)
+
+
+def test_persistent_s3_failure_exits_1_and_publishes_nothing_half_way(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    write_version(upstream, 1)
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint)[0] == 0
+    v1 = contents(upstream)
+    write_version(upstream, 2)
+
+    def fail_index_uploads(method: str, path: str, number: int) -> tuple[int, str] | None:
+        return (500, "InternalError") if method == "PUT" and "Release" in path else None
+
+    with fault_proxy(endpoint, fail_index_uploads) as proxy:
+        code, _, stderr = sync(daemon, str(proxy["url"]), "--s3-max-attempts", "2")
+    assert code == 1
+    last = stderr.strip().splitlines()[-1]
+    assert "dists/stable/Release" in last and "InternalError" in last
+    check_invariants(s3, v1, contents(upstream))
+    assert all(f"old/x{n}" in mirror_files(s3) for n in range(2))  # nothing deleted
+    assert sync(daemon, endpoint)[0] == 0
+    assert mirror_files(s3) == contents(upstream)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A 256 KiB tmpfs for staging (the test needs root, as CI has)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    assert result.returncode == 0, f"this test mounts a tmpfs and needs root: {result.stderr!r}"
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_full_staging_disk_exits_1_with_advice_and_serves_the_old_tree(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tiny_disk: Path
+) -> None:
+    write_version(upstream, 1)
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint)[0] == 0
+    v1 = contents(upstream)
+    write_file(upstream / "pool/huge.iso", os.urandom(1024 * 1024), 1_720_000_000)
+    code, _, stderr = sync(daemon, endpoint, "--staging-dir", str(tiny_disk))
+    assert code == 1
+    assert "ran out of space" in stderr and "--staging-bytes" in stderr
+    assert mirror_files(s3) == v1
+    assert sync(daemon, endpoint)[0] == 0
+    assert mirror_files(s3) == contents(upstream)
