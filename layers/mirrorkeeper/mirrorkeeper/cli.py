@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from mirrorkeeper import __version__
-from mirrorkeeper.commands import sync
+from mirrorkeeper.commands import demo, sync
 from mirrorkeeper.errors import ExitCode, MirrorkeeperError
 
-COMMANDS = (sync,)
+COMMANDS = (sync, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,7 +52,8 @@ def s3_errors(action: str) -> Iterator[None]:
         ) from None
     except BotoCoreError as exc:
         raise StorageError(
-            f"could not reach S3 to {action}: {exc}; check the endpoint and network, then rerun"
+            f"the S3 request to {action} did not complete: {exc}; "
+            "check the credentials, --endpoint-url and the network, then rerun"
         ) from None
 
 
@@ -81,7 +82,7 @@ class MirrorStore:
             ) from None
         except BotoCoreError as exc:
             raise StorageError(
-                f"could not reach S3 for bucket {self.bucket!r}: {exc}; check --endpoint-url and the network"
+                f"cannot use bucket {self.bucket!r}: {exc}; check the credentials, --endpoint-url and the network"
             ) from None
 
     @contextmanager

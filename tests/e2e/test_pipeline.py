@@ -1,0 +1,83 @@
+"""The one end-to-end test: every part a real process, nothing in-process.
+
+moto's server as its own process, a real rsync daemon, and `mirrorkeeper` commands as
+subprocesses, exactly as an operator runs them.
+"""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from mirrorkeeper.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper.sampletree import TreeSpec, add_hostile_names, generate_tree, mutate, openvz_like
+from tests.support import BUCKET, run_cli, tree_files
+
+
+@pytest.fixture
+def moto_process() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+def test_sync_mirrors_upstream_and_follows_its_changes(tmp_path: Path, moto_process: str) -> None:
+    upstream = tmp_path / "upstream"
+    paths = generate_tree(upstream, TreeSpec(files=300, total_bytes=3_000_000))
+    openvz_like(upstream)
+    add_hostile_names(upstream)
+    s3 = boto3.client("s3", endpoint_url=moto_process, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    with RsyncDaemon(upstream) as daemon:
+        args = ["sync", "--upstream", daemon.url, "--bucket", BUCKET, "--prefix", "openvz"]
+        for round_number in range(3):
+            result = run_cli(args, moto_process)
+            assert result.returncode == 0, result.stderr
+            summary = json.loads(result.stdout)
+            served = {}
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="openvz/pub/"):
+                for item in page.get("Contents", []):
+                    key = item["Key"][len("openvz/pub/") :]
+                    if key and not key.endswith("/") and not key.startswith(".mirrorkeeper/"):
+                        served[key] = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+            expected = {k: v[0] for k, v in tree_files(upstream).items()}
+            expected["virtuozzo/releases/current"] = served.get("virtuozzo/releases/current", b"")
+            assert served == expected, f"round {round_number}"
+            assert b"url=7.0.22/" in served["virtuozzo/releases/current"]
+            if round_number == 0:
+                assert summary["result"] == "success"
+                changes = mutate(upstream, paths, 0.02)
+            elif round_number == 1:
+                assert summary["uploaded_files"] == len(changes["changed"]) + len(changes["added"])
+                assert summary["deleted_objects"] >= len(changes["deleted"])
+            else:
+                assert summary["result"] == "no-change"
+    assert "openvz/state/manifest.jsonl.gz" in {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+
+
+def test_demo_runs_from_nothing_and_exits_0() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mirrorkeeper", "demo"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "first sync   success" in result.stdout
+    assert "second sync  success  1 " in result.stdout
