@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 PY313 := $(shell for v in $$(pyenv versions --bare 2>/dev/null | grep '^3\.13' | sort -rV) ""; do \
 	PYENV_VERSION=$$v python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
 STAMP := $(VENV)/.installed
+PY_DIRS := $(wildcard layers functions tests bench)
 
 .PHONY: help install demo test test-unit test-functional test-e2e lint format bench pr clean
 
@@ -41,13 +42,13 @@ test-e2e: install ## the end-to-end test (real processes only)
 	$(BIN)/python -m pytest tests/e2e
 
 lint: install ## ruff and mypy
-	$(BIN)/ruff check layers functions tests bench
-	$(BIN)/ruff format --check layers functions tests bench
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy layers/mirrorkeeper/mirrorkeeper
 
 format: install ## apply ruff's formatting and fixes
-	$(BIN)/ruff format layers functions tests bench
-	$(BIN)/ruff check --fix layers functions tests bench
+	$(BIN)/ruff format $(PY_DIRS)
+	$(BIN)/ruff check --fix $(PY_DIRS)
 
 bench: install ## benchmarks with ratios against named baselines (slow; not part of test)
 	$(BIN)/python -m pip install -q -r requirements-bench.txt
