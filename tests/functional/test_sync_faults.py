@@ -233,3 +233,19 @@ def test_full_staging_disk_exits_1_with_advice_and_serves_the_old_tree(
     assert mirror_files(s3) == v1
     assert sync(daemon, endpoint)[0] == 0
     assert mirror_files(s3) == contents(upstream)
+
+
+def test_a_tree_larger_than_the_staging_disk_still_syncs(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tiny_disk: Path
+) -> None:
+    # GIVEN 1.5 MiB of upstream files and a 256 KiB staging disk
+    for n in range(48):
+        write_file(upstream / f"pool/p{n:02d}.bin", os.urandom(32 * 1024), 1_700_000_000 + n)
+    # WHEN synced with a staging budget that fits the disk
+    code, summary, stderr = sync(
+        rsync_daemon(upstream), endpoint, "--staging-dir", str(tiny_disk), "--staging-bytes", "192K"
+    )
+    # THEN every file arrives, in batches that never overflowed the disk
+    assert code == 0, stderr
+    assert summary["uploaded_files"] == 48
+    assert mirror_files(s3) == contents(upstream)
