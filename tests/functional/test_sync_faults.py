@@ -62,29 +62,24 @@ def contents(root: Path) -> dict[str, bytes]:
     return {k: v[0] for k, v in tree_files(root).items()}
 
 
+def start_sync(daemon: RsyncDaemon, endpoint: str, *extra: str, **popen: Any) -> "subprocess.Popen[str]":
+    """A sync as a background process logging JSON to a pipe on stderr."""
+    args = ["sync", "--upstream", daemon.url, "--bucket", BUCKET, "--log-format", "json", *extra]
+    return subprocess.Popen(
+        [sys.executable, "-m", "mirrorkeeper", *args], env=cli_env(endpoint), stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
 def run_until_phase_then_kill(daemon: RsyncDaemon, endpoint: str, phase: str) -> bool:
     """Start a sync, SIGKILL its whole process group the moment it logs ``phase``. True if it was killed."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mirrorkeeper",
-            "sync",
-            "--upstream",
-            daemon.url,
-            "--bucket",
-            BUCKET,
-            "--log-format",
-            "json",
-            "--lock-ttl",
-            "1",
-            "--upload-concurrency",
-            "2",
-        ],
-        env=cli_env(endpoint),
+    process = start_sync(
+        daemon,
+        endpoint,
+        "--lock-ttl",
+        "1",
+        "--upload-concurrency",
+        "2",
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )
     assert process.stderr is not None
@@ -128,26 +123,7 @@ def test_upstream_stopped_mid_run_exits_1_and_leaves_the_served_tree_intact(
     v1 = contents(upstream)
     manifest_before = etags(s3, "state/manifest")
     write_version(upstream, 2)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mirrorkeeper",
-            "sync",
-            "--upstream",
-            daemon.url,
-            "--bucket",
-            BUCKET,
-            "--log-format",
-            "json",
-            "--staging-bytes",
-            "8K",
-        ],
-        env=cli_env(endpoint),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_sync(daemon, endpoint, "--staging-bytes", "8K", stdout=subprocess.PIPE)
     assert process.stderr is not None
     lines = []
     for line in process.stderr:
