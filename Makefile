@@ -15,11 +15,13 @@ PY_DIRS := $(wildcard layers functions tests bench)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv (Python 3.13) with the package and dev tools; install rsync if absent
+install: $(STAMP) ## create .venv (Python 3.13) with the package and dev tools; install rsync and node if absent
 
 $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml
 	@command -v rsync >/dev/null || { echo "rsync not found: installing it from Debian packages"; \
 		apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
+	@command -v node >/dev/null || { echo "node not found (the CloudFront Function tests run under it): installing it from Debian packages"; \
+		apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
 	@if [ -z "$(PY313)" ]; then echo "error: Python 3.13 not found. Install it (pyenv install 3.13 or your OS packages) so that 'python3.13' runs, then rerun make." >&2; exit 2; fi
 	@test -x $(BIN)/python || $(PY313) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

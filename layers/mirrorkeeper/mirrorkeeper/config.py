@@ -246,3 +246,56 @@ def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None
         rsync_command=sources.get("rsync_command", str, SyncConfig.rsync_command),
         rsync_timeout=sources.get("rsync_timeout", positive_int, SyncConfig.rsync_timeout),
     )
+
+
+def parse_port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a TCP port from 0 to 65535 (0 picks a free one)")
+    return value
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """'60000-60099' → (60000, 60099)."""
+    first, sep, last = text.partition("-")
+    if not sep:
+        raise ValueError("expected FIRST-LAST, such as 60000-60099")
+    low, high = parse_port(first.strip()), parse_port(last.strip())
+    if not 0 < low <= high:
+        raise ValueError("expected FIRST-LAST with 0 < FIRST <= LAST")
+    return low, high
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of ``serve-http`` and ``serve-ftp`` (the FTP-only ones are ignored by HTTP)."""
+
+    layout: MirrorLayout
+    aws: AwsConfig
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_connections: int = 256
+    max_connections_per_ip: int = 16
+    idle_timeout: float = 300.0
+    mirror_name: str = ""
+    passive_ports: tuple[int, int] | None = None
+    masquerade_address: str | None = None
+
+
+def load_serve_config(
+    flags: Mapping[str, Any], default_port: int, environ: Mapping[str, str] | None = None
+) -> ServeConfig:
+    sources = Sources.load(flags, environ)
+    layout = load_layout(sources)
+    return ServeConfig(
+        layout=layout,
+        aws=load_aws_config(sources),
+        host=sources.get("host", str, ServeConfig.host),
+        port=sources.get("port", parse_port, default_port),
+        max_connections=sources.get("max_connections", positive_int, ServeConfig.max_connections),
+        max_connections_per_ip=sources.get("max_connections_per_ip", positive_int, ServeConfig.max_connections_per_ip),
+        idle_timeout=sources.get("idle_timeout", positive_float, ServeConfig.idle_timeout),
+        mirror_name=sources.get("mirror_name", str, "") or layout.bucket,
+        passive_ports=sources.get("passive_ports", parse_port_range, None),
+        masquerade_address=sources.get("masquerade_address", str, "") or None,
+    )

@@ -1,10 +1,12 @@
 """What the sync writes besides upstream's bytes: content types, index pages, redirects, trace."""
 
 import html
+import json
 import mimetypes
 import posixpath
 import time
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote
 
 from mirrorkeeper import __version__
@@ -56,6 +58,10 @@ _TEXT_NAMES = {
 }
 INDEX_CONTENT_TYPE = "text/html; charset=utf-8"
 INDEX_CACHE_CONTROL = "public, max-age=60"
+# Index pages carry their entries as JSON too (exact mtimes, sizes, symlink targets), so a reader
+# of the page needs no request per entry.
+INDEX_DATA_ID = "mirrorkeeper-entries"
+_INDEX_DATA_OPEN = f'<script type="application/json" id="{INDEX_DATA_ID}">'.encode()
 _STYLE = (
     "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
     "td,th{padding:.15em 1.2em .15em 0;text-align:left;white-space:pre}.s{text-align:right}.l{color:#666}"
@@ -94,7 +100,9 @@ def render_index(directory: str, children: Iterable[Entry], mirror_name: str) ->
     rows = []
     if directory:
         rows.append('<tr><td><a href="../">Parent Directory</a></td><td>&nbsp;</td><td class="s">-</td></tr>')
+    described = []
     for child in sorted(children, key=lambda e: e.name):
+        described.append(_describe(child))
         is_dir = child.type is EntryType.DIR
         name = child.name + ("/" if is_dir else "")
         href = quote(child.name, safe="") + ("/" if is_dir else "")
@@ -122,11 +130,41 @@ def render_index(directory: str, children: Iterable[Entry], mirror_name: str) ->
 <tr><th>Name</th><th>Last modified (UTC)</th><th class="s">Size</th></tr>
 {chr(10).join(rows)}
 </table>
+<script type="application/json" id="{INDEX_DATA_ID}">{_script_json(described)}</script>
 <address>{html.escape(mirror_name)} &middot; mirrorkeeper {__version__}</address>
 </body>
 </html>
 """
     return page.encode("utf-8")
+
+
+def _describe(entry: Entry) -> dict[str, object]:
+    described: dict[str, object] = {"name": entry.name, "type": str(entry.type), "mtime": entry.mtime}
+    if entry.type is EntryType.FILE:
+        described["size"] = entry.size
+    if entry.type is EntryType.SYMLINK:
+        described["target"] = entry.target or ""
+    return described
+
+
+def _script_json(value: object) -> str:
+    # ASCII-only JSON with '<', '>' and '&' escaped cannot close the <script> element, whatever the names.
+    text = json.dumps(value, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def parse_index_entries(page: bytes) -> dict[str, dict[str, Any]]:
+    """The machine-readable entries of a page from :func:`render_index`, by name (empty when the page
+    predates them or is not one): what the FTP front end lists without a request per entry."""
+    start = page.find(_INDEX_DATA_OPEN)
+    end = page.find(b"</script>", start)
+    if start < 0 or end < 0:
+        return {}
+    try:
+        entries = json.loads(page[start + len(_INDEX_DATA_OPEN) : end])
+    except ValueError:
+        return {}
+    return {e["name"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)}
 
 
 def render_redirect(link_path: str, final_path: str) -> bytes:

@@ -1,0 +1,72 @@
+"""``mirrorkeeper serve-ftp``: anonymous, read-only FTP over the mirror in S3 (the container's second command)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mirrorkeeper.aws import s3_client
+from mirrorkeeper.commands.common import add_location_flags, add_logging_flags, flags_of
+from mirrorkeeper.commands.serve_http import add_serve_flags
+from mirrorkeeper.config import load_serve_config
+from mirrorkeeper.frontends.ftp import make_server
+from mirrorkeeper.frontends.served import ServedTree
+from mirrorkeeper.logs import setup_logging
+from mirrorkeeper.store import MirrorStore
+
+DEFAULT_PORT = 2121
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve-ftp",
+        help="serve the mirror over anonymous read-only FTP from S3",
+        description="Serve the mirror's served tree over FTP: users 'anonymous' and 'ftp', read-only, upstream "
+        "mtimes in LIST/MLSD/MDTM, REST for resumed downloads, 550 for missing paths. Runs until interrupted.",
+    )
+    add_location_flags(parser)
+    add_serve_flags(parser, DEFAULT_PORT)
+    ftp = parser.add_argument_group("FTP")
+    ftp.add_argument(
+        "--max-connections-per-ip",
+        help="sessions one client address may hold (default: 16) [MIRRORKEEPER_MAX_CONNECTIONS_PER_IP]",
+    )
+    ftp.add_argument(
+        "--passive-ports",
+        help="passive data port range FIRST-LAST, e.g. 60000-60099 (default: any free port) "
+        "[MIRRORKEEPER_PASSIVE_PORTS]",
+    )
+    ftp.add_argument(
+        "--masquerade-address",
+        help="public IP address announced in PASV replies, needed behind NAT or a load balancer "
+        "[MIRRORKEEPER_MASQUERADE_ADDRESS]",
+    )
+    add_logging_flags(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_format, args.log_level)
+    config = load_serve_config(flags_of(args), DEFAULT_PORT)
+    client = s3_client(config.aws, pool_size=config.max_connections)
+    MirrorStore(client, config.layout).check_bucket()
+    server = make_server(
+        ServedTree(client, config.layout),
+        (config.host, config.port),
+        config.mirror_name,
+        config.max_connections,
+        config.max_connections_per_ip,
+        config.idle_timeout,
+        config.passive_ports,
+        config.masquerade_address,
+    )
+    host, port = server.address[:2]
+    log.info("serving FTP", extra={"url": f"ftp://{host}:{port}/", "bucket": config.layout.bucket})
+    try:
+        server.serve_forever(handle_exit=False)
+    except KeyboardInterrupt:
+        log.info("stopped")  # Ctrl-C is how an operator stops a server: not a failure
+    finally:
+        server.close_all()
+    return 0

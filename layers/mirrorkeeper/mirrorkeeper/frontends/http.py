@@ -1,0 +1,290 @@
+"""``serve-http``: the mirror over HTTP with the semantics CloudFront + S3 + ``cloudfront/function.js`` give.
+
+One thread per connection (S3 calls block), at most ``max_connections`` at once: the next one
+gets a 503 straight away instead of queueing behind slow downloads. Bodies are streamed from S3
+in chunks, so a 5 GB file costs 64 KiB of memory.
+
+::
+
+    request ─▶ route (function.js twin: 400/414) ─▶ GET|HEAD? (else 405)
+      ─▶ directory URL: the marker object's index page
+      ─▶ file URL: the object; missing but a directory → 301 /dir/; a directory symlink → 301
+      ─▶ conditionals (If-None-Match, If-Modified-Since → 304) ─▶ Range (206 / 416 / clean 200)
+"""
+
+import contextlib
+import email.utils
+import html
+import logging
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import quote
+
+from mirrorkeeper.errors import StorageError
+from mirrorkeeper.frontends.routing import route
+from mirrorkeeper.frontends.served import ObjectBody, ObjectInfo, ServedTree
+
+log = logging.getLogger(__name__)
+
+ALLOWED = "GET, HEAD"
+_RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+_REASONS = {
+    301: "Moved Permanently",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+_NEEDS_LOOK_FIRST = ("Range", "If-None-Match", "If-Modified-Since")
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class MirrorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # A backlog as deep as the cap: bursts of new connections wait in the kernel, not in threads.
+    request_queue_size = 128
+
+    def __init__(
+        self, address: tuple[str, int], tree: ServedTree, max_connections: int = 256, idle_timeout: float = 60.0
+    ) -> None:
+        self.tree = tree
+        self.idle_timeout = idle_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, MirrorRequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):  # it may already be gone; either way we are done with it
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def parse_range(header: str, size: int) -> list[tuple[int, int]] | None:
+    """RFC 9110 byte ranges as inclusive (first, last) pairs clipped to ``size``.
+
+    None means "ignore the header" (not a bytes range, or malformed); [] means unsatisfiable.
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec:
+        return None
+    ranges = []
+    for part in spec.split(","):
+        match = _RANGE.match(part)
+        if match is None or match.group(1) == match.group(2) == "":
+            return None
+        first, last = match.group(1), match.group(2)
+        if first == "":  # suffix: the last N bytes
+            length = int(last)
+            if length > 0 and size > 0:
+                ranges.append((max(size - length, 0), size - 1))
+        elif int(first) < size:
+            if last and int(last) < int(first):
+                return None
+            ranges.append((int(first), min(int(last), size - 1) if last else size - 1))
+    return ranges
+
+
+class MirrorRequestHandler(BaseHTTPRequestHandler):
+    server: MirrorHTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = "mirrorkeeper"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.idle_timeout)  # an idle keep-alive connection frees its slot
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.command not in ("GET", "HEAD"):
+            self.close_connection = True  # we never read the body it may have sent
+            self._page(405, "This mirror is read-only.", {"Allow": ALLOWED})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_HEAD(self) -> None:
+        self._serve()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("http %s", format % args, extra={"client": self.client_address[0]})
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        target = route(self.path)
+        if not target.ok:
+            self._page(target.status, "That path cannot name a file of this mirror.")
+            return
+        try:
+            if target.is_directory:
+                self._serve_directory(target.path.rstrip("/"))
+            else:
+                self._serve_file(target.path)
+        except StorageError as exc:
+            log.error("storage failed", extra={"path": self.path, "error": str(exc)})
+            self._page(502, "The mirror's storage did not answer; try again shortly.")
+
+    def _serve_directory(self, path: str) -> None:
+        key = self.server.tree.dir_key(path)
+        opened, info = self._look(key)
+        if info is None:
+            self._page(404, "No such directory on this mirror.")
+            return
+        self._answer(key, info, opened, ranged=False)
+
+    def _serve_file(self, path: str) -> None:
+        tree = self.server.tree
+        key = tree.file_key(path)
+        opened, info = self._look(key)
+        if info is None:
+            if tree.is_dir(path):
+                self._redirect(path + "/")
+            else:
+                self._page(404, "No such file or directory on this mirror.")
+            return
+        if info.symlink_target is not None:
+            # A directory symlink is stored as a redirect page; answer it as the redirect it means.
+            resolved = tree.resolve_link(path, info.symlink_target)
+            if resolved is not None and tree.is_dir(resolved):
+                if opened is not None:
+                    opened.close()
+                self._redirect(resolved + "/" if resolved else "")
+                return
+        self._answer(key, info, opened, ranged=True)
+
+    def _look(self, key: str) -> tuple[ObjectBody | None, ObjectInfo | None]:
+        """A plain GET opens the object at once (one S3 request); HEAD, conditional and range
+        requests look first, because the answer may need no body or only part of it."""
+        if self.command == "GET" and not any(self.headers.get(h) for h in _NEEDS_LOOK_FIRST):
+            opened = self.server.tree.get(key)
+            return opened, opened.info if opened is not None else None
+        return None, self.server.tree.head(key)
+
+    def _answer(self, key: str, info: ObjectInfo, opened: ObjectBody | None, ranged: bool) -> None:
+        if opened is not None:
+            self._stream(opened, info, None)
+            return
+        if self._not_modified(info):
+            self.send_response(304)
+            self._validators(info)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        wanted = self._wanted_range(info) if ranged else None
+        if wanted == []:
+            self._page(416, "The requested range is outside the file.", {"Content-Range": f"bytes */{info.size}"})
+            return
+        byte_range = wanted[0] if wanted else None
+        if self.command == "HEAD":
+            self._start(info, byte_range)
+            return
+        # If-Match pins the version we just looked at: a resumed download never splices two versions.
+        body = self.server.tree.get(key, byte_range, if_match=info.etag)
+        if body is None:  # deleted between the look and the GET: it is missing now
+            self._page(404, "No such file or directory on this mirror.")
+            return
+        self._stream(body, info, byte_range)
+
+    def _stream(self, body: ObjectBody, info: ObjectInfo, byte_range: tuple[int, int] | None) -> None:
+        try:
+            self._start(info, byte_range)
+            for chunk in body.chunks():
+                self.wfile.write(chunk)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True  # the client went away mid-download: nothing to answer
+        finally:
+            body.close()
+
+    def _start(self, info: ObjectInfo, byte_range: tuple[int, int] | None) -> None:
+        if byte_range is None:
+            self.send_response(200)
+            length = info.size
+        else:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {byte_range[0]}-{byte_range[1]}/{info.size}")
+            length = byte_range[1] - byte_range[0] + 1
+        self.send_header("Content-Type", info.content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        if info.cache_control:
+            self.send_header("Cache-Control", info.cache_control)
+        self._validators(info)
+        self.end_headers()
+
+    def _validators(self, info: ObjectInfo) -> None:
+        self.send_header("ETag", info.etag)
+        self.send_header("Last-Modified", email.utils.formatdate(info.mtime, usegmt=True))
+
+    def _not_modified(self, info: ObjectInfo) -> bool:
+        # RFC 9110 13.2.2: If-None-Match decides when present; If-Modified-Since only without it.
+        none_match = self.headers.get("If-None-Match")
+        if none_match is not None:
+            tags = [t.strip().removeprefix("W/") for t in none_match.split(",")]
+            return "*" in tags or info.etag in tags
+        since = self.headers.get("If-Modified-Since")
+        if since is None:
+            return False
+        try:
+            stamp = email.utils.parsedate_to_datetime(since).timestamp()
+        except (TypeError, ValueError):
+            return False
+        return info.mtime <= stamp
+
+    def _wanted_range(self, info: ObjectInfo) -> list[tuple[int, int]] | None:
+        header = self.headers.get("Range")
+        if header is None or not self._if_range_holds(info):
+            return None
+        ranges = parse_range(header, info.size)
+        if ranges is not None and len(ranges) > 1:
+            return None  # several ranges: a clean 200 with the whole file, which RFC 9110 allows
+        return ranges
+
+    def _if_range_holds(self, info: ObjectInfo) -> bool:
+        condition = self.headers.get("If-Range")
+        if condition is None:
+            return True
+        if condition.strip().startswith(('"', "W/")):
+            return condition.strip() == info.etag
+        try:
+            return int(email.utils.parsedate_to_datetime(condition).timestamp()) == info.mtime
+        except (TypeError, ValueError):
+            return False
+
+    # -- small answers ------------------------------------------------------------------------
+
+    def _redirect(self, path: str) -> None:
+        location = "/" + "/".join(quote(part, safe="") for part in path.split("/"))
+        self._page(301, f"Moved to {location}", {"Location": location})
+
+    def _page(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
+        reason = _REASONS.get(status, "Error")
+        body = (
+            f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{status} {reason}</title></head>'
+            f"<body><h1>{reason}</h1><p>{html.escape(text)}</p></body></html>\n"
+        ).encode()
+        self.send_response(status, reason)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)

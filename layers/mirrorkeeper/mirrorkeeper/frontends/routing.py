@@ -1,0 +1,65 @@
+"""Request path → mirror path: the Python twin of ``cloudfront/function.js``.
+
+CloudFront runs the JavaScript on every viewer request; ``serve-http`` runs this. Both are checked
+against the same table (``cloudfront/cases.json``), so they cannot drift. The rules:
+
+- the path is percent-decoded exactly once, as UTF-8; malformed escapes, invalid UTF-8, NUL, an
+  encoded slash (``%2F``), raw non-ASCII or control characters and ``.`` / ``..`` segments are
+  refused (400) rather than normalised, so no spelling of a path can leave the served tree;
+- ``+`` is a literal plus: S3 reads ``+`` in a path as a space (the apt-on-S3 bug), so the
+  canonical URI sent to the origin encodes it as ``%2B``;
+- overlong paths are refused (414) before they reach S3's 1,024-byte key limit;
+- the query string is dropped: S3 would act on ``?versionId=``, ``?acl`` and friends.
+"""
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_to_bytes
+
+MAX_PATH_BYTES = 1024  # S3's key limit; a longer decoded path cannot name a mirror file
+_MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODED_SLASH = re.compile(r"%2[fF]")
+_UNENCODED = re.compile(r"[^\x21-\x7e]")  # clients must percent-encode these (RFC 3986)
+# encodeURIComponent's unreserved set, so Python and JavaScript produce the same canonical URI
+_URI_SAFE = "-_.!~*'()"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes: ``path`` relative to the served root ('' = root, trailing '/' = a
+    directory URL), or a refusal with an HTTP ``status``."""
+
+    status: int
+    path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def is_directory(self) -> bool:
+        return self.path == "" or self.path.endswith("/")
+
+    @property
+    def origin_uri(self) -> str:
+        """The canonical, fully encoded URI the origin sees (what the CloudFront Function returns)."""
+        return "/" + "/".join(quote(part, safe=_URI_SAFE) for part in self.path.split("/"))
+
+
+def route(raw_target: str) -> Route:
+    """Route a raw request target (``/a%20b/c?x=1``) as the CloudFront Function does."""
+    raw_path = raw_target.split("?", 1)[0]
+    if not raw_path.startswith("/") or _UNENCODED.search(raw_path):
+        return Route(400)
+    if _MALFORMED_ESCAPE.search(raw_path) or _ENCODED_SLASH.search(raw_path):
+        return Route(400)
+    try:
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        return Route(400)
+    relative = path[1:]
+    if "\x00" in path or any(part in (".", "..") for part in relative.split("/")):
+        return Route(400)
+    if len(relative.encode()) > MAX_PATH_BYTES:
+        return Route(414)
+    return Route(200, relative)

@@ -1,0 +1,222 @@
+"""``serve-ftp`` as a real server on loopback over the moto server, driven by ftplib."""
+
+import ftplib
+import io
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorkeeper.aws import RequestCounter, s3_client
+from mirrorkeeper.config import AwsConfig
+from mirrorkeeper.content import render_index
+from mirrorkeeper.entries import Entry, EntryType
+from mirrorkeeper.frontends.ftp import make_server
+from mirrorkeeper.frontends.served import ServedTree
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper.sampletree import add_hostile_names, write_file
+from tests.functional.test_http_frontend import serve_cli
+from tests.support import BUCKET, run_cli, tree_files
+
+
+@contextmanager
+def ftp_server(endpoint: str, counter: RequestCounter | None = None, **options: Any) -> Iterator[int]:
+    """The FTP front end in a thread of this process (so tests can count its S3 requests and size its limits)."""
+    client = s3_client(AwsConfig(endpoint_url=endpoint, region="us-east-1"), counter)
+    server = make_server(ServedTree(client, MirrorLayout.create(BUCKET)), ("127.0.0.1", 0), "test-mirror", **options)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
+        server.close_all()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield server.address[1]
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@contextmanager
+def session(port: int, user: str = "anonymous") -> Iterator[ftplib.FTP]:
+    ftp = ftplib.FTP(timeout=10, encoding="utf-8")
+    ftp.connect("127.0.0.1", port)
+    ftp.login(user, "mirror-test@example.org")
+    try:
+        yield ftp
+    finally:
+        ftp.close()
+
+
+def retr(ftp: ftplib.FTP, path: str, rest: int | None = None) -> bytes:
+    out = io.BytesIO()
+    ftp.retrbinary(f"RETR {path}", out.write, rest=rest)
+    return out.getvalue()
+
+
+def put(s3: Any, key: str, body: bytes, mtime: int = 1_600_000_000, **metadata: str) -> None:
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata={"mtime": str(mtime), **metadata})
+
+
+def test_hostile_tree_is_served_byte_identical_by_the_cli_server(
+    upstream: Path, rsync_daemon: Callable[[Path], RsyncDaemon], s3: Any, endpoint: str
+) -> None:
+    # GIVEN the hostile-name tree with an empty directory and symlinks, synced by the real CLI
+    add_hostile_names(upstream)
+    (upstream / "empty dir").mkdir()
+    write_file(upstream / "v1/pkg.rpm", b"rpm bytes", 1_600_000_000)
+    os.symlink("v1", upstream / "current")
+    os.symlink("v1/pkg.rpm", upstream / "latest.rpm")
+    result = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET], endpoint)
+    assert result.returncode == 0, result.stderr
+    with serve_cli("serve-ftp", endpoint, "--mirror-name", "hostile") as port, session(port) as ftp:
+        assert "hostile mirror" in ftp.getwelcome()
+        # WHEN every upstream file is fetched, sized and dated over FTP
+        for rel, (content, mtime) in tree_files(upstream).items():
+            # THEN the bytes, the size and the upstream mtime come back exactly
+            assert retr(ftp, "/" + rel) == content, rel
+            assert ftp.size("/" + rel) == len(content), rel
+            assert ftp.sendcmd(f"MDTM /{rel}") == "213 " + time.strftime("%Y%m%d%H%M%S", time.gmtime(mtime)), rel
+        # listings show every name (index pages never), directories as directories, upstream times
+        names = set(ftp.nlst("/"))
+        assert {"with space.txt", " leading space", "-leading-dash", "empty dir", "nest ed", "v1"} <= names
+        assert not any(name == "" or name.endswith("/") for name in names)
+        facts = dict(ftp.mlsd("/v1"))
+        assert facts["pkg.rpm"]["type"] == "file" and facts["pkg.rpm"]["modify"] == "20200913122640"
+        assert dict(ftp.mlsd("/"))["nest ed"]["type"] == "dir"
+        lines: list[str] = []
+        ftp.retrlines("LIST /", lines.append)
+        assert any(line.startswith("drwx") and line.endswith(" empty dir") for line in lines)
+        assert any(line.startswith("lrwx") and line.endswith(" current -> v1") for line in lines)
+        assert list(ftp.mlsd("/empty dir")) == []
+        # a directory symlink is entered as its target; a file symlink is its target's bytes
+        ftp.cwd("/current")
+        assert ftp.pwd() == "/v1" and ftp.nlst() == ["pkg.rpm"]
+        assert retr(ftp, "/latest.rpm") == b"rpm bytes"
+
+
+def test_resumed_downloads_start_at_the_rest_offset(s3: Any, endpoint: str) -> None:
+    data = os.urandom(300_000)
+    put(s3, "pub/big.iso", data)
+    with ftp_server(endpoint) as port, session(port) as ftp:
+        # GIVEN half a download; WHEN resumed with REST THEN the rest of the file comes back
+        first = retr(ftp, "big.iso")[:123_457]
+        assert first + retr(ftp, "big.iso", rest=123_457) == data
+        assert retr(ftp, "big.iso", rest=len(data)) == b""
+        with pytest.raises(ftplib.error_perm, match=r"^554"):
+            retr(ftp, "big.iso", rest=len(data) + 1)
+
+
+def test_missing_paths_are_550(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/dir/", b"<html></html>")
+    with ftp_server(endpoint) as port, session(port) as ftp:
+        missing = f"/missing-{secrets.token_hex(8)}"
+        for command in (f"SIZE {missing}", f"MDTM {missing}", f"CWD {missing}", "SIZE /dir", "MDTM /dir"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
+                ftp.sendcmd(command)
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
+            retr(ftp, missing)
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
+            ftp.retrlines(f"LIST {missing}", lambda line: None)
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
+            retr(ftp, "/dir")  # a directory is not a file
+
+
+def test_every_write_command_is_refused_and_changes_nothing(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/keep.txt", b"keep")
+    before = s3.list_objects_v2(Bucket=BUCKET)["KeyCount"]
+    with ftp_server(endpoint) as port, session(port) as ftp:
+        refused = [
+            "DELE keep.txt",
+            "MKD new",
+            "RMD keep.txt",
+            "RNFR keep.txt",
+            "RNTO other.txt",
+            "SITE CHMOD 777 keep.txt",
+        ]
+        for command in refused:
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
+                ftp.sendcmd(command)
+        for command in ("STOR new.txt", "APPE keep.txt", "STOU"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
+                ftp.storbinary(command, io.BytesIO(b"data"))
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == before
+    assert s3.get_object(Bucket=BUCKET, Key="pub/keep.txt")["Body"].read() == b"keep"
+
+
+def test_only_anonymous_and_ftp_log_in(s3: Any, endpoint: str) -> None:
+    with ftp_server(endpoint) as port:
+        for user in ("anonymous", "ftp"):
+            with session(port, user) as ftp:
+                assert ftp.pwd() == "/"
+        with pytest.raises(ftplib.error_perm, match=r"^530"), session(port, "root"):
+            pass
+
+
+def test_traversal_never_leaves_the_served_tree(s3: Any, endpoint: str) -> None:
+    # GIVEN private state beside the served tree
+    s3.put_object(Bucket=BUCKET, Key="state/lock.json", Body=b"private")
+    put(s3, "pub/README", b"public")
+    with ftp_server(endpoint) as port, session(port) as ftp:
+        # WHEN climbing out in every spelling THEN the root is as high as it goes and state is missing
+        ftp.cwd("../../..")
+        assert ftp.pwd() == "/" and "state" not in ftp.nlst()
+        for path in ("../state/lock.json", "/../state/lock.json", "/..//../state/lock.json", "state/lock.json"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
+                retr(ftp, path)
+        assert retr(ftp, "/../README") == b"public"
+
+
+def test_a_listing_costs_one_list_request_not_one_per_entry(s3: Any, endpoint: str) -> None:
+    # GIVEN a directory of 60 files and 5 subdirectories, with its index page, as the sync writes them
+    children = [Entry(f"many/f{n:02d}", EntryType.FILE, n, 1_600_000_000 + n) for n in range(60)]
+    children += [Entry(f"many/d{n}", EntryType.DIR, 0, 1_500_000_000) for n in range(5)]
+    for child in children:
+        put(s3, f"pub/{child.path}" + ("/" if child.type is EntryType.DIR else ""), b"x" * child.size, child.mtime)
+    put(s3, "pub/many/", render_index("many", children, "test-mirror"))
+    counter = RequestCounter()
+    with ftp_server(endpoint, counter) as port, session(port) as ftp:
+        ftp.cwd("/many")
+        for listing in ("MLSD", "LIST", "NLST"):
+            counter.by_operation.clear()
+            # WHEN the directory is listed
+            lines: list[str] = []
+            ftp.retrlines(listing, lines.append)
+            # THEN it took one ListObjectsV2 and a constant number of other requests
+            assert len(lines) == 65, listing
+            assert counter.by_operation.get("ListObjectsV2") == 1, listing
+            assert sum(counter.by_operation.values()) <= 4, (listing, counter.by_operation)
+        # and the times are upstream's, from the index page, not the upload times
+        facts = dict(ftp.mlsd())
+        assert facts["f59"]["modify"] == "20200913122739" and facts["d0"]["modify"] == "20170714024000"
+
+
+def test_passive_range_masquerade_banner_and_connection_limits(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    low = free_port()
+    options = {"passive_ports": (low, low + 2), "masquerade_address": "127.0.0.9", "max_connections_per_ip": 2}
+    with ftp_server(endpoint, **options) as port, session(port) as ftp:
+        assert "test-mirror mirror" in ftp.getwelcome()
+        # PASV announces the masquerade address and a port from the range; EPSV works too
+        announced = re.search(r"\((\d+(?:,\d+){5})\)", ftp.sendcmd("PASV"))
+        assert announced is not None
+        numbers = [int(n) for n in announced.group(1).split(",")]
+        assert numbers[:4] == [127, 0, 0, 9] and low <= numbers[4] * 256 + numbers[5] <= low + 2
+        assert ftp.sendcmd("EPSV").startswith("229")
+        with session(port):
+            # WHEN a third session comes from the same address THEN it is turned away
+            third = ftplib.FTP(timeout=10)
+            with pytest.raises(ftplib.error_temp, match=r"^421"):
+                third.connect("127.0.0.1", port)
+            third.close()

@@ -1,0 +1,308 @@
+"""``serve-http`` as a real server on loopback over the moto server, driven by http.client and raw sockets."""
+
+import email.utils
+import http.client
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from mirrorkeeper.aws import s3_client
+from mirrorkeeper.config import AwsConfig
+from mirrorkeeper.frontends.http import MirrorHTTPServer
+from mirrorkeeper.frontends.served import ServedTree
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper.sampletree import add_hostile_names, write_file
+from tests.support import BUCKET, cli_env, run_cli, tree_files
+
+REPO = Path(__file__).resolve().parents[2]
+CASES = json.loads((REPO / "cloudfront" / "cases.json").read_text())["cases"]
+Response = tuple[int, dict[str, str], bytes]
+
+
+@contextmanager
+def serve_cli(command: str, endpoint: str, *extra: str) -> Iterator[int]:
+    """Run ``mirrorkeeper COMMAND --bucket BUCKET --port P`` as a subprocess; yields P once it accepts."""
+    port = free_port()
+    args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--port", str(port), *extra]
+    process = subprocess.Popen(args, env=cli_env(endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{command} did not start: {process.stderr.read().decode()}") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def http_server(endpoint: str, prefix: str = "", max_connections: int = 32) -> Iterator[int]:
+    """The HTTP front end in a thread of this process (so tests can size its limits)."""
+    client = s3_client(AwsConfig(endpoint_url=endpoint, region="us-east-1"))
+    tree = ServedTree(client, MirrorLayout.create(BUCKET, prefix))
+    server = MirrorHTTPServer(("127.0.0.1", 0), tree, max_connections, idle_timeout=5)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def request(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def raw_request(port: int, target: str) -> Response:
+    """Send ``target`` exactly as written (http.client would refuse or re-encode some of the table's)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n".encode())
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def url(path: str) -> str:
+    return "/" + "/".join(quote(part, safe="") for part in path.split("/"))
+
+
+def put(s3: Any, key: str, body: bytes, mtime: int | None = 1_600_000_000, **extra: Any) -> None:
+    metadata = {"mtime": str(mtime)} if mtime is not None else {}
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=metadata, **extra)
+
+
+def test_table_requests_reach_the_key_cloudfront_would(s3: Any, endpoint: str) -> None:
+    # GIVEN an object at every key the table says a request reaches (S3 refuses keys over its limit)
+    for case in CASES:
+        if case["status"] == 200 and len(("pub/" + case["path"]).encode()) <= 1024:
+            put(s3, "pub/" + case["path"], f"object {case['path']!r}".encode())
+    with http_server(endpoint) as port:
+        for case in CASES:
+            # WHEN the request is sent byte for byte
+            status, headers, body = raw_request(port, case["request"])
+            # THEN it is served from exactly that key, or refused with the table's status and a small page
+            if case["status"] != 200:
+                assert status == case["status"], case["name"]
+                assert headers["content-type"].startswith("text/html") and len(body) < 1024, case["name"]
+            elif len(("pub/" + case["path"]).encode()) > 1024:
+                assert status == 404, case["name"]
+            else:
+                assert (status, body) == (200, f"object {case['path']!r}".encode()), case["name"]
+
+
+def test_hostile_tree_is_served_byte_identical_by_the_cli_server(
+    upstream: Path, rsync_daemon: Callable[[Path], RsyncDaemon], s3: Any, endpoint: str
+) -> None:
+    # GIVEN the hostile-name tree with an empty directory and symlinks, synced by the real CLI
+    add_hostile_names(upstream)
+    (upstream / "empty dir").mkdir()
+    write_file(upstream / "v1/pkg.rpm", b"rpm bytes", 1_600_000_000)
+    os.symlink("v1", upstream / "current")
+    os.symlink("v1/pkg.rpm", upstream / "latest.rpm")
+    result = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET], endpoint)
+    assert result.returncode == 0, result.stderr
+    with serve_cli("serve-http", endpoint) as port:
+        # WHEN every upstream file is fetched over HTTP
+        for rel, (content, mtime) in tree_files(upstream).items():
+            status, headers, body = request(port, url(rel))
+            # THEN the bytes and the upstream mtime come back exactly
+            assert (status, body) == (200, content), rel
+            assert email.utils.parsedate_to_datetime(headers["last-modified"]).timestamp() == mtime, rel
+        assert request(port, "/v1/pkg.rpm")[1]["content-type"] == "application/x-rpm"
+        # directories: the index page, a 301 without the slash, empty ones too; links redirect or serve content
+        status, headers, body = request(port, "/")
+        assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+        assert b'href="with%20space.txt"' in body and b'href="empty%20dir/"' in body
+        assert request(port, "/empty%20dir/")[0] == 200
+        assert request(port, "/v1")[:2][0] == 301 and request(port, "/v1")[1]["location"] == "/v1/"
+        assert request(port, "/nest%20ed")[1]["location"] == "/nest%20ed/"
+        status, headers, _ = request(port, "/current")
+        assert (status, headers["location"]) == (301, "/v1/")
+        assert request(port, "/latest.rpm")[2] == b"rpm bytes"
+        # private state is not reachable, missing paths are 404 with a small HTML page
+        for path in ("/state/manifest.jsonl.gz", "/../state/manifest.jsonl.gz", "/%2e%2e/state/lock.json"):
+            assert request(port, path)[0] in (400, 404), path
+        status, headers, body = request(port, f"/missing-{secrets.token_hex(8)}")
+        assert status == 404 and headers["content-type"].startswith("text/html") and b"Not Found" in body
+        assert request(port, f"/missing-{secrets.token_hex(8)}/")[0] == 404
+
+
+def test_ranges_resume_a_download_and_refuse_unsatisfiable_ones(s3: Any, endpoint: str) -> None:
+    data = os.urandom(100_000)
+    put(s3, "pub/big.iso", data)
+    with http_server(endpoint) as port:
+        # GIVEN half a download; WHEN resumed from where it stopped (wget -c / curl -C -)
+        status, headers, first = request(port, "/big.iso", headers={"Range": "bytes=0-49999"})
+        assert (status, headers["content-range"], len(first)) == (206, "bytes 0-49999/100000", 50_000)
+        status, headers, rest = request(port, "/big.iso", headers={"Range": "bytes=50000-"})
+        # THEN the two parts are the file
+        assert status == 206 and headers["content-length"] == "50000" and first + rest == data
+        assert request(port, "/big.iso", headers={"Range": "bytes=-10"})[2] == data[-10:]
+        assert request(port, "/big.iso", headers={"Range": "bytes=99990-200000"})[2] == data[99990:]
+        # unsatisfiable: 416 naming the size; several ranges: a clean 200; a stale If-Range: the whole file
+        status, headers, _ = request(port, "/big.iso", headers={"Range": "bytes=100000-"})
+        assert (status, headers["content-range"]) == (416, "bytes */100000")
+        status, _, body = request(port, "/big.iso", headers={"Range": "bytes=0-1,5-6"})
+        assert (status, body) == (200, data)
+        status, _, body = request(port, "/big.iso", headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+        assert (status, body) == (200, data)
+        etag = request(port, "/big.iso", "HEAD")[1]["etag"]
+        assert request(port, "/big.iso", headers={"Range": "bytes=0-9", "If-Range": etag})[2] == data[:10]
+        assert request(port, "/big.iso", headers={"Range": "lines=1-2"})[0] == 200
+
+
+def test_validators_and_conditional_requests(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/README", b"read me\n", 1_500_000_000, ContentType="text/plain; charset=utf-8")
+    with http_server(endpoint) as port:
+        status, headers, body = request(port, "/README")
+        assert (status, body) == (200, b"read me\n")
+        assert headers["last-modified"] == "Fri, 14 Jul 2017 02:40:00 GMT"  # the upstream mtime, not upload time
+        assert headers["content-type"] == "text/plain; charset=utf-8" and headers["accept-ranges"] == "bytes"
+        etag = headers["etag"]
+        # WHEN revalidated THEN 304 without a body; a changed tag or an older date gets the file
+        assert request(port, "/README", headers={"If-None-Match": etag})[:3:2] == (304, b"")
+        assert request(port, "/README", headers={"If-None-Match": f'"x", {etag}'})[0] == 304
+        assert request(port, "/README", headers={"If-Modified-Since": headers["last-modified"]})[0] == 304
+        assert request(port, "/README", headers={"If-Modified-Since": "Thu, 13 Jul 2017 00:00:00 GMT"})[0] == 200
+        # If-None-Match decides when both are sent (RFC 9110)
+        both = {"If-None-Match": '"other"', "If-Modified-Since": headers["last-modified"]}
+        assert request(port, "/README", headers=both)[0] == 200
+        # HEAD: the same headers, no body
+        status, head_headers, body = request(port, "/README", "HEAD")
+        assert (status, body, head_headers["content-length"], head_headers["etag"]) == (200, b"", "8", etag)
+
+
+def test_methods_other_than_get_and_head_are_405_and_change_nothing(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/file.txt", b"unchanged")
+    with http_server(endpoint) as port:
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND", "MKCOL"):
+            status, headers, _ = request(port, "/file.txt", method)
+            assert (status, headers["allow"]) == (405, "GET, HEAD"), method
+    assert s3.get_object(Bucket=BUCKET, Key="pub/file.txt")["Body"].read() == b"unchanged"
+
+
+def test_private_state_under_a_prefix_is_never_reachable(s3: Any, endpoint: str) -> None:
+    # GIVEN a mirror under a prefix, its state beside the served tree
+    secret = b"private lock"
+    for key in ("mirrors/x/state/lock.json", "mirrors/x/state/manifest.jsonl.gz"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=secret)
+    put(s3, "mirrors/x/pub/", b"<html>root</html>")
+    attempts = [
+        "/../state/lock.json",
+        "/%2e%2e/state/lock.json",
+        "/..%2fstate/lock.json",
+        "/%2E%2E%2Fstate%2Flock.json",
+        "//../state/lock.json",
+        "/./../state/lock.json",
+        "/state/lock.json",
+        "/../../mirrors/x/state/lock.json",
+        "/%00/../state/lock.json",
+        "/" + "../" * 300 + "state/lock.json",
+    ]
+    with http_server(endpoint, prefix="mirrors/x") as port:
+        assert request(port, "/")[2] == b"<html>root</html>"
+        for target in attempts:
+            # WHEN any spelling of a way out is requested THEN it is refused or missing, never the state
+            status, _, body = raw_request(port, target)
+            assert status in (400, 404, 414) and secret not in body, target
+
+
+def test_large_files_stream_in_bounded_memory(s3: Any, endpoint: str) -> None:
+    # GIVEN a 96 MiB file (the moto server holds it in this process, the HTTP server is a subprocess)
+    size = 96 * 1024 * 1024
+    s3.upload_fileobj(_Zeros(size), BUCKET, "pub/big.bin")
+    with serve_cli("serve-http", endpoint) as port:
+        pid = _listener_pid(port)
+        before = _peak_rss_kib(pid)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/big.bin")
+        response = connection.getresponse()
+        received = 0
+        while chunk := response.read(1 << 20):
+            received += len(chunk)
+        connection.close()
+        # THEN all of it arrived while the server's peak memory grew by far less than the file
+        assert received == size
+        assert _peak_rss_kib(pid) - before < 32 * 1024
+
+
+def test_connections_over_the_cap_get_503_and_slots_come_back(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    with http_server(endpoint, max_connections=2) as port:
+        # GIVEN two keep-alive connections holding both slots
+        held = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(2)]
+        for connection in held:
+            connection.request("GET", "/a")
+            assert connection.getresponse().read() == b"a"
+        # WHEN a third client connects THEN it is told to come back, at once
+        status, headers, _ = request(port, "/a")
+        assert (status, headers["retry-after"]) == (503, "1")
+        # and once a connection closes its slot serves the next client
+        held[0].close()
+        deadline = time.monotonic() + 5
+        while request(port, "/a")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        held[1].close()
+
+
+class _Zeros:
+    """A file-like object of ``size`` zero bytes that never exists in memory whole."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, amount: int = -1) -> bytes:
+        amount = self.left if amount < 0 else min(amount, self.left)
+        self.left -= amount
+        return bytes(amount)
+
+
+def _listener_pid(port: int) -> int:
+    """The pid of the process listening on ``port`` (the serve-http subprocess)."""
+    inode = ""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            inode = fields[9]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if any(os.readlink(fd) == f"socket:[{inode}]" for fd in (proc / "fd").iterdir()):
+                    return int(proc.name)
+            except OSError:
+                continue
+    pytest.fail(f"no process listens on port {port}")
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
