@@ -55,6 +55,7 @@ format: install ## apply ruff's formatting and fixes
 bench: install ## benchmarks with ratios against named baselines (slow; not part of test)
 	$(BIN)/python -m pip install -q -r requirements-bench.txt
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/frontends.py
 
 pr: test bench ## everything a reviewer would run
 

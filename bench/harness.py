@@ -1,0 +1,204 @@
+"""Processes the benchmark measures and the servers it measures them against.
+
+Every measured command runs as its own process in its own session: wall time comes from the
+monotonic clock around it, peak RSS from ``os.wait4`` (on Linux the maximum over the process and
+the children it reaped, e.g. mirrorkeeper's rsync), and a deadline kills the whole session.
+
+The moto server runs in a separate process so that its memory never counts as the client's, and
+so the client competes with it for the CPU exactly as it would with any local S3 endpoint. Its
+request log (one werkzeug line per HTTP request) is how requests of clients that do not count
+their own (``aws s3 sync``) are counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from mirrorkeeper.rsyncd import free_port
+
+# 127.0.0.1 - - [25/Nov/2026 17:43:59] "PUT /bucket/key HTTP/1.1" 200 -
+_REQUEST_LINE = re.compile(rb'\] "[A-Z]+ \S+ HTTP/[\d.]+" \d{3} ')
+
+
+class BenchError(RuntimeError):
+    """A measured step failed or produced something other than what the benchmark expects."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One finished process: how long it took, its peak RSS and what it printed."""
+
+    args: tuple[str, ...]
+    wall: float
+    cpu: float  # user + system seconds of the process and the children it waited for
+    max_rss_kib: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def max_rss_mib(self) -> float:
+        return self.max_rss_kib / 1024
+
+    def check(self, what: str) -> Measured:
+        if self.returncode != 0:
+            tail = " / ".join(line for line in self.stderr.strip().splitlines()[-5:] if line.strip())
+            raise BenchError(f"{what} exited {self.returncode}: {tail[-800:] or 'no message'}")
+        return self
+
+
+def run_measured(
+    args: Sequence[str], env: Mapping[str, str], workdir: Path, timeout: float, cwd: Path | None = None
+) -> Measured:
+    """Run ``args`` to completion (killed after ``timeout`` seconds) and measure it."""
+    out_path = workdir / "last.stdout"
+    err_path = workdir / "last.stderr"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,  # a deadline or Ctrl-C kills its children (rsync) too
+        )
+        # Not Popen.kill(): it polls, and a poll could reap the child before wait4 reads its usage.
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            _kill_session(process.pid)
+
+        deadline = threading.Timer(timeout, expire)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            _kill_session(process.pid)
+            os.waitpid(process.pid, 0)
+            process.returncode = -signal.SIGKILL
+            raise
+        finally:
+            deadline.cancel()
+        wall = time.monotonic() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if timed_out.is_set():
+        raise BenchError(f"{args[0]} did not finish within {timeout:.0f} s and was killed")
+    return Measured(
+        args=tuple(args),
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        max_rss_kib=int(usage.ru_maxrss),
+        returncode=process.returncode,
+        stdout=out_path.read_text(errors="replace"),
+        stderr=err_path.read_text(errors="replace"),
+    )
+
+
+def _kill_session(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{what} exited with {process.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{what} did not listen on 127.0.0.1:{port} within {limit:.0f} s")
+
+
+class MotoServer:
+    """``python -m moto.server`` on 127.0.0.1 in its own process, its request log in ``workdir``."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
+        self.port = free_port()
+        self.log_path = workdir / "moto.log"
+        self._env = dict(env)
+        self._workdir = workdir
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoServer:
+        with open(self.log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=self._env,
+                cwd=self._workdir,
+                start_new_session=True,
+            )
+        wait_for_port(self.port, self._process, "the moto server")
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def reset(self) -> None:
+        """Drop every bucket and object (frees the server's memory between runs)."""
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+
+    def log_offset(self) -> int:
+        """Where the request log ends now: pass it to ``requests_since`` after a step."""
+        self._settle()
+        return self.log_path.stat().st_size
+
+    def requests_since(self, offset: int) -> int:
+        """HTTP requests the server logged since ``offset`` (werkzeug logs each after answering it)."""
+        self._settle()
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return sum(1 for line in log if _REQUEST_LINE.search(line))
+
+    def _settle(self, quiet: float = 0.3, limit: float = 10.0) -> None:
+        """Wait until the log stops growing: the last answer's line may trail the answer itself."""
+        deadline = time.monotonic() + limit
+        size = self.log_path.stat().st_size
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.log_path.stat().st_size
+            if now == size:
+                return
+            size = now
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
