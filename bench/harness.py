@@ -1,8 +1,9 @@
 """Processes the benchmark measures and the servers it measures them against.
 
-Every measured command runs as its own process in its own session: wall time comes from the
-monotonic clock around it, peak RSS from ``os.wait4`` (on Linux the maximum over the process and
-the children it reaped, e.g. mirrorkeeper's rsync), and a deadline kills the whole session.
+Every measured command runs in its own session, started by a small launcher process: wall time
+comes from the monotonic clock around it, CPU time and peak RSS from ``os.wait4`` (on Linux the
+maximum over the process and the children it reaped, e.g. mirrorkeeper's rsync), and a deadline
+kills the whole session.
 
 The moto server runs in a separate process so that its memory never counts as the client's, and
 so the client competes with it for the CPU exactly as it would with any local S3 endpoint. Its
@@ -19,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -60,52 +60,64 @@ class Measured:
         return self
 
 
+# Measures one command from a small process. Not from the benchmark itself: Linux records the RSS
+# high-water mark of the memory a process had before exec (for a child of this process: all of this
+# process's pages, trees and boto3 included) in the ru_maxrss that wait4 reports. This launcher
+# (python -S, a few MiB) makes that floor small. It writes "wall max_rss_kib cpu_seconds" to argv[1].
+_LAUNCHER = """
+import os, sys, time
+started = time.monotonic()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.monotonic() - started
+with open(sys.argv[1], "w") as out:
+    out.write(f"{wall} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_measured(
     args: Sequence[str], env: Mapping[str, str], workdir: Path, timeout: float, cwd: Path | None = None
 ) -> Measured:
     """Run ``args`` to completion (killed after ``timeout`` seconds) and measure it."""
-    out_path = workdir / "last.stdout"
-    err_path = workdir / "last.stderr"
+    out_path, err_path, usage_path = workdir / "last.stdout", workdir / "last.stderr", workdir / "last.usage"
+    usage_path.unlink(missing_ok=True)
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        started = time.monotonic()
         process = subprocess.Popen(
-            list(args),
+            [sys.executable, "-S", "-E", "-c", _LAUNCHER, str(usage_path), *args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             env=dict(env),
             cwd=cwd,
-            start_new_session=True,  # a deadline or Ctrl-C kills its children (rsync) too
+            start_new_session=True,  # a deadline or Ctrl-C kills the command's children (rsync) too
         )
-        # Not Popen.kill(): it polls, and a poll could reap the child before wait4 reads its usage.
-        timed_out = threading.Event()
-
-        def expire() -> None:
-            timed_out.set()
-            _kill_session(process.pid)
-
-        deadline = threading.Timer(timeout, expire)
-        deadline.daemon = True
-        deadline.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_session(process.pid)
+            process.wait()
+            raise BenchError(f"{args[0]} did not finish within {timeout:.0f} s and was killed") from None
         except BaseException:
             _kill_session(process.pid)
-            os.waitpid(process.pid, 0)
-            process.returncode = -signal.SIGKILL
+            process.wait()
             raise
-        finally:
-            deadline.cancel()
-        wall = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if timed_out.is_set():
-        raise BenchError(f"{args[0]} did not finish within {timeout:.0f} s and was killed")
+    try:
+        wall, max_rss, cpu = usage_path.read_text().split()
+    except (OSError, ValueError):
+        raise BenchError(f"could not start {args[0]} (exit {returncode}): {err_path.read_text()[-400:]}") from None
     return Measured(
         args=tuple(args),
-        wall=wall,
-        cpu=usage.ru_utime + usage.ru_stime,
-        max_rss_kib=int(usage.ru_maxrss),
-        returncode=process.returncode,
+        wall=float(wall),
+        cpu=float(cpu),
+        max_rss_kib=int(max_rss),
+        returncode=returncode,
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
     )
