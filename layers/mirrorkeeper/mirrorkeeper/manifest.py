@@ -79,12 +79,34 @@ def read_manifest(stream: IO[bytes]) -> tuple[ManifestHeader, Iterator[Entry]]:
     return parsed, _entries(gz, parsed.entries)
 
 
+Row = list[Any]
+"""One manifest line parsed: ``[path, type, size, mtime, target, sha256]``."""
+
+_ROWS_PER_PARSE = 2048
+
+
+def iter_rows(gz: IO[bytes]) -> Iterator[Row]:
+    """The raw rows after the header, parsed a few thousand lines per ``json.loads`` call.
+
+    One parse per batch is three times faster than one per line, which is what makes a
+    streaming diff of two multi-million-entry manifests take seconds (bench/verify.py).
+    """
+    batch: list[bytes] = []
+    for line in gz:
+        batch.append(line)
+        if len(batch) == _ROWS_PER_PARSE:
+            yield from json.loads(b"[" + b",".join(batch) + b"]")
+            batch.clear()
+    if batch:
+        yield from json.loads(b"[" + b",".join(batch) + b"]")
+
+
 def _entries(gz: gzip.GzipFile, expected: int) -> Iterator[Entry]:
     previous = ""
     count = 0
     try:
-        for line in gz:
-            entry = entry_from_row(json.loads(line))
+        for row in iter_rows(gz):
+            entry = entry_from_row(row)
             if count and entry.path <= previous:
                 raise ManifestError(f"manifest entries out of order at {entry.path!r}")
             previous = entry.path
