@@ -9,7 +9,9 @@ Baselines, named as issue 3 names them:
   which must finish with 0 errors, on both.
 
 A third column measures the moto server alone (the same GETs through boto3, no front end), so
-the table shows how much of the gap is the local S3 stand-in rather than the front end.
+the table shows how much of the gap is the local S3 stand-in rather than the front end, and how
+many requests each step sent to it. The front ends run with their default object cache
+(``--cache-ttl 10``); one informational row runs ``serve-http --cache-ttl 0``, every GET going to S3.
 Run: ``.venv/bin/python bench/frontends.py`` (about a minute); ``--quick`` for a smoke run.
 """
 
@@ -26,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -206,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 serve = ["--bucket", BUCKET, "--port", "{port}", "--log-level", "WARNING"]
                 ours_http = servers.start([*mk, "serve-http", *serve], "serve-http")
+                uncached_http = servers.start([*mk, "serve-http", *serve, "--cache-ttl", "0"], "serve-http")
                 # 32 sessions from one address: above the per-IP default (16) meant for the public
                 ours_ftp = servers.start([*mk, "serve-ftp", *serve, "--max-connections-per-ip", "64"], "serve-ftp")
                 disk_http = servers.start(
@@ -216,62 +220,95 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [sys.executable, "-m", "pyftpdlib", "-i", "127.0.0.1", "-p", "{port}", "-d", str(upstream)],
                     "pyftpdlib",
                 )
-                rows = measure(moto.url, paths, upstream, requests, big_size, ours_http, disk_http, ours_ftp, disk_ftp)
+                ports = Ports(ours_http, uncached_http, disk_http, ours_ftp, disk_ftp)
+                rows = measure(moto, paths, upstream, requests, big_size, ports)
             finally:
                 servers.stop()
     print_table(rows)
-    return 0 if all(row[-1] for row in rows) else 1
+    return 0 if all(row[-1] is not False for row in rows) else 1
 
 
-Row = tuple[str, str, str, str, str, bool]
+Row = tuple[str, str, str, str, str, bool | None]  # met: None for an informational row
+
+
+@dataclass(frozen=True)
+class Ports:
+    ours_http: int
+    uncached_http: int
+    disk_http: int
+    ours_ftp: int
+    disk_ftp: int
 
 
 def measure(
-    endpoint: str,
-    paths: list[str],
-    upstream: Path,
-    requests: int,
-    big_size: int,
-    ours_http: int,
-    disk_http: int,
-    ours_ftp: int,
-    disk_ftp: int,
+    moto: MotoServer, paths: list[str], upstream: Path, requests: int, big_size: int, ports: Ports
 ) -> list[Row]:
+    endpoint = moto.url
     progress(f"HTTP: {requests} GETs, 16 clients")
-    ours, ours_errors = http_get_rate(ours_http, paths, requests, 16)
-    disk, disk_errors = http_get_rate(disk_http, paths, requests, 16)
-    moto = moto_get_rate(endpoint, paths, requests, 16)
+    before = moto.log_offset()
+    ours, ours_errors = http_get_rate(ports.ours_http, paths, requests, 16)
+    http_s3 = moto.requests_since(before)
+    disk, disk_errors = http_get_rate(ports.disk_http, paths, requests, 16)
+    moto_rate = moto_get_rate(endpoint, paths, requests, 16)
+    uncached, uncached_errors = http_get_rate(ports.uncached_http, paths, requests, 16)
     progress(f"FTP: RETR of {big_size / 1e6:.0f} MB")
-    ours_retr = ftp_retr_rate(ours_ftp, "/" + BIG, big_size)
-    disk_retr = ftp_retr_rate(disk_ftp, "/" + BIG, big_size)
+    ours_retr = ftp_retr_rate(ports.ours_ftp, "/" + BIG, big_size)
+    disk_retr = ftp_retr_rate(ports.disk_ftp, "/" + BIG, big_size)
     moto_retr = moto_object_rate(endpoint, "pub/" + BIG, big_size)
     directory = str(Path(paths[0]).parent)
     files = [(f"/{p}", (upstream / p).stat().st_size) for p in paths if str(Path(p).parent) == directory][:20]
     progress(f"FTP: 32 sessions x (LIST + {len(files)} RETR)")
-    ours_secs, ours_ftp_errors = ftp_sessions(ours_ftp, "/" + directory, files, 32)
-    disk_secs, disk_ftp_errors = ftp_sessions(disk_ftp, "/" + directory, files, 32)
+    before = moto.log_offset()
+    ours_secs, ours_ftp_errors = ftp_sessions(ports.ours_ftp, "/" + directory, files, 32)
+    ftp_s3 = moto.requests_since(before)
+    disk_secs, disk_ftp_errors = ftp_sessions(ports.disk_ftp, "/" + directory, files, 32)
     return [
-        _row("HTTP GET small files, req/s", ours, disk, f"{moto:.0f}", ours_errors + disk_errors == 0),
-        _row("FTP RETR big file, MB/s", ours_retr, disk_retr, f"{moto_retr:.0f}", True),
+        _row(
+            "HTTP GET small files, req/s",
+            ours,
+            disk,
+            f"moto {moto_rate:.0f}; {http_s3} S3 requests",
+            ours_errors + disk_errors == 0,
+        ),
+        _row(
+            "  the same, serve-http --cache-ttl 0",
+            uncached,
+            disk,
+            f"moto {moto_rate:.0f}; every GET to S3",
+            uncached_errors == 0,
+            informational=True,
+        ),
+        _row("FTP RETR big file, MB/s", ours_retr, disk_retr, f"moto {moto_retr:.0f}", True),
         _row(
             f"FTP 32 sessions x {len(files)} files, s (lower is better)",
             ours_secs,
             disk_secs,
-            f"errors {ours_ftp_errors}/{disk_ftp_errors}",
+            f"errors {ours_ftp_errors}/{disk_ftp_errors}; {ftp_s3} S3 requests",
             ours_ftp_errors == disk_ftp_errors == 0,
             lower_is_better=True,
         ),
     ]
 
 
-def _row(name: str, ours: float, disk: float, note: str, clean: bool, lower_is_better: bool = False) -> Row:
+def _row(
+    name: str,
+    ours: float,
+    disk: float,
+    note: str,
+    clean: bool,
+    lower_is_better: bool = False,
+    informational: bool = False,
+) -> Row:
     ratio = disk / ours if lower_is_better else ours / disk
-    return (name, f"{ours:.1f}", f"{disk:.1f}", f"{ratio:.2f}x", note, clean and ratio >= 0.5)
+    met: bool | None = clean and ratio >= 0.5
+    if informational:
+        met = None if clean else False  # no target, but errors still fail the run
+    return (name, f"{ours:.1f}", f"{disk:.1f}", f"{ratio:.2f}x", note, met)
 
 
 def print_table(rows: list[Row]) -> None:
     headers = ("metric", "mirrorkeeper", "local disk", "ratio (target >= 0.5x)", "moto alone / notes", "met")
-    table = [headers, *[(*row[:5], "yes" if row[5] else "NO") for row in rows]]
+    table = [headers, *[(*row[:5], {True: "yes", False: "NO", None: "info"}[row[5]]) for row in rows]]
     widths = [max(len(str(line[i])) for line in table) for i in range(len(headers))]
     for line in table:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)))

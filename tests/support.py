@@ -60,3 +60,46 @@ def tree_files(root: Path) -> dict[str, tuple[bytes, int]]:
         if path.is_file() and not path.is_symlink():
             out[path.relative_to(root).as_posix()] = (path.read_bytes(), int(path.stat().st_mtime))
     return out
+
+
+class CliServer:
+    """``mirrorkeeper COMMAND --bucket BUCKET --port P EXTRA...`` as a real subprocess against the moto server;
+    ``with CliServer(...) as port`` waits until P accepts connections and stops the server afterwards."""
+
+    def __init__(self, command: str, endpoint: str, *extra: str) -> None:
+        from mirrorkeeper.rsyncd import free_port
+
+        self.command = command
+        self.port = free_port()
+        self.args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--port", str(self.port)]
+        self.args += extra
+        self.env = cli_env(endpoint)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> int:
+        import socket
+        import time
+
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self.port
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.__exit__()
+                    raise AssertionError(f"{self.command} did not start: {self._stderr()}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def _stderr(self) -> str:
+        assert self.process is not None and self.process.stderr is not None
+        return self.process.stderr.read().decode(errors="replace")
+
+
+serve_cli = CliServer  # the name the front-end tests use: `with serve_cli("serve-http", endpoint) as port:`

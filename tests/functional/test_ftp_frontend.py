@@ -7,7 +7,9 @@ import re
 import secrets
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,7 @@ from mirrorkeeper.frontends.served import ServedTree
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper.sampletree import add_hostile_names, write_file
-from tests.functional.test_http_frontend import serve_cli
-from tests.support import BUCKET, run_cli, tree_files
+from tests.support import BUCKET, run_cli, serve_cli, tree_files
 
 
 @contextmanager
@@ -220,3 +221,78 @@ def test_passive_range_masquerade_banner_and_connection_limits(s3: Any, endpoint
             with pytest.raises(ftplib.error_temp, match=r"^421"):
                 third.connect("127.0.0.1", port)
             third.close()
+
+
+def test_a_directory_of_more_than_a_thousand_entries_is_listed_whole_from_one_paginated_listing(
+    s3: Any, endpoint: str
+) -> None:
+    # GIVEN 1,005 files and 3 subdirectories in one directory: more than one ListObjectsV2 page (1,000 keys)
+    children = [Entry(f"huge/f{n:04d}", EntryType.FILE, 1, 1_600_000_000 + n) for n in range(1005)]
+    children += [Entry(f"huge/sub{n}", EntryType.DIR, 0, 1_500_000_000) for n in range(3)]
+    with ThreadPoolExecutor(8) as pool:
+        keys = [f"pub/{c.path}" + ("/" if c.type is EntryType.DIR else "") for c in children]
+        list(pool.map(lambda key: put(s3, key, b"x" if not key.endswith("/") else b""), keys))
+    put(s3, "pub/huge/", render_index("huge", children, "test-mirror"))
+    expected = {c.path.removeprefix("huge/") for c in children}
+    counter = RequestCounter()
+    with ftp_server(endpoint, counter) as port, session(port) as ftp:
+        for listing in ("NLST", "LIST", "MLSD"):
+            counter.by_operation.clear()
+            # WHEN the directory is listed
+            lines: list[str] = []
+            ftp.retrlines(f"{listing} /huge", lines.append)
+            # THEN every entry is there, once
+            names = [_listed_name(listing, line) for line in lines]
+            assert sorted(names) == sorted(expected), listing
+            # from one listing that S3 paginated (2 pages), plus a constant number of other requests
+            assert counter.by_operation.get("ListObjectsV2") == 2, (listing, counter.by_operation)
+            assert sum(counter.by_operation.values()) <= 5, (listing, counter.by_operation)
+        # the last page's entries carry their upstream times too
+        assert dict(ftp.mlsd("/huge"))["f1004"]["modify"] == time.strftime("%Y%m%d%H%M%S", time.gmtime(1_600_001_004))
+
+
+def test_an_idle_session_is_disconnected_after_the_idle_timeout(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    with serve_cli("serve-ftp", endpoint, "--idle-timeout", "1") as port, session(port) as idle, session(port) as busy:
+        # GIVEN one session that keeps talking and one that says nothing
+        started = time.monotonic()
+        while time.monotonic() - started < 2.0:
+            assert busy.voidcmd("NOOP").startswith("200")
+            time.sleep(0.25)
+        # THEN the quiet one was told why and disconnected; the busy one is still served
+        with pytest.raises(ftplib.error_temp, match=r"^421"):
+            idle.getresp()
+        assert idle.sock.recv(1) == b""
+        assert retr(busy, "/a") == b"a"
+
+
+def test_the_trace_is_fresh_through_both_front_ends_right_after_a_sync(
+    upstream: Path, rsync_daemon: Callable[[Path], RsyncDaemon], s3: Any, endpoint: str
+) -> None:
+    # GIVEN a synced mirror served by both CLI servers with their default cache, the trace read through each
+    write_file(upstream / "README", b"first", 1_600_000_000)
+    daemon = rsync_daemon(upstream)
+    sync = ["sync", "--upstream", daemon.url, "--bucket", BUCKET]
+    assert run_cli(sync, endpoint).returncode == 0
+    trace = "/.mirrorkeeper/trace"
+    with serve_cli("serve-ftp", endpoint) as ftp_port, serve_cli("serve-http", endpoint) as http_port:
+        with session(ftp_port) as ftp:
+            before = retr(ftp, trace)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{http_port}{trace}", timeout=10).read() == before
+        # WHEN the next sync publishes a new trace
+        write_file(upstream / "README", b"second", 1_600_000_100)
+        assert run_cli(sync, endpoint).returncode == 0
+        now = s3.get_object(Bucket=BUCKET, Key="pub" + trace)["Body"].read()
+        assert now != before
+        # THEN a probe right after it reads the new one through both front ends
+        with session(ftp_port) as ftp:
+            assert retr(ftp, trace) == now
+        assert urllib.request.urlopen(f"http://127.0.0.1:{http_port}{trace}", timeout=10).read() == now
+
+
+def _listed_name(listing: str, line: str) -> str:
+    if listing == "MLSD":
+        return line.split(" ", 1)[1]  # "type=file;size=1;... NAME"
+    if listing == "LIST":
+        return line.split(maxsplit=8)[8]  # "-rw-r--r--   1 ftp ftp SIZE Mon DD HH:MM NAME"
+    return line

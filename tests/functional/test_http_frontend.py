@@ -6,8 +6,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,14 +16,14 @@ from urllib.parse import quote
 
 import pytest
 
-from mirrorkeeper.aws import s3_client
+from mirrorkeeper.aws import RequestCounter, s3_client
 from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.frontends.http import MirrorHTTPServer
-from mirrorkeeper.frontends.served import ServedTree
+from mirrorkeeper.frontends.served import ObjectCache, ServedTree, cache_lifetime
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper.rsyncd import RsyncDaemon
 from mirrorkeeper.sampletree import add_hostile_names, write_file
-from tests.support import BUCKET, cli_env, run_cli, tree_files
+from tests.support import BUCKET, run_cli, serve_cli, tree_files
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = json.loads((REPO / "cloudfront" / "cases.json").read_text())["cases"]
@@ -33,32 +31,16 @@ Response = tuple[int, dict[str, str], bytes]
 
 
 @contextmanager
-def serve_cli(command: str, endpoint: str, *extra: str) -> Iterator[int]:
-    """Run ``mirrorkeeper COMMAND --bucket BUCKET --port P`` as a subprocess; yields P once it accepts."""
-    port = free_port()
-    args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--port", str(port), *extra]
-    process = subprocess.Popen(args, env=cli_env(endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"{command} did not start: {process.stderr.read().decode()}") from None
-                time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-@contextmanager
-def http_server(endpoint: str, prefix: str = "", max_connections: int = 32) -> Iterator[int]:
-    """The HTTP front end in a thread of this process (so tests can size its limits)."""
-    client = s3_client(AwsConfig(endpoint_url=endpoint, region="us-east-1"))
-    tree = ServedTree(client, MirrorLayout.create(BUCKET, prefix))
+def http_server(
+    endpoint: str,
+    prefix: str = "",
+    max_connections: int = 32,
+    cache: ObjectCache | None = None,
+    counter: RequestCounter | None = None,
+) -> Iterator[int]:
+    """The HTTP front end in a thread of this process (so tests can size its limits and count its S3 requests)."""
+    client = s3_client(AwsConfig(endpoint_url=endpoint, region="us-east-1"), counter)
+    tree = ServedTree(client, MirrorLayout.create(BUCKET, prefix), cache)
     server = MirrorHTTPServer(("127.0.0.1", 0), tree, max_connections, idle_timeout=5)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -270,6 +252,81 @@ def test_connections_over_the_cap_get_503_and_slots_come_back(s3: Any, endpoint:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         held[1].close()
+
+
+class _Clock:
+    """A clock the test moves by hand, so cache expiry needs no sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "lifetime"),
+    [
+        (None, 10.0),
+        ("no-cache, max-age=0", 0.0),  # the trace file
+        ("public, max-age=60", 10.0),  # index pages: capped at the TTL
+        ("public, max-age=3", 3.0),
+        ("max-age=60, s-maxage=2", 2.0),  # a shared cache's own directive wins
+        ("private", 0.0),
+        ("no-store", 0.0),
+        ("max-age=soon", 0.0),
+    ],
+)
+def test_cache_lifetime_honours_cache_control_within_the_ttl(cache_control: str | None, lifetime: float) -> None:
+    assert cache_lifetime(cache_control, 10.0) == lifetime
+    assert cache_lifetime(cache_control, 0.0) == 0.0  # --cache-ttl 0: nothing is ever reused
+
+
+def test_cached_objects_are_reused_until_they_expire_and_the_trace_never_is(s3: Any, endpoint: str) -> None:
+    # GIVEN a data file (no Cache-Control), an index page (max-age=60) and the trace file (no-cache)
+    put(s3, "pub/data.bin", b"old data")
+    put(s3, "pub/dir/", b"<html>old index</html>", CacheControl="public, max-age=60")
+    put(s3, "pub/.mirrorkeeper/trace", b"old trace", CacheControl="no-cache, max-age=0")
+    clock, counter = _Clock(), RequestCounter()
+    paths = ("/data.bin", "/dir/", "/.mirrorkeeper/trace")
+    with http_server(endpoint, cache=ObjectCache(10.0, clock=clock), counter=counter) as port:
+        assert [request(port, p)[2] for p in paths] == [b"old data", b"<html>old index</html>", b"old trace"]
+        # WHEN a sync replaces all three
+        put(s3, "pub/data.bin", b"new data")
+        put(s3, "pub/dir/", b"<html>new index</html>", CacheControl="public, max-age=60")
+        put(s3, "pub/.mirrorkeeper/trace", b"new trace", CacheControl="no-cache, max-age=0")
+        counter.by_operation.clear()
+        # THEN until the new trace is read, the rest is reused within the TTL (no S3 request)
+        assert request(port, "/data.bin")[2] == b"old data"
+        assert request(port, "/dir/")[2] == b"<html>old index</html>"
+        assert request(port, "/data.bin", headers={"Range": "bytes=4-6"})[:3:2] == (206, b"dat")  # from memory too
+        assert counter.by_operation == {}
+        # the trace is always read from S3, and a changed trace empties the cache at once
+        assert request(port, "/.mirrorkeeper/trace")[2] == b"new trace"
+        assert [request(port, p)[2] for p in paths] == [b"new data", b"<html>new index</html>", b"new trace"]
+        # without a new trace, entries expire after the TTL
+        put(s3, "pub/data.bin", b"newer data")
+        assert request(port, "/data.bin")[2] == b"new data"
+        clock.now += 10.5
+        assert request(port, "/data.bin")[2] == b"newer data"
+        # a missing file is never remembered: once it exists it is served
+        assert request(port, "/late.txt")[0] == 404
+        put(s3, "pub/late.txt", b"here now")
+        assert request(port, "/late.txt")[2] == b"here now"
+
+
+def test_a_resumed_download_of_a_replaced_file_never_splices_versions(s3: Any, endpoint: str) -> None:
+    # GIVEN a file too big to cache whole, whose metadata the cache remembers
+    first, second = os.urandom(1_500_000), os.urandom(1_500_000)
+    put(s3, "pub/big.iso", first)
+    with http_server(endpoint, cache=ObjectCache(60.0)) as port:
+        assert request(port, "/big.iso", "HEAD")[0] == 200
+        # WHEN it is replaced and a client resumes with a range
+        put(s3, "pub/big.iso", second)
+        status, headers, body = request(port, "/big.iso", headers={"Range": "bytes=1000000-"})
+        # THEN the bytes and the validators are all of the new version (S3's 412 made the server look again)
+        assert (status, body) == (206, second[1_000_000:])
+        assert headers["etag"] == s3.head_object(Bucket=BUCKET, Key="pub/big.iso")["ETag"]
 
 
 class _Zeros:

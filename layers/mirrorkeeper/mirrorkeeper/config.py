@@ -266,6 +266,14 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
+def parse_seconds(text: str) -> float:
+    """A duration that may be 0 (off), such as a cache TTL."""
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError("expected a number of seconds, 0 or more")
+    return value
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Settings of ``serve-http`` and ``serve-ftp`` (the FTP-only ones are ignored by HTTP)."""
@@ -280,6 +288,8 @@ class ServeConfig:
     mirror_name: str = ""
     passive_ports: tuple[int, int] | None = None
     masquerade_address: str | None = None
+    # Like CloudFront's default and maximum TTL: short enough that a sync is visible within seconds.
+    cache_ttl: float = 10.0
 
 
 def load_serve_config(

@@ -5,14 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mirrorkeeper.aws import s3_client
-from mirrorkeeper.commands.common import add_location_flags, add_logging_flags, flags_of
-from mirrorkeeper.commands.serve_http import add_serve_flags
-from mirrorkeeper.config import load_serve_config
+from mirrorkeeper.commands.common import add_location_flags, add_logging_flags
+from mirrorkeeper.commands.serve_common import add_serve_flags, start_serving
 from mirrorkeeper.frontends.ftp import make_server
-from mirrorkeeper.frontends.served import ServedTree
-from mirrorkeeper.logs import setup_logging
-from mirrorkeeper.store import MirrorStore
 
 DEFAULT_PORT = 2121
 log = logging.getLogger(__name__)
@@ -47,12 +42,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_format, args.log_level)
-    config = load_serve_config(flags_of(args), DEFAULT_PORT)
-    client = s3_client(config.aws, pool_size=config.max_connections)
-    MirrorStore(client, config.layout).check_bucket()
+    config, tree = start_serving(args, DEFAULT_PORT)
     server = make_server(
-        ServedTree(client, config.layout),
+        tree,
         (config.host, config.port),
         config.mirror_name,
         config.max_connections,

@@ -22,7 +22,8 @@ from typing import Any
 
 from pyftpdlib.authorizers import AuthenticationFailed, DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
-from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.servers import ThreadedFTPServer
 
 from mirrorkeeper.errors import StorageError
@@ -35,6 +36,7 @@ ANONYMOUS_USERS = ("anonymous", "ftp")
 _SIX_MONTHS = 180 * 86400
 LOOKUP_TTL = 2.0  # seconds a single path lookup is reused within a session
 LISTING_TTL = 30.0  # seconds a session trusts its last listing; a sync publishes within minutes anyway
+RETR_CHUNK = 1024 * 1024  # bytes read from S3 at a time while sending a file (pyftpdlib reads 64 KiB)
 
 
 class ReadOnlyAuthorizer(DummyAuthorizer):  # type: ignore[misc]
@@ -64,7 +66,11 @@ class _Cached:
 
 
 class S3ReadFile:
-    """A read-only file over one object: opened lazily so that ``seek`` (REST) becomes a ranged GET."""
+    """A read-only file over one object: opened lazily so that ``seek`` (REST) becomes a ranged GET.
+
+    The GET runs to the end of the object as it is now, not to the size a listing saw earlier, so a
+    file replaced by a sync is sent whole (new version) rather than cut at the old length.
+    """
 
     def __init__(self, tree: ServedTree, key: str, name: str, size: int) -> None:
         self.tree, self.key, self.name, self.size = tree, key, name, size
@@ -79,14 +85,15 @@ class S3ReadFile:
         self._position = position
 
     def read(self, size: int = -1) -> bytes:
-        if self._position >= self.size:
-            return b""
-        with _storage():
+        if self._body is None:
+            if self._position and self._position >= self.size:
+                return b""  # REST at the end: nothing to send, and S3 would refuse the empty range
+            with _storage():
+                self._body = self.tree.get(self.key, (self._position, None) if self._position else None)
             if self._body is None:
-                self._body = self.tree.get(self.key, (self._position, self.size - 1))
-                if self._body is None:
-                    raise FileNotFoundError(errno.ENOENT, "the file was removed while being sent")
-            data = self._body.read(size if size >= 0 else self.size)
+                raise FileNotFoundError(errno.ENOENT, "the file was removed while being sent")
+        with _storage():
+            data = self._body.read_all() if size < 0 else self._body.read(size)
         self._position += len(data)
         return data
 
@@ -94,6 +101,21 @@ class S3ReadFile:
         if self._body is not None:
             self._body.close()
         self.closed = True
+
+
+class _ViewProducer:
+    """pyftpdlib's file producer with big reads handed on as memoryviews.
+
+    S3 is read in ``RETR_CHUNK`` pieces (few, large reads); asynchat then sends each piece in
+    slices, which for ``bytes`` would copy the unsent rest on every send, and for a memoryview copies nothing.
+    """
+
+    def __init__(self, inner: FileProducer) -> None:
+        inner.buffer_size = RETR_CHUNK
+        self._inner = inner
+
+    def more(self) -> memoryview:
+        return memoryview(self._inner.more())
 
 
 class S3Filesystem(AbstractedFS):  # type: ignore[misc]
@@ -141,12 +163,17 @@ class S3Filesystem(AbstractedFS):  # type: ignore[misc]
         return found
 
     def _lookup(self, rel: str, name: str) -> Node | None:
+        file_key, dir_key = self.tree.file_key(rel), self.tree.dir_key(rel)
+        # A directory the cache already knows needs no request (a HEAD for the file name would be a 404).
+        marker = None if self.tree.remembered(file_key) is not None else self.tree.remembered(dir_key)
+        if marker is not None:
+            return Node(name, NodeKind.DIR, 0, marker.mtime)
         with _storage():
-            info = self.tree.head(self.tree.file_key(rel))
+            info = self.tree.head(file_key)
             if info is not None:
                 kind = NodeKind.FILE if info.symlink_target is None else NodeKind.LINK
                 return Node(name, kind, info.size, info.mtime, info.symlink_target)
-            marker = self.tree.head(self.tree.dir_key(rel))
+            marker = self.tree.head(dir_key)
         return Node(name, NodeKind.DIR, 0, marker.mtime) if marker is not None else None
 
     def _dir_link(self, path: str, found: Node) -> str | None:
@@ -273,7 +300,19 @@ class S3Filesystem(AbstractedFS):  # type: ignore[misc]
             yield f"{text} {name}\r\n".encode(encoding, errors)
 
 
+class MirrorDTPHandler(DTPHandler):  # type: ignore[misc]
+    # Up to this much per send(): the kernel takes what fits; fewer trips through the event loop.
+    ac_out_buffer_size = RETR_CHUNK
+
+
 class MirrorFTPHandler(FTPHandler):  # type: ignore[misc]
+    dtp_handler = MirrorDTPHandler
+
+    def push_dtp_data(self, data: Any, isproducer: bool = False, file: Any = None, cmd: str | None = None) -> None:
+        if isproducer and isinstance(data, FileProducer) and isinstance(file, S3ReadFile):
+            data = _ViewProducer(data)
+        super().push_dtp_data(data, isproducer, file, cmd)
+
     def ftp_STOU(self, line: str) -> None:  # noqa: N802 - pyftpdlib dispatches on this exact name
         # pyftpdlib checks STOU's permission only after creating the file, and a read-only
         # filesystem then answers 450 ("try again"); refuse for good, like every other write.

@@ -3,12 +3,20 @@
 Keys are only ever built as ``served_prefix + path`` from paths that :mod:`routing` or the FTP
 filesystem already cleaned, so nothing here can name private state. A missing key is ``None``,
 never an exception, so the front ends answer 404 / 550 without guessing from error text.
+
+An optional :class:`ObjectCache` keeps what recent reads returned (metadata of any object, whole
+bodies of small ones) for as long as each object's ``Cache-Control`` allows, capped by the cache's
+TTL: the trace file (``no-cache``) is always read from S3, index pages (``max-age=60``) and data
+(no header) for at most the TTL. Missing keys are never cached, so a new file shows at once.
 """
 
 import posixpath
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
@@ -17,12 +25,21 @@ from botocore.exceptions import ClientError
 
 from mirrorkeeper.aws import S3Client
 from mirrorkeeper.content import parse_index_entries
+from mirrorkeeper.errors import StorageError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.names import MAX_KEY_BYTES
 from mirrorkeeper.store import MTIME_META, SYMLINK_META, s3_errors
 
 _MISSING = ("404", "NoSuchKey", "NotFound")
+_CHANGED = ("412", "PreconditionFailed")
 CHUNK = 64 * 1024
+SMALL_BODY = 1024 * 1024  # bodies up to this size are cached whole; larger ones only their metadata
+CACHE_BYTES = 64 * 1024 * 1024  # the whole cache, bodies and an allowance per entry for metadata
+_ENTRY_OVERHEAD = 512  # rough bytes of one cached ObjectInfo and its key: bounds metadata-only entries too
+
+
+class ObjectChangedError(StorageError):
+    """The object was replaced after its ETag was read (S3 answered 412 to If-Match): look again."""
 
 
 class NodeKind(StrEnum):
@@ -68,30 +85,222 @@ class ObjectInfo:
 
 
 class ObjectBody:
-    """A streamed object body: read in chunks, never held whole in memory."""
+    """A streamed object body: read in chunks, never held whole in memory (unless it came from the cache)."""
 
     def __init__(self, info: ObjectInfo, stream: Any, content_range: str | None) -> None:
         self.info = info
         self.content_range = content_range
         self._stream = stream
 
-    def chunks(self) -> Iterator[bytes]:
-        yield from self._stream.iter_chunks(CHUNK)
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        yield from self._stream.iter_chunks(size)
 
     def read(self, size: int) -> bytes:
         return self._stream.read(size)  # type: ignore[no-any-return]
+
+    def read_all(self) -> bytes:
+        return self._stream.read()  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._stream.close()
 
 
+class _MemoryStream:
+    """A cached body behind the same three calls botocore's StreamingBody offers."""
+
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._position = 0
+
+    def read(self, size: int | None = None) -> bytes:
+        end = len(self._view) if size is None or size < 0 else self._position + size
+        chunk = self._view[self._position : end]
+        self._position += len(chunk)
+        return chunk.tobytes()
+
+    def iter_chunks(self, size: int) -> Iterator[bytes]:
+        while chunk := self.read(size):
+            yield chunk
+
+    def close(self) -> None:
+        self._view.release()
+
+
+def cache_lifetime(cache_control: str | None, ttl: float) -> float:
+    """Seconds a shared cache may reuse an object, as CloudFront decides with default = maximum TTL = ``ttl``.
+
+    ``no-store`` / ``no-cache`` / ``private`` mean never (the trace file must always be fresh);
+    ``s-maxage`` (a shared cache's own) or else ``max-age`` can shorten the TTL, never lengthen it;
+    no header means the TTL.
+    """
+    if ttl <= 0:
+        return 0.0
+    directives: dict[str, str] = {}
+    for part in (cache_control or "").split(","):
+        name, _, value = part.partition("=")
+        directives[name.strip().lower()] = value.strip().strip('"')
+    if directives.keys() & {"no-store", "no-cache", "private"}:
+        return 0.0
+    for name in ("s-maxage", "max-age"):
+        if name in directives:
+            try:
+                return max(0.0, min(ttl, float(int(directives[name]))))
+            except ValueError:
+                return 0.0  # a header we cannot read: do not guess a lifetime
+    return ttl
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    info: ObjectInfo
+    body: bytes | None
+    expires: float
+
+    @property
+    def cost(self) -> int:
+        return _ENTRY_OVERHEAD + (len(self.body) if self.body is not None else 0)
+
+
+class ObjectCache:
+    """What recent reads returned, shared by every connection of one front end (least recently used goes first).
+
+    Each entry lives ``cache_lifetime(its Cache-Control, ttl)`` seconds: a sync's changes are seen
+    within ``ttl`` at worst, and objects stored with ``no-cache`` (the trace file) are never kept;
+    reading a changed trace empties the cache at once.
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        max_bytes: int = CACHE_BYTES,
+        max_body: int = SMALL_BODY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.max_body = max_body
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Stored] = OrderedDict()
+        self._bytes = 0
+        self._filling: dict[str, tuple[threading.Lock, int]] = {}
+        self._uncacheable: dict[str, str] = {}  # key → last ETag seen of objects never cached
+
+    def lookup(self, key: str) -> _Stored | None:
+        with self._lock:
+            stored = self._entries.get(key)
+            if stored is None:
+                return None
+            if stored.expires <= self._clock():
+                self._remove(key)
+                return None
+            self._entries.move_to_end(key)
+            return stored
+
+    def wants_body(self, info: ObjectInfo) -> bool:
+        return info.size <= self.max_body and cache_lifetime(info.cache_control, self.ttl) > 0
+
+    def store(self, key: str, info: ObjectInfo, body: bytes | None = None) -> None:
+        lifetime = cache_lifetime(info.cache_control, self.ttl)
+        if lifetime <= 0:
+            self._watch(key, info.etag)
+            return
+        stored = _Stored(info, body, self._clock() + lifetime)
+        with self._lock:
+            if key in self._entries:
+                self._remove(key)
+            self._entries[key] = stored
+            self._bytes += stored.cost
+            while self._bytes > self.max_bytes and self._entries:
+                self._remove(next(iter(self._entries)))
+
+    @contextmanager
+    def filling(self, key: str) -> Iterator[None]:
+        """One reader at a time fills ``key``: the others wait, then find it cached (CloudFront's request
+        collapsing). Without this, a burst of clients asking for one file sends a burst of GETs to S3."""
+        with self._lock:
+            lock, users = self._filling.get(key, (threading.Lock(), 0))
+            self._filling[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._filling[key]
+                if users == 1:
+                    del self._filling[key]
+                else:
+                    self._filling[key] = (lock, users - 1)
+
+    def _watch(self, key: str, etag: str) -> None:
+        """An object no cache may keep (the trace file, written last by every sync) has changed since
+        we last read it: the mirror was republished, so forget everything rather than wait for the TTL."""
+        with self._lock:
+            seen = self._uncacheable.get(key)
+            if len(self._uncacheable) >= 256 and seen is None:
+                self._uncacheable.clear()  # bounded; at worst one change goes unnoticed and the TTL applies
+            self._uncacheable[key] = etag
+            if seen is not None and seen != etag:
+                self._entries.clear()
+                self._bytes = 0
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            if key in self._entries:
+                self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        self._bytes -= self._entries.pop(key).cost
+
+
+class _Flight[T]:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class _InFlight[T]:
+    """Request collapsing: callers asking for the same thing while it is being fetched wait for that
+    fetch and share its result; nothing is kept once it is handed out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight[T]] = {}
+
+    def join(self, key: str, fetch: Callable[[], T]) -> T:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result  # type: ignore[return-value]  # set before done, by the leader
+        try:
+            flight.result = fetch()
+            return flight.result
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+
 class ServedTree:
     """The served prefix of one mirror, seen as files and directories."""
 
-    def __init__(self, client: S3Client, layout: MirrorLayout) -> None:
+    def __init__(self, client: S3Client, layout: MirrorLayout, cache: ObjectCache | None = None) -> None:
         self.client = client
         self.layout = layout
         self.bucket = layout.bucket
+        self.cache = cache
+        self._paginator: Any = None
+        self._listings: _InFlight[list[Node] | None] = _InFlight()
 
     def file_key(self, path: str) -> str:
         return self.layout.served_key(path)
@@ -102,6 +311,8 @@ class ServedTree:
     def head(self, key: str) -> ObjectInfo | None:
         if _too_long(key):
             return None
+        if self.cache is not None and (stored := self.cache.lookup(key)) is not None:
+            return stored.info
         with s3_errors(f"read {key}"):
             try:
                 response = self.client.head_object(Bucket=self.bucket, Key=key)
@@ -109,18 +320,30 @@ class ServedTree:
                 if _code(exc) in _MISSING:
                     return None
                 raise
-        return ObjectInfo.from_response(dict(response))
+        info = ObjectInfo.from_response(dict(response))
+        if self.cache is not None:
+            self.cache.store(key, info)
+        return info
 
     def get(
-        self, key: str, byte_range: tuple[int, int] | None = None, if_match: str | None = None
+        self, key: str, byte_range: tuple[int, int | None] | None = None, if_match: str | None = None
     ) -> ObjectBody | None:
-        """Open ``key`` for streaming, all of it or the inclusive ``byte_range``; ``if_match`` pins
-        the version a resumed download started from (S3 answers 412 if it changed)."""
+        """Open ``key`` for streaming, all of it or the inclusive ``byte_range`` (last None: to the end);
+        ``if_match`` pins the version a resumed download started from (:class:`ObjectChangedError` if it changed)."""
         if _too_long(key):
             return None
+        if self.cache is None:
+            return self._get(key, byte_range, if_match)
+        with self.cache.filling(key):
+            stored = self.cache.lookup(key)
+            if stored is not None and stored.body is not None and if_match in (None, stored.info.etag):
+                return _from_memory(stored.info, stored.body, byte_range)
+            return self._get(key, byte_range, if_match)
+
+    def _get(self, key: str, byte_range: tuple[int, int | None] | None, if_match: str | None) -> ObjectBody | None:
         extra: dict[str, Any] = {}
         if byte_range is not None:
-            extra["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+            extra["Range"] = f"bytes={byte_range[0]}-{'' if byte_range[1] is None else byte_range[1]}"
         if if_match:
             extra["IfMatch"] = if_match
         with s3_errors(f"read {key}"):
@@ -129,13 +352,29 @@ class ServedTree:
             except ClientError as exc:
                 if _code(exc) in _MISSING:
                     return None
+                if _code(exc) in _CHANGED:
+                    if self.cache is not None:
+                        self.cache.drop(key)  # what we remembered is outdated: the next look asks S3
+                    raise ObjectChangedError(f"{key} changed while it was being read") from None
                 raise
         info = ObjectInfo.from_response(dict(response))
         if byte_range is not None:
             # ContentLength is the length of the range; the object's size is after the '/'.
             total = int(str(response.get("ContentRange", "")).rsplit("/", 1)[-1] or info.size)
-            info = ObjectInfo(total, info.mtime, info.etag, info.content_type, info.cache_control, info.symlink_target)
-        return ObjectBody(info, response["Body"], response.get("ContentRange"))
+            info = replace(info, size=total)
+        body = ObjectBody(info, response["Body"], response.get("ContentRange"))
+        if self.cache is None:
+            return body
+        if byte_range is None and self.cache.wants_body(info):
+            try:
+                with s3_errors(f"read {key}"):
+                    data = body.read_all()
+            finally:
+                body.close()
+            self.cache.store(key, info, data)
+            return _from_memory(info, data, None)
+        self.cache.store(key, info)
+        return body
 
     def is_dir(self, path: str) -> bool:
         """True when ``path`` ('' = root) is a directory of the mirror: its marker object exists."""
@@ -148,21 +387,33 @@ class ServedTree:
             return None
         return "" if joined == "." else joined
 
+    def remembered(self, key: str) -> ObjectInfo | None:
+        """What the cache knows about ``key`` right now, without asking S3 (None: nothing fresh)."""
+        stored = self.cache.lookup(key) if self.cache is not None else None
+        return stored.info if stored is not None else None
+
     def list_dir(self, path: str) -> list[Node] | None:
         """The entries of directory ``path``, or None when it does not exist.
 
         One paginated ListObjectsV2 (delimiter '/') gives the names, sizes and subdirectories; the
         directory's index page (one GET) gives upstream mtimes and symlinks, which a listing does
-        not carry. Nothing is fetched per entry.
+        not carry. Nothing is fetched per entry. With a cache, clients asking for the same listing
+        while it is being fetched share that one answer (it is never kept after).
         """
+        if self.cache is None:
+            return self._list_dir(path)
+        nodes = self._listings.join(path, lambda: self._list_dir(path))
+        return None if nodes is None else list(nodes)
+
+    def _list_dir(self, path: str) -> list[Node] | None:
         prefix = self.dir_key(path)
         files: dict[str, tuple[int, int]] = {}
         dirs: list[str] = []
         marker = path == ""
         with s3_errors(f"list {prefix}"):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
-            )
+            if self._paginator is None:  # loading the paginator model costs more CPU than a request
+                self._paginator = self.client.get_paginator("list_objects_v2")
+            pages = self._paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
             for page in pages:
                 for item in page.get("Contents", []):
                     name = item["Key"][len(prefix) :]
@@ -194,6 +445,13 @@ class ServedTree:
             return b"".join(body.chunks())
         finally:
             body.close()
+
+
+def _from_memory(info: ObjectInfo, data: bytes, byte_range: tuple[int, int | None] | None) -> ObjectBody:
+    if byte_range is None:
+        return ObjectBody(info, _MemoryStream(data), None)
+    first, last = byte_range[0], min(info.size - 1 if byte_range[1] is None else byte_range[1], info.size - 1)
+    return ObjectBody(info, _MemoryStream(data[first : last + 1]), f"bytes {first}-{last}/{info.size}")
 
 
 def _too_long(key: str) -> bool:
