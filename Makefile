@@ -22,6 +22,8 @@ $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml
 		apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
 	@command -v node >/dev/null || { echo "node not found (the CloudFront Function tests run under it): installing it from Debian packages"; \
 		apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
+	@command -v chromium >/dev/null || { echo "chromium not found (the status page's browser test runs it): installing it from Debian packages"; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	@if [ -z "$(PY313)" ]; then echo "error: Python 3.13 not found. Install it (pyenv install 3.13 or your OS packages) so that 'python3.13' runs, then rerun make." >&2; exit 2; fi
 	@test -x $(BIN)/python || $(PY313) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

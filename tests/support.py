@@ -3,9 +3,13 @@
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from mirrorkeeper.rsyncd import free_port
+from mirrorkeeper.services import serving
 
 BUCKET = "mirror-test"
 
@@ -62,44 +66,11 @@ def tree_files(root: Path) -> dict[str, tuple[bytes, int]]:
     return out
 
 
-class CliServer:
-    """``mirrorkeeper COMMAND --bucket BUCKET --port P EXTRA...`` as a real subprocess against the moto server;
-    ``with CliServer(...) as port`` waits until P accepts connections and stops the server afterwards."""
-
-    def __init__(self, command: str, endpoint: str, *extra: str) -> None:
-        from mirrorkeeper.rsyncd import free_port
-
-        self.command = command
-        self.port = free_port()
-        self.args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--port", str(self.port)]
-        self.args += extra
-        self.env = cli_env(endpoint)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> int:
-        import socket
-        import time
-
-        self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self.port
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.__exit__()
-                    raise AssertionError(f"{self.command} did not start: {self._stderr()}") from None
-                time.sleep(0.05)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    def _stderr(self) -> str:
-        assert self.process is not None and self.process.stderr is not None
-        return self.process.stderr.read().decode(errors="replace")
-
-
-serve_cli = CliServer  # the name the front-end tests use: `with serve_cli("serve-http", endpoint) as port:`
+@contextmanager
+def serve_cli(command: str, endpoint: str, *extra: str) -> Iterator[int]:
+    """``mirrorkeeper COMMAND --bucket BUCKET --port P EXTRA...`` as a real subprocess against the moto
+    server; yields P once it accepts connections, stops the server afterwards."""
+    port = free_port()
+    args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--port", str(port), *extra]
+    with serving(args, port, cli_env(endpoint), command):
+        yield port

@@ -5,6 +5,7 @@ subprocesses, exactly as an operator runs them.
 """
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from mirrorkeeper.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper.sampletree import TreeSpec, add_hostile_names, generate_tree, mutate, openvz_like
-from tests.support import BUCKET, run_cli, tree_files
+from tests.support import BUCKET, run_cli, serve_cli, tree_files
 
 
 @pytest.fixture
@@ -81,3 +82,38 @@ def test_demo_runs_from_nothing_and_exits_0() -> None:
     assert result.returncode == 0, result.stderr
     assert "first sync   success" in result.stdout
     assert "second sync  success  1 " in result.stdout
+    # the verify summary: both protocols ok, the missing-file checks right, where the status page is
+    assert re.search(r"^http\s+ok\s+\d+ s ago\s+(\d+)/\1\s+404 ok$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^ftp\s+ok\s+\d+ s ago\s+(\d+)/\1\s+550 ok$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^status page: http://127\.0\.0\.1:\d+/\.mirrorkeeper/status\.html$", result.stdout, re.MULTILINE)
+
+
+def test_verify_reports_each_protocol_and_exits_by_health(tmp_path: Path, moto_process: str) -> None:
+    # GIVEN a synced mirror, served by both front ends, every one a real process
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    openvz_like(upstream)
+    boto3.client("s3", endpoint_url=moto_process, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    with RsyncDaemon(upstream) as daemon:
+        assert run_cli(["sync", "--upstream", daemon.url, "--bucket", BUCKET], moto_process).returncode == 0
+    with serve_cli("serve-http", moto_process) as http_port, serve_cli("serve-ftp", moto_process) as ftp_port:
+        urls = ["--http-url", f"http://127.0.0.1:{http_port}/", "--ftp-url", f"ftp://127.0.0.1:{ftp_port}/"]
+        # WHEN verify runs: exit 0, and the workflow's document says why
+        healthy = run_cli(["verify", "--bucket", BUCKET, *urls, "--json"], moto_process)
+        assert healthy.returncode == 0, healthy.stderr
+        state = json.loads(healthy.stdout)
+        assert state["health"]["levels"] == {"http": "ok", "ftp": "ok", "mirror": "ok", "overall": "ok"}
+        assert set(state) == {"trigger", "drift", "probes", "health"}
+    # WHEN the front ends are gone: exit 1, both protocols down, the table says so
+    down = run_cli(["verify", "--bucket", BUCKET, *urls], moto_process)
+    assert down.returncode == 1, down.stderr
+    assert re.search(r"^http\s+down", down.stdout, re.MULTILINE) and re.search(
+        r"^ftp\s+down", down.stdout, re.MULTILINE
+    )
+    assert "unreachable" in down.stdout
+    # AND a malformed trigger event is a usage error, in one line that names the field
+    bad = tmp_path / "event.json"
+    bad.write_text(json.dumps({"source": "aws.ecs", "detail-type": "ECS Task State Change"}))
+    refused = run_cli(["verify", "--bucket", BUCKET, *urls, "--event", str(bad)], moto_process)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "trigger.aws.ecs.time" in refused.stderr, refused.stderr

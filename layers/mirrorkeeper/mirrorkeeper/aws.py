@@ -2,14 +2,18 @@
 concurrency, the local endpoint when one is configured, and a count of requests sent."""
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from mirrorkeeper.config import AwsConfig
+from mirrorkeeper.errors import StorageError
 
-__all__ = ["RequestCounter", "S3Client", "s3_client"]
+__all__ = ["RequestCounter", "S3Client", "aws_errors", "client_config", "s3_client", "service_client"]
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -52,3 +56,35 @@ def s3_client(aws: AwsConfig, counter: RequestCounter | None = None, pool_size: 
     if counter is not None:
         counter.attach(client)
     return client  # type: ignore[no-any-return]
+
+
+def client_config(aws: AwsConfig, pool_size: int = 10) -> Config:
+    return Config(
+        region_name=aws.region,
+        retries={"mode": "adaptive", "max_attempts": aws.max_attempts},
+        max_pool_connections=pool_size,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+
+
+def service_client(service: str, aws: AwsConfig) -> Any:
+    """A client for CloudWatch, SNS and the like, with the same retries and endpoint as S3's."""
+    return boto3.session.Session().client(service, endpoint_url=aws.endpoint_url, config=client_config(aws))
+
+
+@contextmanager
+def aws_errors(service: str, action: str) -> Iterator[None]:
+    """Turn botocore failures (after its retries) into a StorageError that names the service."""
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise StorageError(
+            f"{service} refused to {action}: {code}: {exc}; check the resource names and the role's permissions"
+        ) from None
+    except BotoCoreError as exc:
+        raise StorageError(
+            f"the {service} request to {action} did not complete: {exc}; check the credentials, "
+            "--endpoint-url and the network"
+        ) from None

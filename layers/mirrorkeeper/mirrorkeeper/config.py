@@ -308,4 +308,105 @@ def load_serve_config(
         mirror_name=sources.get("mirror_name", str, "") or layout.bucket,
         passive_ports=sources.get("passive_ports", parse_port_range, None),
         masquerade_address=sources.get("masquerade_address", str, "") or None,
+        cache_ttl=sources.get("cache_ttl", parse_seconds, ServeConfig.cache_ttl),
     )
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected a whole number of at least 0")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """'3600', '90s', '45m', '1h', '2d' → seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError("expected a duration above 0, such as 3600, 90s, 45m, 1h or 2d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def parse_endpoint_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        url = text.strip()
+        if not url:
+            return ""
+        parts = urlsplit(url)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"expected a {' or '.join(s + '://HOST[:PORT]/' for s in schemes)} URL")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("the port is not a number from 1 to 65535") from None
+        return url.rstrip("/") + "/"
+
+    return parse
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Settings of ``mirrorkeeper verify`` and of the three verification Lambdas (same names, same
+    environment variables, so the local chain and the deployed workflow read one configuration)."""
+
+    layout: MirrorLayout
+    aws: AwsConfig
+    mirror_name: str = ""
+    http_url: str = ""
+    ftp_url: str = ""
+    rsync_url: str = ""
+    sync_interval: float = 3600.0
+    topic_arn: str = ""
+    metrics_namespace: str = "Mirrorkeeper"
+    trace_path: str = SyncConfig.trace_path
+    late_patterns: tuple[tuple[str, ...], ...] = DEFAULT_LATE_PATTERNS
+    probe_timeout: float = 10.0
+    probe_concurrency: int = 8
+    sample_random: int = 8
+    sample_newest: int = 4
+    sample_late: int = 4
+    sample_download: int = 3
+    download_max_bytes: int = 8 * 1024**2
+    reminder_interval: float = 6 * 3600.0
+    cache_grace: float = 3600.0
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """Configured endpoints by protocol, in probing order."""
+        found = {"http": self.http_url, "ftp": self.ftp_url, "rsync": self.rsync_url}
+        return {protocol: url for protocol, url in found.items() if url}
+
+
+def load_verify_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> VerifyConfig:
+    sources = Sources.load(flags, environ)
+    layout = load_layout(sources)
+    config = VerifyConfig(
+        layout=layout,
+        aws=load_aws_config(sources),
+        mirror_name=sources.get("mirror_name", str, "") or layout.bucket,
+        http_url=sources.get("http_url", parse_endpoint_url(("http", "https")), ""),
+        ftp_url=sources.get("ftp_url", parse_endpoint_url(("ftp",)), ""),
+        rsync_url=sources.get("rsync_url", parse_endpoint_url(("rsync",)), ""),
+        sync_interval=sources.get("sync_interval", parse_duration, VerifyConfig.sync_interval),
+        topic_arn=sources.get("topic_arn", str, "").strip(),
+        metrics_namespace=sources.get("metrics_namespace", str, VerifyConfig.metrics_namespace),
+        trace_path=sources.get("trace_path", str, VerifyConfig.trace_path).strip("/"),
+        late_patterns=sources.get("late_patterns", parse_late_patterns, DEFAULT_LATE_PATTERNS),
+        probe_timeout=sources.get("probe_timeout", parse_duration, VerifyConfig.probe_timeout),
+        probe_concurrency=sources.get("probe_concurrency", positive_int, VerifyConfig.probe_concurrency),
+        sample_random=sources.get("sample_random", non_negative_int, VerifyConfig.sample_random),
+        sample_newest=sources.get("sample_newest", non_negative_int, VerifyConfig.sample_newest),
+        sample_late=sources.get("sample_late", non_negative_int, VerifyConfig.sample_late),
+        sample_download=sources.get("sample_download", non_negative_int, VerifyConfig.sample_download),
+        download_max_bytes=sources.get("download_max_bytes", parse_size, VerifyConfig.download_max_bytes),
+        reminder_interval=sources.get("reminder_interval", parse_duration, VerifyConfig.reminder_interval),
+        cache_grace=sources.get("cache_grace", parse_duration, VerifyConfig.cache_grace),
+    )
+    if not config.endpoints:
+        raise ConfigError(
+            "no endpoint to probe: pass --http-url and/or --ftp-url (or set MIRRORKEEPER_HTTP_URL / "
+            "MIRRORKEEPER_FTP_URL)"
+        )
+    if config.topic_arn and not config.topic_arn.startswith("arn:"):
+        raise ConfigError(f"topic ARN {config.topic_arn!r} is not an ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+    return config

@@ -83,11 +83,14 @@ def content_type(name: str) -> str:
     return guessed
 
 
-def _human(size: int) -> str:
+def human_size(size: int, compact: bool = False) -> str:
+    """1536 → '1.5 KiB', or '1.5K' in the compact form Apache's autoindex pages use."""
     value = float(size)
     for unit in ("", "K", "M", "G", "T"):
         if value < 1024 or unit == "T":
-            return f"{value:.0f}" if unit == "" else f"{value:.1f}{unit}"
+            if not unit:
+                return f"{value:.0f}" if compact else f"{value:.0f} B"
+            return f"{value:.1f}{unit}" if compact else f"{value:.1f} {unit}iB"
         value /= 1024
     raise AssertionError("unreachable")
 
@@ -107,7 +110,7 @@ def render_index(directory: str, children: Iterable[Entry], mirror_name: str) ->
         name = child.name + ("/" if is_dir else "")
         href = quote(child.name, safe="") + ("/" if is_dir else "")
         stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(child.mtime))
-        size = "-" if is_dir else _human(child.size)
+        size = "-" if is_dir else human_size(child.size, compact=True)
         link = (
             f' <span class="l">-&gt; {html.escape(child.target or "")}</span>'
             if child.type is EntryType.SYMLINK

@@ -53,3 +53,7 @@ class DeletionGuardError(MirrorkeeperError):
     """The plan would delete too much, or the upstream listing cannot be trusted for deletes."""
 
     exit_code = ExitCode.DELETION_GUARD
+
+
+class StateConflictError(StorageError):
+    """A state object changed between our read and our conditional write (another run wrote it)."""

@@ -1,8 +1,11 @@
 """``mirrorkeeper demo``: the pipeline on this machine, from nothing.
 
 A sample upstream (OpenVZ-shaped) on a real rsync daemon on loopback, a moto server as AWS
-(the same boto3 HTTP code path as production), then a first sync and a second, incremental
-one; a summary a person reads in five seconds. ``--upstream`` mirrors a real rsync module.
+(the same boto3 HTTP code path as production), a first sync and a second, incremental one, both
+front ends (serve-http, serve-ftp) as real processes on loopback, then one verify (diff, probe
+every protocol, publish health); a summary a person reads in five seconds and the status page's
+address. ``--upstream`` mirrors a real rsync module; ``--keep-running`` leaves it all up to
+browse. Exit 0 only when every protocol is healthy.
 """
 
 from __future__ import annotations
@@ -10,21 +13,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from mirrorkeeper.aws import RequestCounter, s3_client
-from mirrorkeeper.config import AwsConfig, SyncConfig
+from mirrorkeeper.aws import RequestCounter, s3_client, service_client
+from mirrorkeeper.config import AwsConfig, SyncConfig, VerifyConfig
 from mirrorkeeper.errors import ConfigError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.logs import setup_logging
 from mirrorkeeper.report import RunReport, SyncResult
-from mirrorkeeper.rsyncd import RsyncDaemon
+from mirrorkeeper.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper.sampletree import openvz_like, write_file
+from mirrorkeeper.services import serving
+from mirrorkeeper.summary import print_verify_summary, table
 from mirrorkeeper.sync import SyncRun
+from mirrorkeeper.workflow import Deps, cli_trigger, run_chain
 
 BUCKET = "mirrorkeeper-demo"
 log = logging.getLogger(__name__)
@@ -33,7 +40,7 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline locally: rsync daemon, moto server, sync",
+        help="run the whole pipeline locally: rsync daemon, moto server, sync, HTTP and FTP, verify",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -97,15 +104,36 @@ def run(args: argparse.Namespace) -> int:
                 int(time.time()),
             )
         second = _sync(upstream, aws, root / "staging")
-        _print_summary(upstream, endpoint, [("first sync", first), ("second sync", second)])
+        _print_syncs(upstream, endpoint, [("first sync", first), ("second sync", second)])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORKEEPER_")}
+        env.update({"AWS_ENDPOINT_URL": endpoint, "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED"})
+        ports = {"http": free_port(), "ftp": free_port()}
+        for protocol, port in ports.items():
+            command = [sys.executable, "-m", "mirrorkeeper", f"serve-{protocol}", "--bucket", BUCKET]
+            command += ["--port", str(port), "--log-format", "json"]
+            stack.enter_context(serving(command, port, env, f"serve-{protocol}"))
+        topic = service_client("sns", aws).create_topic(Name="mirrorkeeper-demo-alerts")["TopicArn"]
+        config = VerifyConfig(
+            layout=MirrorLayout.create(BUCKET),
+            aws=aws,
+            mirror_name="mirrorkeeper demo",
+            http_url=f"http://127.0.0.1:{ports['http']}/",
+            ftp_url=f"ftp://127.0.0.1:{ports['ftp']}/",
+            topic_arn=topic,
+        )
+        state = run_chain(cli_trigger(time.time()), Deps.create(config))
+        print_verify_summary(state, config.mirror_name)
         if args.keep_running:
-            print(f"\nservices are up (S3 endpoint {endpoint}, bucket {BUCKET}); Ctrl-C to stop")
+            print(
+                f"\nservices are up: HTTP {config.http_url}  FTP {config.ftp_url}  S3 (moto) {endpoint}  "
+                f"bucket {BUCKET}; Ctrl-C to stop"
+            )
             _wait_forever()
-        ok = all(r.result in (SyncResult.SUCCESS, SyncResult.NO_CHANGE) for r in (first, second))
-        return 0 if ok else 1
+        synced = all(r.result in (SyncResult.SUCCESS, SyncResult.NO_CHANGE) for r in (first, second))
+        return 0 if synced and state["health"]["overall"] == "ok" else 1
 
 
-def _print_summary(upstream: str, endpoint: str, runs: list[tuple[str, RunReport]]) -> None:
+def _print_syncs(upstream: str, endpoint: str, runs: list[tuple[str, RunReport]]) -> None:
     print(f"\nmirrorkeeper demo — upstream {upstream} → s3://{BUCKET}/pub/ (moto server {endpoint})\n")
     rows: list[tuple[Any, ...]] = [("run", "result", "uploaded", "bytes", "deleted", "S3 requests", "seconds")]
     for label, report in runs:
@@ -120,9 +148,7 @@ def _print_summary(upstream: str, endpoint: str, runs: list[tuple[str, RunReport
                 f"{report.duration:.2f}",
             )
         )
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(table(rows))
     last = runs[-1][1]
     print(
         f"\nmirror: {last.mirror_entries} entries, {last.mirror_bytes} bytes; skipped {last.skipped_total} "

@@ -1,0 +1,6 @@
+"""The publish-health Lambda: levels, metrics, history, status page, SNS (workflow.publish_health)."""
+
+from mirrorkeeper import workflow
+from mirrorkeeper.lambdas import lambda_handler
+
+handler = lambda_handler(workflow.publish_health)

@@ -1,0 +1,240 @@
+"""The health model: from what diff-manifests, probe-endpoints and the sync task report, a level
+per component and overall, by the rules below (docs/health.md explains them to operators).
+
+Components are the probed protocols (``http``, ``ftp``, ``rsync``) and ``mirror`` (the content:
+sync outcome, drift, completeness). ``overall`` is the worst of them.
+
+    protocol  down      unreachable (connection refused, DNS, timeout); rsync handshake refused;
+                        freshness (trace age) beyond DOWN_AFTER x the sync interval
+              degraded  freshness beyond DEGRADED_AFTER x the sync interval; trace unreadable;
+                        a missing path not answered 404 / 550; any sampled file, size, mtime,
+                        hash or root-listing probe failed; the probe step itself failed
+    mirror    degraded  drift (objects missing, extra or of the wrong size); the last sync failed
+                        (non-zero exit other than "lock held", or the task never started); nothing
+                        published yet; the drift check itself failed
+
+A level change sends one message; a level that stays bad sends a reminder every
+``reminder_interval``; the return to ok sends one "resolved" message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from mirrorkeeper.drift import DriftReport
+from mirrorkeeper.errors import ExitCode
+from mirrorkeeper.probes import EndpointReport, Outcome, ProbeKind
+
+DEGRADED_AFTER = 2.0
+DOWN_AFTER = 6.0
+HISTORY_SECONDS = 14 * 86400
+MIRROR = "mirror"
+OVERALL = "overall"
+
+
+class Level(IntEnum):
+    """Ordered so that ``max`` is 'the worst'; the value is the HealthLevel metric."""
+
+    OK = 0
+    DEGRADED = 1
+    DOWN = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Level:
+        return cls[text.upper()]
+
+
+@dataclass(frozen=True)
+class Finding:
+    component: str
+    level: Level
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"component": self.component, "level": self.level.label, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """A verification step that failed (the workflow's Catch, or the local chain's except)."""
+
+    error: str
+    cause: str
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """How the last sync ended, from its run report or from the ECS task-stopped event."""
+
+    finished: float
+    ok: bool
+    exit_code: int | None
+    reason: str
+    source: str  # "run-report" or "ecs-event"
+    run_id: str = ""
+    duration: float = 0.0
+    uploaded_bytes: int = 0
+    files_changed: int = 0
+    s3_requests: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> SyncOutcome:
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+
+
+def sync_from_exit(exit_code: int | None, reason: str) -> tuple[bool, str]:
+    """Whether a sync task's end is healthy, and the sentence an operator reads."""
+    if exit_code == ExitCode.OK:
+        return True, "synced"
+    if exit_code == ExitCode.LOCKED:
+        return True, "another sync held the lock; this run did nothing"
+    if exit_code == ExitCode.DELETION_GUARD:
+        return False, (
+            "the deletion guard refused the plan (upstream shrank more than allowed); check upstream, then run "
+            "the sync once with --force-delete"
+        )
+    if exit_code == ExitCode.USAGE:
+        return False, "the sync task is misconfigured (exit 2); read its log, fix the task definition's settings"
+    if exit_code is None:
+        return False, f"the sync task never ran its command: {reason or 'no exit code'}"
+    return False, f"the sync failed (exit {exit_code}){': ' + reason if reason else ''}; read the task's log"
+
+
+@dataclass
+class Assessment:
+    checked_at: float
+    levels: dict[str, Level]
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def overall(self) -> Level:
+        return max(self.levels.values(), default=Level.OK)
+
+    def reasons(self, component: str) -> list[str]:
+        return [f.reason for f in self.findings if f.component == component]
+
+
+def human_age(seconds: float) -> str:
+    """An age as people say it, in alerts, the status page and summaries."""
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def assess_endpoint(report: EndpointReport, now: float, sync_interval: float, cache_grace: float) -> list[Finding]:
+    name = report.protocol
+    if not report.reachable:
+        first = report.results[0] if report.results else None
+        return [Finding(name, Level.DOWN, f"unreachable at {report.url}: {first.detail if first else 'no answer'}")]
+    findings: list[Finding] = []
+    if report.protocol == "rsync":
+        failed = [r for r in report.results if not r.ok]
+        return [Finding(name, Level.DOWN, f"the rsync module is not served: {r.detail}") for r in failed]
+    if report.trace_epoch is None:
+        trace = next((r for r in report.results if r.kind is ProbeKind.TRACE), None)
+        findings.append(
+            Finding(name, Level.DEGRADED, f"the trace file is unreadable ({trace.detail if trace else 'not probed'})")
+        )
+    else:
+        age = max(now - report.trace_epoch, 0.0)
+        for factor, level in ((DOWN_AFTER, Level.DOWN), (DEGRADED_AFTER, Level.DEGRADED)):
+            if age > factor * sync_interval:
+                limit = human_age(factor * sync_interval)
+                findings.append(
+                    Finding(name, level, f"stale: last sync {human_age(age)} ago ({level.label} after {limit})")
+                )
+                break
+    if report.missing_check is False:
+        missing = next(r for r in report.results if r.kind is ProbeKind.MISSING)
+        findings.append(Finding(name, Level.DEGRADED, f"wrong status for a missing file: {missing.detail}"))
+    stale = sum(r.outcome is Outcome.STALE for r in report.results)
+    synced_ago = now - report.trace_epoch if report.trace_epoch is not None else None
+    forgiven = bool(stale) and synced_ago is not None and synced_ago <= cache_grace
+    if forgiven and synced_ago is not None:
+        findings.append(
+            Finding(
+                name,
+                Level.OK,
+                f"{stale} files served from a cache older than the last sync, {human_age(synced_ago)} ago "
+                f"(allowed for {human_age(cache_grace)})",
+            )
+        )
+    failed = [
+        r
+        for r in report.results
+        if r.kind in (ProbeKind.ROOT, ProbeKind.FILE, ProbeKind.DOWNLOAD)
+        and not r.ok
+        and not (forgiven and r.outcome is Outcome.STALE)
+    ]
+    if failed:
+        first = failed[0]
+        findings.append(
+            Finding(
+                name,
+                Level.DEGRADED,
+                f"{len(failed)} of {len(report.results)} probes failed; first: {first.kind.value} "
+                f"{first.path or '/'}: {first.outcome.value}: {first.detail}",
+            )
+        )
+    return findings
+
+
+def assess_mirror(drift: DriftReport | StepFailure, sync: SyncOutcome | None) -> list[Finding]:
+    findings: list[Finding] = []
+    if isinstance(drift, StepFailure):
+        findings.append(Finding(MIRROR, Level.DEGRADED, f"the drift check failed: {drift.error}: {drift.cause}"))
+    elif not drift.manifest_generated:
+        findings.append(Finding(MIRROR, Level.DEGRADED, "nothing published yet: no sync has completed"))
+    elif drift.drift and drift.sync_in_progress:
+        findings.append(
+            Finding(MIRROR, Level.OK, f"{drift.drift} objects differ from the manifest while a sync is running")
+        )
+    elif drift.drift:
+        findings.append(
+            Finding(
+                MIRROR,
+                Level.DEGRADED,
+                f"{drift.drift} objects differ from the manifest (missing {drift.missing}, extra {drift.extra}, "
+                f"wrong size {drift.size_mismatch}); the next sync repairs missing and wrong ones",
+            )
+        )
+    if sync is not None and not sync.ok:
+        findings.append(Finding(MIRROR, Level.DEGRADED, sync.reason))
+    return findings
+
+
+def assess(
+    now: float,
+    sync_interval: float,
+    protocols: list[str],
+    drift: DriftReport | StepFailure,
+    probes: list[EndpointReport] | StepFailure,
+    sync: SyncOutcome | None,
+    cache_grace: float = 3600.0,
+) -> Assessment:
+    findings = assess_mirror(drift, sync)
+    if isinstance(probes, StepFailure):
+        findings += [
+            Finding(p, Level.DEGRADED, f"the probes did not run: {probes.error}: {probes.cause}") for p in protocols
+        ]
+    else:
+        for report in probes:
+            findings += assess_endpoint(report, now, sync_interval, cache_grace)
+    levels = {component: Level.OK for component in [*protocols, MIRROR]}
+    for finding in findings:
+        levels[finding.component] = max(levels.get(finding.component, Level.OK), finding.level)
+    return Assessment(now, levels, findings)

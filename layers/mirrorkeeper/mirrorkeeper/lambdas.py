@@ -1,0 +1,37 @@
+"""The one adapter between Lambda and the verify steps (functions/<name>/app.py each wrap one step).
+
+Powertools as its docs show it: Logger (JSON, the trigger's id as correlation id, the package's
+own loggers routed through it) and Tracer here; metrics leave as EMF through Powertools'
+EphemeralMetrics in mirrorkeeper.metrics, one document per dimension set (Mirror, or Mirror and
+Protocol), which a single module-level Metrics object cannot express. Settings come from the
+MIRRORKEEPER_* environment, parsed per invocation by the same function the command line uses.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from mirrorkeeper.config import load_verify_config
+from mirrorkeeper.workflow import Deps
+
+logger = Logger()
+tracer = Tracer()
+copy_config_to_registered_loggers(source_logger=logger, include={"mirrorkeeper"})
+
+Step = Callable[[Any, Deps], dict[str, Any]]
+Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def lambda_handler(step: Step) -> Handler:
+    """A Lambda handler running ``step``; a malformed event raises InvalidEventError, which the
+    state machine does not retry (its Retry names only Lambda service errors)."""
+
+    @logger.inject_lambda_context(correlation_id_path="trigger.id")
+    @tracer.capture_lambda_handler
+    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        return step(event, Deps.create(load_verify_config({}), metrics="emf"))
+
+    return handler

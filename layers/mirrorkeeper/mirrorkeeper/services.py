@@ -1,0 +1,53 @@
+"""Local processes the demo (and the tests) start and stop: a command serving on a port."""
+
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import IO
+
+from mirrorkeeper.errors import MirrorkeeperError
+
+
+class ServiceStartError(MirrorkeeperError):
+    """A local service did not start listening; the message carries its stderr."""
+
+
+def wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout: float, what: str, log: IO[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait(5)
+                log.seek(0)
+                err = log.read()[-800:].decode(errors="replace")
+                raise ServiceStartError(f"{what} did not start listening on 127.0.0.1:{port}: {err}") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def serving(
+    args: Sequence[str], port: int, env: Mapping[str, str] | None = None, what: str = "", timeout: float = 20
+) -> Iterator["subprocess.Popen[bytes]"]:
+    """Run ``args`` (which must listen on 127.0.0.1:``port``) until the block ends."""
+    # stderr to a file, not a pipe: a chatty server must never block on a full pipe.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            list(args), env=dict(env) if env is not None else None, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            wait_for_port(port, process, timeout, what or args[0], log)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)

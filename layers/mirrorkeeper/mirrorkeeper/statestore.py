@@ -1,0 +1,114 @@
+"""The verification side's S3 adapter: read what the sync left, keep health state, publish the
+status page. Every call the three verification steps make to S3 goes through here."""
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mirrorkeeper.aws import S3Client
+from mirrorkeeper.errors import StateConflictError, StorageError
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.manifest import ManifestError, ManifestHeader, Row, read_manifest_rows
+from mirrorkeeper.store import s3_errors
+
+STATUS_CACHE_CONTROL = "no-cache, max-age=0"
+
+
+def _missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code", "") in ("NoSuchKey", "404", "NotFound")
+
+
+class StateStore:
+    def __init__(self, client: S3Client, layout: MirrorLayout) -> None:
+        self.client = client
+        self.layout = layout
+        self.bucket = layout.bucket
+
+    @property
+    def health_key(self) -> str:
+        return self.layout.state_prefix + "health.json"
+
+    @contextmanager
+    def manifest_rows(self, key: str) -> Iterator[tuple[ManifestHeader, Iterator[Row]] | None]:
+        """Stream a manifest-format file's rows; ``None`` when it does not exist (yet)."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _missing(exc):
+                yield None
+                return
+            with s3_errors(f"read s3://{self.bucket}/{key}"):
+                raise
+        body = response["Body"]
+        try:
+            yield read_manifest_rows(body)
+        except ManifestError as exc:
+            raise StorageError(
+                f"s3://{self.bucket}/{key} is damaged ({exc}); the next successful sync rewrites it"
+            ) from None
+        finally:
+            body.close()
+
+    def served_objects(self) -> Iterator[tuple[str, int]]:
+        """``(key relative to the served prefix, size)`` of every served object, in key order."""
+        prefix = self.layout.served_prefix
+        paginator = self.client.get_paginator("list_objects_v2")
+        with s3_errors(f"list s3://{self.bucket}/{prefix}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    yield item["Key"][len(prefix) :], int(item["Size"])
+
+    def read_json(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        """A JSON document and its ETag; ``(None, None)`` when absent. Unreadable JSON is an error."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _missing(exc):
+                return None, None
+            with s3_errors(f"read s3://{self.bucket}/{key}"):
+                raise
+        with s3_errors(f"read s3://{self.bucket}/{key}"):
+            body = response["Body"].read()
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise StorageError(f"s3://{self.bucket}/{key} is not JSON ({exc}); delete it to start afresh") from None
+        if not isinstance(doc, dict):
+            raise StorageError(f"s3://{self.bucket}/{key} is not a JSON object; delete it to start afresh")
+        return doc, str(response.get("ETag", "")) or None
+
+    def write_json(self, key: str, doc: dict[str, Any], expected_etag: str | None) -> None:
+        """Write ``doc`` only if the object is still what we read (``None``: still absent), so two
+        verify runs at once cannot silently lose each other's history."""
+        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            self._put_json(key, body, expected_etag)
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code", "") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            ):
+                raise StateConflictError(f"s3://{self.bucket}/{key} changed while we worked on it") from None
+            with s3_errors(f"write s3://{self.bucket}/{key}"):
+                raise
+
+    def _put_json(self, key: str, body: bytes, expected_etag: str | None) -> None:
+        if expected_etag:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", IfMatch=expected_etag
+            )
+        else:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*"
+            )
+
+    def publish(self, path: str, body: bytes, content_type: str) -> None:
+        """Put a file of ours (status page) into the served tree, never cached for long."""
+        key = self.layout.served_key(path)
+        with s3_errors(f"write s3://{self.bucket}/{key}"):
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, CacheControl=STATUS_CACHE_CONTROL
+            )

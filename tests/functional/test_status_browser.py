@@ -1,0 +1,302 @@
+"""status.html opened in a real headless Chromium (Debian's ``chromium``, installed by ``make
+install``): what the browser parses (``--dump-dom``) and what it paints (``--screenshot``).
+
+Chromium only ever loads loopback: the page from a file or a server on 127.0.0.1, and every other
+request goes to a proxy address where nothing listens, so a stray fetch fails instead of leaving
+the machine.
+"""
+
+import http.server
+import re
+import shutil
+import struct
+import subprocess
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorkeeper.health import HISTORY_SECONDS, SyncOutcome
+from mirrorkeeper.healthstate import HealthState, HistoryPoint, ProtocolStatus
+from mirrorkeeper.status import BAR_HEIGHT, BAR_WIDTH, COLOURS, render_status_html
+
+NOW = 1_780_000_000.0 + 1234
+HOUR = 3600.0
+HOSTILE_NAME = "<script>document.title='pwned'</script> Mirror & \"Co\""
+WINDOW = (1000, 420)  # the heading and the protocol table; a small image keeps the PNG decoding quick
+OK = bytes.fromhex(COLOURS["ok"][1:])
+DOWN = bytes.fromhex(COLOURS["down"][1:])
+TRACK = bytes.fromhex("eeeeee")  # the bar's empty track
+VOID = {"meta", "br", "hr", "img", "input", "link", "wbr"}  # Chromium closes SVG elements: <rect></rect>
+
+
+def constructed_state() -> HealthState:
+    """http fresh (trace 30 min old) and ok; ftp 10 h stale and down; 14 days of half-hourly
+    checks with a down stretch of five hours."""
+    history = []
+    for i in range(14 * 48):
+        t = NOW - HISTORY_SECONDS + 60 + i * 1800
+        overall = "down" if 301 <= i < 311 else "ok"  # 03:18 to 07:48 UTC: five hours
+        history.append(HistoryPoint(t, overall, {"http": "ok", "ftp": overall}, {"http": 1800.0, "ftp": None}, 100.0))
+    return HealthState(
+        levels={"http": "ok", "ftp": "down", "mirror": "ok", "overall": "down"},
+        since={"overall": NOW - 4 * HOUR},
+        last_sync=SyncOutcome(NOW - 1800, True, 0, "synced", "run-report", duration=245.0, files_changed=12),
+        checked_at=NOW - 30,
+        protocols={
+            "http": ProtocolStatus("http://127.0.0.1:1/pub/", "ok", int(NOW - 1800), 14, 0, True, 41.7, []),
+            "ftp": ProtocolStatus(
+                "ftp://127.0.0.1:1/", "down", int(NOW - 10 * HOUR), 10, 2, False, 120.0, ["stale: <b>10.0 h</b>"]
+            ),
+        },
+        completion=100.0,
+        drift=0,
+        lag=0,
+        history=history,
+    )
+
+
+# -- driving the browser --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "chromium not found on PATH: `make install` installs it from Debian packages "
+            "(apt-get install chromium); this test needs a real browser and is never skipped",
+            pytrace=False,
+        )
+    return path
+
+
+def open_in_chromium(chromium: str, url: str, workdir: Path) -> tuple[str, bytes]:
+    """Load ``url`` once; return the DOM after parsing and a screenshot (PNG) of the window."""
+    shot = workdir / "shot.png"
+    command = [
+        chromium,
+        "--headless",
+        "--no-sandbox",  # tests run as root in containers, where the sandbox cannot start
+        "--disable-gpu",
+        f"--user-data-dir={workdir / 'profile'}",  # a fresh profile: parallel workers never share one
+        "--no-first-run",
+        "--disable-background-networking",
+        "--proxy-server=http://127.0.0.1:9",  # nothing listens there; loopback itself bypasses proxies
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",  # one CSS pixel = one image pixel, so widths can be measured
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--screenshot={shot}",
+        "--dump-dom",
+        url,
+    ]
+    result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    errors = result.stderr.decode(errors="replace")[-2000:]
+    assert result.returncode == 0, f"chromium failed ({result.returncode}): {errors}"
+    assert shot.exists(), f"chromium wrote no screenshot: {errors}"
+    return result.stdout.decode(), shot.read_bytes()
+
+
+@pytest.fixture
+def page_dir(tmp_path: Path) -> Path:
+    (tmp_path / "status.html").write_bytes(render_status_html(constructed_state(), HOSTILE_NAME, HOUR, NOW))
+    return tmp_path
+
+
+@pytest.fixture
+def strict_csp_server(page_dir: Path) -> Iterator[str]:
+    """Serves ``page_dir`` on 127.0.0.1 with the strictest CSP a CDN might add: no inline CSS."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(page_dir), **kwargs)
+
+        def end_headers(self) -> None:
+            self.send_header("Content-Security-Policy", "default-src 'none'")
+            super().end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/status.html"
+    server.shutdown()
+    server.server_close()
+
+
+# -- reading what it produced ---------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    tag: str
+    attrs: dict[str, str]
+    children: list["Node"] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+
+    def walk(self) -> Iterator["Node"]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def find(self, tag: str, **attrs: str) -> list["Node"]:
+        return [n for n in self.walk() if n.tag == tag and all(n.attrs.get(k) == v for k, v in attrs.items())]
+
+    def content(self) -> str:
+        return "".join(self.text) + "".join(child.content() for child in self.children)
+
+
+class TreeBuilder(HTMLParser):
+    """The browser's serialised DOM as a tree (Chromium writes well-formed markup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = Node("#document", {})
+        self.stack = [self.root]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: v or "" for k, v in attrs})
+        self.stack[-1].children.append(node)
+        if tag not in VOID:
+            self.stack.append(node)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.stack[-1].children.append(Node(tag, {k: v or "" for k, v in attrs}))
+
+    def handle_endtag(self, tag: str) -> None:
+        if any(node.tag == tag for node in self.stack[1:]):
+            while self.stack.pop().tag != tag:
+                pass
+
+    def handle_data(self, data: str) -> None:
+        self.stack[-1].text.append(data)
+
+
+def dom_of(markup: str) -> Node:
+    builder = TreeBuilder()
+    builder.feed(markup)
+    builder.close()
+    return builder.root
+
+
+def decode_png(data: bytes) -> list[bytes]:
+    """The RGB rows of an 8-bit, non-interlaced RGB or RGBA PNG (what Chromium writes); no image
+    library is among the dev dependencies, and this is all the test needs."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, compressed = 8, b""
+    width = height = channels = 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and colour in (2, 6) and interlace == 0, f"unexpected PNG format {body!r}"
+            channels = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            compressed += body
+    raw, stride = zlib.decompress(compressed), width * channels
+    rows: list[bytes] = []
+    previous = bytearray(stride)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        # Undo the per-row filter (PNG spec, section 9); "up" is the common one and is done in bulk.
+        if kind == 2:
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, previous, strict=True))
+        elif kind in (1, 3, 4):
+            for i in range(stride):
+                left = line[i - channels] if i >= channels else 0
+                if kind == 1:
+                    line[i] = (line[i] + left) & 0xFF
+                elif kind == 3:
+                    line[i] = (line[i] + (left + previous[i]) // 2) & 0xFF
+                else:
+                    up, corner = previous[i], previous[i - channels] if i >= channels else 0
+                    p = left + up - corner
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                    line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
+        previous = line
+        rows.append(bytes(line) if channels == 3 else b"".join(line[i : i + 3] for i in range(0, stride, 4)))
+    return rows
+
+
+def runs(row: bytes, rgb: bytes) -> list[tuple[int, int]]:
+    """(start x, length) of every horizontal run of exactly this colour in one RGB row."""
+    pattern = re.compile(b"(?:" + re.escape(rgb) + b")+")
+    return [(m.start() // 3, len(m.group()) // 3) for m in pattern.finditer(row) if m.start() % 3 == 0]
+
+
+def bar_before_track(rows: list[bytes], rgb: bytes) -> int:
+    """The longest run of ``rgb`` that the bar's empty grey track directly follows: an age bar, not
+    a badge or a history cell of the same colour."""
+    return max(
+        (
+            length
+            for row in rows
+            for x, length in runs(row, rgb)
+            if row[3 * (x + length) : 3 * (x + length + 1)] == TRACK
+        ),
+        default=0,
+    )
+
+
+def pixels_of(rows: list[bytes], rgb: bytes) -> int:
+    return sum(length for row in rows for _, length in runs(row, rgb))
+
+
+# -- the tests ------------------------------------------------------------------------------------
+
+
+def test_chromium_shows_protocol_rows_bars_and_history(chromium: str, page_dir: Path) -> None:
+    # GIVEN the page for one ok and one down protocol and 14 days of history, as a local file
+    url = (page_dir / "status.html").as_uri()
+    # WHEN Chromium loads it
+    markup, png = open_in_chromium(chromium, url, page_dir)
+    dom = dom_of(markup)
+    # THEN the hostile mirror name is text in the heading, and nothing from it became an element
+    assert dom.find("span", id="mirror-name")[0].content() == HOSTILE_NAME
+    assert dom.find("script") == []
+    assert dom.find("title")[0].content().startswith(HOSTILE_NAME)
+    # AND each protocol row shows its level, its trace age in words and a bar as wide as that age
+    rows = dom.find("tr", **{"class": "protocol"})
+    shown = [
+        (
+            row.attrs["data-protocol"],
+            row.find("span", **{"class": f"badge {row.attrs['data-level']}"})[0].content(),
+            row.find("td", **{"class": "num age"})[0].content(),
+            row.find("rect", **{"class": "age"})[0].attrs["width"],
+        )
+        for row in rows
+    ]
+    assert shown == [("http", "ok", "30 min", "15.0"), ("ftp", "down", "10.0 h", "240.0")]
+    assert dom.find("b") == []  # the reason "<b>10.0 h</b>" stayed text
+    # AND the history has one titled cell per hour of the 14 days, five of them down
+    cells = [n for n in dom.find("table", id="history")[0].walk() if n.tag == "span" and "title" in n.attrs]
+    assert len(cells) == 14 * 24 + 1
+    assert sum(n.attrs["class"] == "c down" for n in cells) == 5
+    # AND the painted bars have those widths in the level colours: 30 min of an 8 h scale is 15 px
+    # in green, 10 h fills all 240 px in red
+    pixels = decode_png(png)
+    assert abs(bar_before_track(pixels, OK) - 15) <= 1
+    assert max(length for row in pixels for _, length in runs(row, DOWN)) in range(BAR_WIDTH - 1, BAR_WIDTH + 2)
+
+
+def test_bars_survive_a_csp_that_forbids_inline_css(chromium: str, page_dir: Path, strict_csp_server: str) -> None:
+    # GIVEN the page served over loopback with "Content-Security-Policy: default-src 'none'"
+    # WHEN Chromium loads it
+    markup, png = open_in_chromium(chromium, strict_csp_server, page_dir)
+    pixels = decode_png(png)
+    # THEN the data is all there
+    assert [n.attrs["data-level"] for n in dom_of(markup).find("tr", **{"class": "protocol"})] == ["ok", "down"]
+    # AND the inline stylesheet really was blocked: the only red left is the down bar itself
+    # (no red badge, no red history cells), which is drawn by SVG attributes, not CSS
+    assert abs(pixels_of(pixels, DOWN) - BAR_WIDTH * BAR_HEIGHT) <= 2 * BAR_HEIGHT
+    assert abs(bar_before_track(pixels, OK) - 15) <= 1

@@ -1,0 +1,338 @@
+"""The verify chain on a real mirror: a synced tree on the moto server, serve-http and serve-ftp as
+real processes on loopback, SNS messages read back through an SQS subscription on the moto server.
+
+Each fault turns the right level and sends exactly one message; recovery sends one "resolved".
+"""
+
+import importlib.util
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from mirrorkeeper.alerts import SnsNotifier
+from mirrorkeeper.aws import s3_client
+from mirrorkeeper.config import AwsConfig, VerifyConfig
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.metrics import CloudWatchSink
+from mirrorkeeper.rsyncd import RsyncDaemon
+from mirrorkeeper.sampletree import openvz_like
+from mirrorkeeper.workflow import Deps, InvalidEventError, cli_trigger, run_chain
+from tests.faultproxy import fault_proxy
+from tests.support import BUCKET, run_cli, serve_cli
+
+REPO = Path(__file__).resolve().parents[2]
+HOUR = 3600.0
+NAMESPACE = "MirrorkeeperTest"
+
+
+@dataclass
+class Mirror:
+    endpoint: str
+    upstream: Path
+    daemon: RsyncDaemon
+    config: VerifyConfig
+    s3: Any
+    sqs: Any
+    queue_url: str
+
+    def deps(self, clock: float | None = None, **changes: Any) -> Deps:
+        config = replace(self.config, **changes)
+        deps = Deps(
+            config,
+            s3_client(config.aws),
+            CloudWatchSink(boto3.client("cloudwatch", endpoint_url=self.endpoint), NAMESPACE),
+            SnsNotifier(boto3.client("sns", endpoint_url=self.endpoint), config.topic_arn),
+        )
+        if clock is not None:
+            deps.clock = lambda: clock
+        return deps
+
+    def verify(self, trigger: dict[str, Any] | None = None, clock: float | None = None, **changes: Any) -> Any:
+        deps = self.deps(clock, **changes)
+        return run_chain(trigger or cli_trigger(deps.clock()), deps)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """SNS notifications delivered to the queue since the last call: subject and JSON body."""
+        found = []
+        while True:
+            batch = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not batch:
+                return found
+            for item in batch:
+                envelope = json.loads(item["Body"])
+                found.append({"subject": envelope.get("Subject"), "body": json.loads(envelope["Message"])})
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=item["ReceiptHandle"])
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """One synced mirror and its front ends per module, on a moto server of its own (the shared one
+    is reset by other tests): setting it up costs seconds, each test only resets the health state."""
+    # GIVEN an OpenVZ-like upstream synced into the bucket, and both front ends serving it
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    upstream = tmp_path_factory.mktemp("verify") / "upstream"
+    upstream.mkdir()
+    openvz_like(upstream)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    sns = boto3.client("sns", endpoint_url=endpoint)
+    sqs = boto3.client("sqs", endpoint_url=endpoint)
+    topic = sns.create_topic(Name="mirror-alerts")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    with (
+        RsyncDaemon(upstream) as daemon,
+        serve_cli("serve-http", endpoint) as http_port,
+        serve_cli("serve-ftp", endpoint) as ftp_port,
+    ):
+        synced = run_cli(["sync", "--upstream", daemon.url, "--bucket", BUCKET], endpoint)
+        assert synced.returncode == 0, synced.stderr
+        config = VerifyConfig(
+            layout=MirrorLayout.create(BUCKET),
+            aws=AwsConfig(endpoint_url=endpoint, region="us-east-1"),
+            mirror_name="test mirror",
+            http_url=f"http://127.0.0.1:{http_port}/",
+            ftp_url=f"ftp://127.0.0.1:{ftp_port}/",
+            topic_arn=topic,
+            sync_interval=HOUR,
+            probe_timeout=10.0,
+            metrics_namespace=NAMESPACE,
+        )
+        yield Mirror(endpoint, upstream, daemon, config, s3, sqs, queue_url)
+    server.stop()
+
+
+@pytest.fixture
+def mirror(prepared: Mirror) -> Mirror:
+    """The module's mirror with no health history and no pending messages."""
+    prepared.s3.delete_object(Bucket=BUCKET, Key="state/health.json")
+    prepared.messages()
+    return prepared
+
+
+def levels(state: dict[str, Any]) -> dict[str, str]:
+    return dict(state["health"]["levels"])
+
+
+def test_a_healthy_mirror_is_ok_emits_metrics_publishes_status_and_sends_nothing(mirror: Mirror) -> None:
+    # WHEN the chain runs after a good sync
+    state = mirror.verify()
+    # THEN every component is ok, and every probe passed on both protocols
+    assert levels(state) == {"http": "ok", "ftp": "ok", "mirror": "ok", "overall": "ok"}, state["health"]
+    for endpoint in state["probes"]["endpoints"]:
+        assert endpoint["failed"] == 0 and endpoint["passed"] >= 10, endpoint
+        kinds = {r["kind"] for r in endpoint["results"]}
+        assert {"root-listing", "trace", "missing-path", "file", "download"} <= kinds
+    assert state["drift"]["drift"] == 0 and state["drift"]["completion_pct"] == 100.0
+    # AND no message was sent
+    assert mirror.messages() == []
+    # AND metrics reached CloudWatch with the Mirror and Protocol dimensions the alarms use
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=mirror.endpoint)
+    fresh = cloudwatch.list_metrics(Namespace=NAMESPACE, MetricName="FreshnessSeconds")["Metrics"]
+    protocols = {d["Value"] for m in fresh for d in m["Dimensions"] if d["Name"] == "Protocol"}
+    assert protocols == {"http", "ftp"}
+    assert cloudwatch.list_metrics(Namespace=NAMESPACE, MetricName="SyncDurationSeconds")["Metrics"]
+    # AND the status page is served by the front end itself
+    status = mirror.s3.get_object(Bucket=BUCKET, Key="pub/.mirrorkeeper/status.json")
+    assert json.loads(status["Body"].read())["status"] == "ok"
+
+
+def test_an_object_deleted_behind_the_mirrors_back_is_drift_and_one_message(mirror: Mirror) -> None:
+    mirror.verify()
+    # GIVEN someone deletes a published package from the bucket
+    key = "pub/virtuozzo/releases/7.0.21/x86_64/os/Packages/vzctl-7.0.21.x86_64.rpm"
+    body = mirror.s3.get_object(Bucket=BUCKET, Key=key)
+    saved = (body["Body"].read(), body["Metadata"])
+    mirror.s3.delete_object(Bucket=BUCKET, Key=key)
+    # WHEN verify runs twice
+    first, second = mirror.verify(), mirror.verify()
+    # THEN the mirror is degraded with the path named, and exactly one message went out
+    assert levels(first)["mirror"] == "degraded" and levels(second)["mirror"] == "degraded"
+    assert first["drift"]["missing"] == 1 and first["drift"]["examples"]["missing"] == [key[len("pub/") :]]
+    sent = mirror.messages()
+    assert len(sent) == 1, sent
+    assert "DEGRADED" in sent[0]["subject"] and sent[0]["body"]["changes"]["mirror"] == {"from": "ok", "to": "degraded"}
+    # WHEN the object is restored, one "resolved" message follows
+    mirror.s3.put_object(Bucket=BUCKET, Key=key, Body=saved[0], Metadata=saved[1])
+    assert levels(mirror.verify())["overall"] == "ok"
+    resolved = mirror.messages()
+    assert [m["body"]["notice"] for m in resolved] == ["resolved"] and "RESOLVED" in resolved[0]["subject"]
+
+
+def test_a_stopped_front_end_is_down(mirror: Mirror) -> None:
+    mirror.verify()
+    # GIVEN the FTP front end's port answers nothing (the server process is gone)
+    state = mirror.verify(ftp_url="ftp://127.0.0.1:9/")
+    assert levels(state)["ftp"] == "down" and levels(state)["http"] == "ok" and levels(state)["overall"] == "down"
+    sent = mirror.messages()
+    assert len(sent) == 1 and sent[0]["body"]["changes"]["ftp"] == {"from": "ok", "to": "down"}
+    assert "unreachable" in json.dumps(sent[0]["body"]["findings"])
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, "AccessDenied"), (200, "NotAnError")])
+def test_a_front_end_answering_wrongly_for_missing_files_is_degraded(mirror: Mirror, status: int, code: str) -> None:
+    mirror.verify()
+
+    # GIVEN an HTTP front end that answers 403 (S3 without ListBucket) or 200 for missing files
+    def rule(method: str, path: str, number: int) -> tuple[int, str] | None:
+        return (status, code) if "mirrorkeeper-probe-missing" in path else None
+
+    with fault_proxy(mirror.config.http_url.rstrip("/"), rule) as proxy:
+        state = mirror.verify(http_url=f"{proxy['url']}/")
+    assert levels(state)["http"] == "degraded" and levels(state)["ftp"] == "ok"
+    http = next(e for e in state["probes"]["endpoints"] if e["protocol"] == "http")
+    assert http["missing_check"] is False
+    sent = mirror.messages()
+    assert len(sent) == 1 and f"answered {status}" in json.dumps(sent[0]["body"]["findings"])
+
+
+def test_a_stale_trace_is_degraded_then_down_then_resolved(mirror: Mirror) -> None:
+    now = time.time()
+    mirror.verify(clock=now)
+    # WHEN time passes with no sync: 3 intervals, then 7
+    degraded = mirror.verify(clock=now + 3 * HOUR)
+    down = mirror.verify(clock=now + 7 * HOUR)
+    # THEN both protocols go degraded, then down: one message each time
+    assert levels(degraded)["http"] == levels(degraded)["ftp"] == "degraded"
+    assert levels(down)["http"] == levels(down)["ftp"] == "down"
+    sent = mirror.messages()
+    assert [m["body"]["overall"] for m in sent] == ["degraded", "down"]
+    assert "stale" in json.dumps(sent[1]["body"]["findings"])
+    # AND a fresh sync brings one "resolved"
+    (mirror.upstream / "README").write_text("updated\n")
+    assert run_cli(["sync", "--upstream", mirror.daemon.url, "--bucket", BUCKET], mirror.endpoint).returncode == 0
+    after = mirror.verify(clock=time.time())
+    assert levels(after)["overall"] == "ok", after["health"]["findings"]
+    assert [m["body"]["notice"] for m in mirror.messages()] == ["resolved"]
+
+
+def ecs_event(name: str, stopped: float) -> dict[str, Any]:
+    event = json.loads((REPO / "events" / name).read_text())
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stopped))
+    event["time"], event["detail"]["stoppedAt"] = stamp, stamp
+    return event
+
+
+@pytest.mark.parametrize(
+    ("event", "words"),
+    [
+        ("ecs-task-stopped-failed.json", "exit 1"),
+        ("ecs-task-stopped-never-started.json", "CannotPullContainerError"),
+        ("ecs-task-stopped-deletion-guard.json", "--force-delete"),
+    ],
+)
+def test_a_failed_sync_task_event_degrades_the_mirror(mirror: Mirror, event: str, words: str) -> None:
+    mirror.verify()
+    # WHEN the workflow is triggered by the sync task's STOPPED event, after the last good report
+    state = mirror.verify(trigger=ecs_event(event, time.time() + 5))
+    # THEN the mirror is degraded with the reason, and one message says so
+    assert levels(state)["mirror"] == "degraded" and levels(state)["http"] == "ok"
+    sent = mirror.messages()
+    assert len(sent) == 1 and words in json.dumps(sent[0]["body"]["findings"])
+    # AND a later scheduled verify still remembers the failure (a crash leaves no run report)
+    assert levels(mirror.verify())["mirror"] == "degraded"
+    assert mirror.messages() == []
+
+
+def test_a_successful_sync_task_event_is_ok(mirror: Mirror) -> None:
+    state = mirror.verify(trigger=ecs_event("ecs-task-stopped-success.json", time.time()))
+    assert levels(state)["overall"] == "ok"
+    assert mirror.messages() == []
+
+
+@dataclass
+class FakeLambdaContext:
+    """The attributes Powertools reads from Lambda's context object."""
+
+    function_name: str = "mirrorkeeper-verify"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:mirrorkeeper-verify"
+    aws_request_id: str = "5f7e1c9a-0000-4000-8000-000000000000"
+
+
+def load_handler(name: str) -> Any:
+    path = REPO / "functions" / name / "app.py"
+    spec = importlib.util.spec_from_file_location(f"lambda_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.handler
+
+
+@pytest.fixture
+def lambda_env(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The environment template.yaml gives the three functions, pointed at the test's servers."""
+    config = mirror.config
+    for name, value in {
+        "MIRRORKEEPER_BUCKET": BUCKET,
+        "MIRRORKEEPER_MIRROR_NAME": config.mirror_name,
+        "MIRRORKEEPER_HTTP_URL": config.http_url,
+        "MIRRORKEEPER_FTP_URL": config.ftp_url,
+        "MIRRORKEEPER_SYNC_INTERVAL": "3600",
+        "MIRRORKEEPER_TOPIC_ARN": config.topic_arn,
+        "MIRRORKEEPER_METRICS_NAMESPACE": NAMESPACE,
+        "AWS_ENDPOINT_URL": mirror.endpoint,
+        "POWERTOOLS_SERVICE_NAME": "mirrorkeeper",
+        "POWERTOOLS_METRICS_NAMESPACE": NAMESPACE,
+    }.items():
+        monkeypatch.setenv(name, value)
+    definition = json.loads((REPO / "statemachine" / "verify.asl.json").read_text())
+    names = {"DiffManifests": "diff_manifests", "ProbeEndpoints": "probe_endpoints", "PublishHealth": "publish_health"}
+    return {"definition": definition, "handlers": {state: load_handler(name) for state, name in names.items()}}
+
+
+def run_state_machine(lambda_env: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:
+    """Step Functions' walk over the definition for the states it uses: Pass with Parameters, Task
+    with ResultPath, on success."""
+    definition, handlers = lambda_env["definition"], lambda_env["handlers"]
+    name, document = definition["StartAt"], trigger
+    while True:
+        state = definition["States"][name]
+        if state["Type"] == "Pass":
+            document = {key.removesuffix(".$"): document for key in state["Parameters"]}
+        else:
+            document[state["ResultPath"].removeprefix("$.")] = handlers[name](document, FakeLambdaContext())
+        if state.get("End"):
+            return document
+        name = state["Next"]
+
+
+def test_the_lambdas_in_state_machine_order_agree_with_mirrorkeeper_verify(
+    mirror: Mirror, lambda_env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    trigger = ecs_event("ecs-task-stopped-failed.json", time.time() + 5)
+    # WHEN the failed-sync event runs through the three handlers, as the state machine chains them
+    deployed = run_state_machine(lambda_env, trigger)
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    # AND, from the same starting state, through mirrorkeeper verify's chain
+    mirror.s3.delete_object(Bucket=BUCKET, Key="state/health.json")
+    local = mirror.verify(trigger=trigger)
+    # THEN both reach the same verdict and findings
+    assert levels(deployed) == levels(local) == {"http": "ok", "ftp": "ok", "mirror": "degraded", "overall": "degraded"}
+    assert [f["reason"] for f in deployed["health"]["findings"]] == [f["reason"] for f in local["health"]["findings"]]
+    assert len(mirror.messages()) == 2  # one per run: each started from an empty history
+    # AND the Lambda's metrics left as EMF with exactly the Mirror / Protocol dimension sets
+    dimension_sets = {
+        tuple(dims) for doc in emitted for block in doc["_aws"]["CloudWatchMetrics"] for dims in block["Dimensions"]
+    }
+    assert ("Mirror",) in dimension_sets and ("Mirror", "Protocol") in dimension_sets
+    names = {m["Name"] for doc in emitted for block in doc["_aws"]["CloudWatchMetrics"] for m in block["Metrics"]}
+    assert {"HealthLevel", "FreshnessSeconds", "MissingFileCheck", "SyncFailed", "CompletionPercent"} <= names
+
+
+def test_a_malformed_event_is_refused_with_the_field_named(lambda_env: dict[str, Any]) -> None:
+    handler = lambda_env["handlers"]["PublishHealth"]
+    event = {"trigger": json.loads((REPO / "events" / "scheduled-verify.json").read_text()), "drift": {}}
+    with pytest.raises(InvalidEventError, match="probes"):
+        handler(event, FakeLambdaContext())
