@@ -9,8 +9,18 @@ PY313 := $(shell for v in $$(pyenv versions --bare 2>/dev/null | grep '^3\.13' |
 	PYENV_VERSION=$$v python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
 STAMP := $(VENV)/.installed
 PY_DIRS := $(wildcard layers functions tests bench)
+# The repository root, also when sam build runs this Makefile from a scratch copy of the layer.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
+# AWS SAM CLI (with cfn-lint) and checkov each pin their own boto3: one venv each, inside .venv so
+# that `make clean` and .gitignore cover them.
+TOOLS := $(VENV)/tools
+TOOLS_STAMP := $(TOOLS)/.installed
+SAM := SAM_CLI_TELEMETRY=0 $(TOOLS)/sam/bin/sam
+IMAGE_REPO ?= mirrorkeeper
+IMAGE_TAG ?= $(shell date -u +%Y%m%d%H%M%S)-$(shell git rev-parse --short HEAD 2>/dev/null || echo local)
 
-.PHONY: help install demo test test-unit test-functional test-e2e lint format bench pr clean
+.PHONY: help install tools demo test test-unit test-functional test-e2e test-template lint lint-template format bench pr \
+	build image deploy deploy-guided delete clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,7 +55,28 @@ test-functional: install ## functional tests (real rsync daemon, moto server)
 test-e2e: install ## the end-to-end test (real processes only)
 	$(BIN)/python -m pytest tests/e2e
 
-lint: install ## ruff and mypy
+test-template: install ## tests of template.yaml: parsing, wiring, IAM scope, a deploy into the moto server
+	$(BIN)/python -m pytest tests/template
+
+tools: $(TOOLS_STAMP) ## install AWS SAM CLI, cfn-lint and checkov in their own venvs (pinned)
+
+$(TOOLS_STAMP): requirements-sam.txt requirements-checkov.txt
+	@if [ -z "$(PY313)" ]; then echo "error: Python 3.13 not found (see make install)" >&2; exit 2; fi
+	rm -rf $(TOOLS)/sam $(TOOLS)/checkov
+	$(PY313) -m venv $(TOOLS)/sam
+	$(PY313) -m venv $(TOOLS)/checkov
+	@# Two independent installs: in parallel they take the time of the slower one.
+	$(TOOLS)/sam/bin/python -m pip install -q --disable-pip-version-check -r requirements-sam.txt & sam=$$!; \
+	$(TOOLS)/checkov/bin/python -m pip install -q --disable-pip-version-check -r requirements-checkov.txt & checkov=$$!; \
+	wait $$sam && wait $$checkov
+	@touch $@
+
+lint-template: $(TOOLS_STAMP) ## sam validate --lint, cfn-lint and checkov on template.yaml (offline)
+	$(SAM) validate --lint --template template.yaml --region us-east-1
+	$(TOOLS)/sam/bin/cfn-lint template.yaml
+	$(TOOLS)/checkov/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
+
+lint: install lint-template ## ruff, mypy and the template checks
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy layers/mirrorkeeper/mirrorkeeper
@@ -60,6 +91,39 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python bench/frontends.py
 
 pr: test bench ## everything a reviewer would run
+
+build: install $(TOOLS_STAMP) ## sam build without Docker: Python 3.13 for the functions, manylinux cp313 wheels for the layer
+	PATH="$(dir $(PY313)):$$PATH" $(SAM) build --template template.yaml
+
+# Called by `sam build` (the layer's BuildMethod is makefile) in a scratch copy of layers/mirrorkeeper.
+# Wheels for the Lambda platform, whatever this machine is; then the package itself (pure Python).
+build-MirrorkeeperLayer:
+	$(ROOT)/$(BIN)/python -m pip install -q --disable-pip-version-check --target "$(ARTIFACTS_DIR)/python" \
+		--platform manylinux2014_x86_64 --python-version 3.13 --implementation cp --only-binary=:all: \
+		-r "$(ROOT)/requirements-layer.txt"
+	$(ROOT)/$(BIN)/python -m pip install -q --disable-pip-version-check --target "$(ARTIFACTS_DIR)/python" --no-deps .
+
+image: ## build the container image and push it to ECR (needs Docker and the AWS CLI); prints SyncImageUri
+	@command -v docker >/dev/null || { echo "error: docker not found; build the image where Docker runs" >&2; exit 2; }
+	@command -v aws >/dev/null || { echo "error: the AWS CLI (aws) is not installed or not on PATH" >&2; exit 2; }
+	@set -euo pipefail; \
+	uri=$$(aws ecr describe-repositories --repository-names $(IMAGE_REPO) --query 'repositories[0].repositoryUri' \
+		--output text 2>/dev/null || aws ecr create-repository --repository-name $(IMAGE_REPO) \
+		--image-tag-mutability IMMUTABLE --image-scanning-configuration scanOnPush=true \
+		--query 'repository.repositoryUri' --output text); \
+	aws ecr get-login-password | docker login --username AWS --password-stdin "$${uri%%/*}"; \
+	docker build --platform linux/amd64 -t "$$uri:$(IMAGE_TAG)" layers/mirrorkeeper; \
+	docker push "$$uri:$(IMAGE_TAG)"; \
+	echo "SyncImageUri=$$uri:$(IMAGE_TAG)"
+
+deploy: build ## deploy with the answers saved in samconfig.toml (run deploy-guided first)
+	$(SAM) deploy
+
+deploy-guided: build ## first deploy: asks for every parameter and saves the answers in samconfig.toml
+	$(SAM) deploy --guided
+
+delete: $(TOOLS_STAMP) ## delete the stack (the mirror bucket is kept; README "Clean up" removes it)
+	$(SAM) delete
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

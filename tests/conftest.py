@@ -15,7 +15,7 @@ import urllib3
 from moto.server import ThreadedMotoServer
 
 from mirrorkeeper.rsyncd import RsyncDaemon
-from tests.support import BUCKET
+from tests.support import BUCKET, moto_subprocess
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,6 +41,21 @@ def moto_server() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def moto_process() -> Iterator[str]:
+    """A moto server in a process of its own, for this test alone."""
+    with moto_subprocess() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def own_moto_server() -> Iterator[str]:
+    """A moto server in a process of its own, shared by one module's tests: state that is slow to
+    build (a synced mirror, a deployed stack) survives the other tests' resets of the session server."""
+    with moto_subprocess() as url:
+        yield url
 
 
 @pytest.fixture

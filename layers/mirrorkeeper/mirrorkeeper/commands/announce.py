@@ -1,0 +1,207 @@
+"""``mirrorkeeper announce``: the announcement the upstream's mirror list asks for.
+
+The OpenVZ guide's last step: tell the upstream where the mirror is, how often it updates, its URLs
+and whom to contact. Values come from flags, then MIRRORKEEPER_* variables, then the config file,
+then the deployed stack's outputs (``--stack-name``); the mirror's size from the last sync's report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mirrorkeeper.aws import s3_client
+from mirrorkeeper.commands.common import add_location_flags, flags_of
+from mirrorkeeper.config import (
+    Sources,
+    load_aws_config,
+    parse_bucket,
+    parse_duration,
+    parse_endpoint_url,
+    parse_upstream,
+)
+from mirrorkeeper.content import human_size
+from mirrorkeeper.errors import ConfigError, MirrorkeeperError
+from mirrorkeeper.layout import MirrorLayout
+
+DESCRIPTION = """\
+Print the announcement of this mirror for the upstream's mirror list (the OpenVZ guide asks for
+the physical location, the update frequency, the URLs and an admin contact; the size helps).
+
+With --stack-name the URLs, schedule, location and contact come from the stack's outputs
+(aws cloudformation describe-stacks); any flag or MIRRORKEEPER_* variable overrides them. The size
+is read from the last sync's report in the bucket (state/runs/last.json).
+"""
+
+# Stack output → setting it provides (template.yaml, Outputs).
+STACK_OUTPUTS = {
+    "MirrorName": "mirror_name",
+    "UpstreamUrl": "upstream",
+    "HttpUrl": "http_url",
+    "FtpUrl": "ftp_url",
+    "BucketName": "bucket",
+    "SyncIntervalSeconds": "sync_interval",
+    "SyncSchedule": "schedule",
+    "StatusPageUrl": "status_url",
+    "MirrorLocation": "location",
+    "AdminContact": "contact",
+}
+
+
+@dataclass(frozen=True)
+class Announcement:
+    mirror_name: str
+    upstream: str
+    location: str
+    update_frequency: str
+    schedule: str
+    http_url: str
+    ftp_url: str
+    rsync_url: str
+    contact: str
+    size_bytes: int
+    files: int
+    last_sync: str
+    status_url: str
+
+    def text(self) -> str:
+        urls = [("HTTP", self.http_url), ("FTP", self.ftp_url), ("rsync", self.rsync_url)]
+        rows = [
+            ("Mirror", self.mirror_name + (f" (of {self.upstream})" if self.upstream else "")),
+            ("Location", self.location),
+            ("Updates", self.update_frequency + (f", schedule {self.schedule}" if self.schedule else "")),
+            *[(label, url) for label, url in urls if url],
+            ("Size", f"{human_size(self.size_bytes)} in {self.files:,} entries (last sync {self.last_sync})"),
+            ("Admin contact", self.contact),
+        ]
+        if self.status_url:
+            rows.append(("Status page", self.status_url))
+        width = max(len(label) for label, _ in rows) + 2
+        return "\n".join(f"{label + ':':<{width}}{value}" for label, value in rows)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "announce",
+        help="print the mirror's announcement (location, update frequency, URLs, contact, size)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--stack-name", help="read URLs and schedule from this CloudFormation stack's outputs")
+    parser.add_argument("--location", help="physical location: country, state/province, city [MIRRORKEEPER_LOCATION]")
+    parser.add_argument("--contact", help="admin email, ideally a generic address [MIRRORKEEPER_CONTACT]")
+    parser.add_argument("--mirror-name", help="the mirror's name [MIRRORKEEPER_MIRROR_NAME]")
+    parser.add_argument("--http-url", help="HTTP URL of the mirror [MIRRORKEEPER_HTTP_URL]")
+    parser.add_argument("--ftp-url", help="FTP URL of the mirror [MIRRORKEEPER_FTP_URL]")
+    parser.add_argument("--rsync-url", help="rsync URL of the mirror, if it offers one [MIRRORKEEPER_RSYNC_URL]")
+    parser.add_argument("--sync-interval", help="time between syncs, such as 3600 or 1h [MIRRORKEEPER_SYNC_INTERVAL]")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    add_location_flags(parser)
+    parser.set_defaults(handler=run)
+
+
+def stack_outputs(stack_name: str, region: str, endpoint_url: str | None, client: Any = None) -> dict[str, str]:
+    """The stack's outputs as settings (STACK_OUTPUTS), empty values left out."""
+    cfn = client or boto3.session.Session().client("cloudformation", region_name=region, endpoint_url=endpoint_url)
+    try:
+        stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as exc:
+        raise ConfigError(
+            f"stack {stack_name!r} could not be read in {region} ({exc.response['Error'].get('Message', exc)}); "
+            "check --stack-name and --region"
+        ) from None
+    except BotoCoreError as exc:
+        raise MirrorkeeperError(f"could not reach CloudFormation: {exc}; check credentials and network") from None
+    outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stacks[0].get("Outputs", [])}
+    return {STACK_OUTPUTS[key]: value for key, value in outputs.items() if key in STACK_OUTPUTS and value}
+
+
+def mirror_size(s3: Any, layout: MirrorLayout) -> tuple[int, int, str]:
+    """(bytes, entries, finished time) of the mirror as the last sync published it."""
+    try:
+        body = s3.get_object(Bucket=layout.bucket, Key=layout.last_run_key)["Body"].read()
+    except ClientError as exc:
+        if exc.response["Error"].get("Code") in ("NoSuchKey", "404"):
+            raise MirrorkeeperError(
+                f"s3://{layout.bucket}/{layout.last_run_key} does not exist: no sync has finished yet. Run the "
+                "first sync (README, 'Deploy'), then announce"
+            ) from None
+        raise MirrorkeeperError(f"could not read the last sync report: {exc}") from None
+    report = json.loads(body)
+    return int(report.get("mirror_bytes", 0)), int(report.get("mirror_entries", 0)), str(report.get("finished_iso", ""))
+
+
+def describe_interval(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        hours = int(seconds // 3600)
+        return "hourly" if hours == 1 else f"every {hours} hours"
+    if seconds % 60 == 0:
+        return f"every {int(seconds // 60)} minutes"
+    return f"every {seconds:g} seconds"
+
+
+def build_announcement(flags: dict[str, Any], environ: dict[str, str] | None = None, cfn: Any = None) -> Announcement:
+    explicit = Sources.load(flags, environ)
+    aws = load_aws_config(explicit)
+    stack = stack_outputs(flags["stack_name"], aws.region, aws.endpoint_url, cfn) if flags.get("stack_name") else {}
+
+    def get(name: str, parse: Any = str, default: Any = "") -> Any:
+        # Flags, environment and config file first; the stack's outputs fill what they leave unset.
+        value = explicit.get(name, parse, None)
+        if value is None and name in stack:
+            value = Sources(flags={name: stack[name]}, environ={}).get(name, parse, default)
+        return default if value is None else value
+
+    missing = []
+    location, contact = get("location"), get("contact")
+    http_url = get("http_url", parse_endpoint_url(("http", "https")))
+    ftp_url = get("ftp_url", parse_endpoint_url(("ftp",)))
+    rsync_url = get("rsync_url", parse_endpoint_url(("rsync",)))
+    interval = get("sync_interval", parse_duration, None)
+    bucket = get("bucket", parse_bucket)
+    if not location:
+        missing.append("the location (--location, MIRRORKEEPER_LOCATION or the stack's MirrorLocation)")
+    if not contact:
+        missing.append("the admin contact (--contact, MIRRORKEEPER_CONTACT or the stack's AdminContact)")
+    if not (http_url or ftp_url or rsync_url):
+        missing.append("a URL (--http-url / --ftp-url / --rsync-url, or --stack-name)")
+    if interval is None:
+        missing.append("the update frequency (--sync-interval or --stack-name)")
+    if not bucket:
+        missing.append("the bucket, for the mirror's size (--bucket or --stack-name)")
+    if missing:
+        raise ConfigError("the announcement needs " + "; ".join(missing))
+    layout = MirrorLayout.create(bucket, get("prefix"))
+    size, files, last_sync = mirror_size(s3_client(aws), layout)
+    upstream = get("upstream", parse_upstream)
+    return Announcement(
+        mirror_name=get("mirror_name") or bucket,
+        upstream=upstream,
+        location=location,
+        update_frequency=describe_interval(interval),
+        schedule=get("schedule"),
+        http_url=http_url,
+        ftp_url=ftp_url,
+        rsync_url=rsync_url,
+        contact=contact,
+        size_bytes=size,
+        files=files,
+        last_sync=last_sync or "unknown",
+        status_url=get("status_url"),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = flags_of(args)
+    output_format = flags.pop("format")
+    announcement = build_announcement(flags)
+    if output_format == "json":
+        print(json.dumps(asdict(announcement), indent=2))
+    else:
+        print(announcement.text())
+    return 0

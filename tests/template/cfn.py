@@ -1,0 +1,167 @@
+"""Reading template.yaml as CloudFormation does: the short-form `!` tags, conditions, mappings and
+intrinsic functions, resolved for one set of parameter values. Enough of CloudFormation to check the
+template's wiring and to deploy its resources into the moto server; not a general engine."""
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+NO_VALUE = object()  # AWS::NoValue: the property is dropped
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that turns `!Ref x` / `!Sub ...` into the long form CloudFormation uses."""
+
+
+def _short_form(loader: _Loader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = str(value).split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_Loader.add_multi_constructor("!", _short_form)
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    loaded = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader subclass
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def walk(value: Any) -> Iterator[Any]:
+    """Every node of a parsed template value, depth first."""
+    yield value
+    if isinstance(value, dict):
+        for child in value.values():
+            yield from walk(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from walk(child)
+
+
+_SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+def references(value: Any) -> set[str]:
+    """Logical ids and parameters a value refers to (Ref, GetAtt, names inside Sub)."""
+    found: set[str] = set()
+    for node in walk(value):
+        if not isinstance(node, dict) or len(node) != 1:
+            continue
+        ((key, arg),) = node.items()
+        if key == "Ref" and isinstance(arg, str):
+            found.add(arg)
+        elif key == "Fn::GetAtt":
+            found.add(arg[0])
+        elif key == "Fn::Sub":
+            text, local = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+            found |= {m.split(".")[0] for m in _SUB_VAR.findall(text) if m.split(".")[0] not in local}
+    return {name for name in found if not name.startswith("AWS::")}
+
+
+class Resolver:
+    """Resolves intrinsic functions for fixed parameter values and known resource identities."""
+
+    def __init__(self, template: Mapping[str, Any], parameters: Mapping[str, Any], pseudo: Mapping[str, str]) -> None:
+        self.template = template
+        self.values: dict[str, Any] = {}
+        for name, spec in template.get("Parameters", {}).items():
+            value = parameters.get(name, spec.get("Default"))
+            if value is None:
+                raise KeyError(f"parameter {name} has no default: give it a value")
+            if spec["Type"] == "CommaDelimitedList":
+                value = [v for v in str(value).split(",")] if value != "" else [""]
+            self.values[name] = value
+        self.values.update(pseudo)
+        self.refs: dict[str, Any] = {}  # logical id -> what Ref returns
+        self.attrs: dict[str, dict[str, Any]] = {}  # logical id -> GetAtt attributes
+        self.conditions = {name: self.resolve(expr) for name, expr in template.get("Conditions", {}).items()}
+
+    def active(self, logical_id: str) -> bool:
+        condition = self.template["Resources"][logical_id].get("Condition")
+        return condition is None or bool(self.conditions[condition])
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [v for v in (self.resolve(item) for item in value) if v is not NO_VALUE]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, arg),) = value.items()
+            handler = self._functions().get(key)
+            if handler is not None:
+                return handler(arg)
+        return {k: r for k, v in value.items() if (r := self.resolve(v)) is not NO_VALUE}
+
+    def _functions(self) -> dict[str, Callable[[Any], Any]]:
+        return {
+            "Ref": self._ref,
+            "Fn::GetAtt": lambda a: self.attrs[a[0]][a[1]],
+            "Fn::Sub": self._sub,
+            "Fn::If": lambda a: self.resolve(a[1] if self.conditions[a[0]] else a[2]),
+            "Fn::Equals": lambda a: self.resolve(a[0]) == self.resolve(a[1]),
+            "Fn::Not": lambda a: not self.resolve(a[0]),
+            "Fn::And": lambda a: all(self.resolve(x) for x in a),
+            "Fn::Or": lambda a: any(self.resolve(x) for x in a),
+            "Condition": lambda a: self.conditions[a],
+            "Fn::Join": lambda a: a[0].join(str(x) for x in self.resolve(a[1])),
+            "Fn::Select": lambda a: self.resolve(a[1])[int(self.resolve(a[0]))],
+            "Fn::Split": lambda a: str(self.resolve(a[1])).split(a[0]),
+            "Fn::FindInMap": lambda a: self.template["Mappings"][self.resolve(a[0])][str(self.resolve(a[1]))][
+                self.resolve(a[2])
+            ],
+            "Fn::GetAZs": lambda a: [f"{self.values['AWS::Region']}{z}" for z in "abc"],
+        }
+
+    def _ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return NO_VALUE
+        if name in self.values:
+            return self.values[name]
+        return self.refs[name]
+
+    def _sub(self, arg: Any) -> str:
+        text, local = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in local:
+                return str(local[name])
+            if "." in name and not name.startswith("AWS::"):
+                logical_id, attribute = name.split(".", 1)
+                return str(self.attrs[logical_id][attribute])
+            return str(self._ref(name))
+
+        return _SUB_VAR.sub(replace, text).replace("${!", "${")
+
+
+def resources_of_type(template: Mapping[str, Any], *types: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] in types}
+
+
+def policy_statements(resource: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every IAM statement a role or function grants (inline policies and SAM Statement policies)."""
+    props = resource.get("Properties", {})
+    for policy in props.get("Policies", []):
+        if isinstance(policy, dict) and "PolicyDocument" in policy:
+            yield from policy["PolicyDocument"]["Statement"]
+        elif isinstance(policy, dict) and "Statement" in policy:
+            yield from policy["Statement"]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -1,0 +1,397 @@
+"""Deploy the template's resources that moto implements into the moto server, in dependency order,
+with every intrinsic function resolved: a reference to something that was never created, a policy
+that is not JSON, or an alarm, schedule or rule pointing at the wrong thing fails here.
+
+moto's CloudFormation does not know most of these types (alarms, schedules, subscriptions, bucket
+policies), so each resource is created through its own service API, as CloudFormation would. Types
+moto lacks (CloudFront, SAM functions and layer, Elastic IPs on NLBs) get a stand-in identity.
+"""
+
+import graphlib
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.template.cfn import ROOT, Resolver, load_template, references
+
+REGION = "us-east-1"
+STACK = "mk"
+PARAMETERS = {
+    "UpstreamUrl": "rsync://download.example.org/openvz-download/",
+    "AlertEmail": "mirroradmin@example.org",
+    "PagerUrl": "https://pager.example.org/hook",
+    "SyncImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mirrorkeeper:test",
+    "MirrorName": "openvz",
+}
+
+
+class Deployer:
+    def __init__(self, endpoint: str, template: dict[str, Any]) -> None:
+        self.template = template
+        self.client_for = lambda service: boto3.client(service, endpoint_url=endpoint, region_name=REGION)
+        account = self.client_for("sts").get_caller_identity()["Account"]
+        self.account = account
+        self.r = Resolver(
+            template,
+            PARAMETERS,
+            {"AWS::Region": REGION, "AWS::StackName": STACK, "AWS::AccountId": account, "AWS::Partition": "aws"},
+        )
+
+    def deploy(self) -> list[str]:
+        resources = self.template["Resources"]
+        active = [k for k in resources if self.r.active(k)]
+        graph = {k: (references(resources[k]) | set(resources[k].get("DependsOn", []))) & set(active) for k in active}
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+        for logical_id in order:
+            resource = resources[logical_id]
+            properties = self.r.resolve(resource.get("Properties", {}))
+            create = getattr(self, "create_" + resource["Type"].replace("::", "_").lower(), self.stand_in)
+            create(logical_id, properties)
+        return order
+
+    def stand_in(self, logical_id: str, _: dict[str, Any]) -> None:
+        name = f"{STACK}-{logical_id}"
+        arn = f"arn:aws:lambda:{REGION}:{self.account}:function:{name}"
+        self.r.refs[logical_id] = name
+        self.r.attrs[logical_id] = {
+            "Arn": arn,
+            "TopicName": name,
+            "DomainName": "d111111abcdef8.cloudfront.net",
+            "Id": "E2QWRUHAPOMQZL",
+            "FunctionMetadata.FunctionARN": f"arn:aws:cloudfront::{self.account}:function/{name}",
+            "AllocationId": "eipalloc-12345678",
+        }
+
+    # ─── network ───
+    def create_aws_ec2_vpc(self, logical_id: str, p: dict[str, Any]) -> None:
+        self.r.refs[logical_id] = self.client_for("ec2").create_vpc(CidrBlock=p["CidrBlock"])["Vpc"]["VpcId"]
+
+    def create_aws_ec2_subnet(self, logical_id: str, p: dict[str, Any]) -> None:
+        subnet = self.client_for("ec2").create_subnet(
+            VpcId=p["VpcId"], CidrBlock=p["CidrBlock"], AvailabilityZone=p["AvailabilityZone"]
+        )
+        self.r.refs[logical_id] = subnet["Subnet"]["SubnetId"]
+
+    def create_aws_ec2_securitygroup(self, logical_id: str, p: dict[str, Any]) -> None:
+        ec2 = self.client_for("ec2")
+        group = ec2.create_security_group(GroupName=logical_id, Description=p["GroupDescription"], VpcId=p["VpcId"])
+        self.r.refs[logical_id] = group["GroupId"]
+
+        def rules(key: str) -> list[dict[str, Any]]:
+            return [
+                {
+                    "IpProtocol": r["IpProtocol"],
+                    "FromPort": int(r["FromPort"]),
+                    "ToPort": int(r["ToPort"]),
+                    "IpRanges": [{"CidrIp": r["CidrIp"], "Description": r["Description"]}],
+                }
+                for r in p.get(key, [])
+            ]
+
+        if rules("SecurityGroupIngress"):
+            ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=rules("SecurityGroupIngress"))
+        ec2.authorize_security_group_egress(GroupId=group["GroupId"], IpPermissions=rules("SecurityGroupEgress"))
+
+    def create_aws_ec2_eip(self, logical_id: str, _: dict[str, Any]) -> None:
+        address = self.client_for("ec2").allocate_address(Domain="vpc")
+        self.r.refs[logical_id] = address["PublicIp"]
+        self.r.attrs[logical_id] = {"AllocationId": address["AllocationId"]}
+
+    def create_aws_elasticloadbalancingv2_loadbalancer(self, logical_id: str, p: dict[str, Any]) -> None:
+        lb = self.client_for("elbv2").create_load_balancer(
+            Name=f"{STACK}-{logical_id}"[:32], Type=p["Type"], Scheme=p["Scheme"], SubnetMappings=p["SubnetMappings"]
+        )["LoadBalancers"][0]
+        self.r.refs[logical_id] = lb["LoadBalancerArn"]
+
+    def create_aws_elasticloadbalancingv2_targetgroup(self, logical_id: str, p: dict[str, Any]) -> None:
+        elbv2 = self.client_for("elbv2")
+        group = elbv2.create_target_group(
+            Name=logical_id[:32],
+            Protocol=p["Protocol"],
+            Port=p["Port"],
+            VpcId=p["VpcId"],
+            TargetType=p["TargetType"],
+            HealthCheckProtocol=p["HealthCheckProtocol"],
+            HealthCheckPort=str(p.get("HealthCheckPort", "traffic-port")),
+        )["TargetGroups"][0]
+        elbv2.modify_target_group_attributes(
+            TargetGroupArn=group["TargetGroupArn"], Attributes=p["TargetGroupAttributes"]
+        )
+        self.r.refs[logical_id] = group["TargetGroupArn"]
+
+    def create_aws_elasticloadbalancingv2_listener(self, logical_id: str, p: dict[str, Any]) -> None:
+        listener = self.client_for("elbv2").create_listener(**p)["Listeners"][0]
+        self.r.refs[logical_id] = listener["ListenerArn"]
+
+    # ─── storage ───
+    def create_aws_s3_bucket(self, logical_id: str, p: dict[str, Any]) -> None:
+        s3, name = self.client_for("s3"), f"{STACK}-{logical_id.lower()}-0001"
+        s3.create_bucket(Bucket=name)
+        # CloudFormation's ServerSideEncryptionByDefault is the API's ApplyServerSideEncryptionByDefault.
+        encryption = [
+            {"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}
+            for rule in p["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        ]
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": encryption})
+        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=p["PublicAccessBlockConfiguration"])
+        s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls=p["OwnershipControls"])
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration=p["VersioningConfiguration"])
+        rules = []
+        for rule in p["LifecycleConfiguration"]["Rules"]:
+            api: dict[str, Any] = {
+                "ID": rule["Id"],
+                "Status": rule["Status"],
+                "Filter": {"Prefix": rule.get("Prefix", "")},
+            }
+            if "ExpirationInDays" in rule:
+                api["Expiration"] = {"Days": rule["ExpirationInDays"]}
+            if "ExpiredObjectDeleteMarker" in rule:
+                api["Expiration"] = {"ExpiredObjectDeleteMarker": rule["ExpiredObjectDeleteMarker"]}
+            for key in ("NoncurrentVersionExpiration", "AbortIncompleteMultipartUpload"):
+                if key in rule:
+                    api[key] = rule[key]
+            rules.append(api)
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules})
+        self.r.refs[logical_id] = name
+        self.r.attrs[logical_id] = {
+            "Arn": f"arn:aws:s3:::{name}",
+            "RegionalDomainName": f"{name}.s3.{REGION}.amazonaws.com",
+        }
+
+    def create_aws_s3_bucketpolicy(self, _: str, p: dict[str, Any]) -> None:
+        self.client_for("s3").put_bucket_policy(Bucket=p["Bucket"], Policy=json.dumps(p["PolicyDocument"]))
+
+    # ─── identity, logs, queues, topics ───
+    def create_aws_iam_role(self, logical_id: str, p: dict[str, Any]) -> None:
+        iam, name = self.client_for("iam"), f"{STACK}-{logical_id}"
+        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(p["AssumeRolePolicyDocument"]))
+        for policy in p.get("Policies", []):
+            iam.put_role_policy(
+                RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(policy["PolicyDocument"])
+            )
+        self.r.refs[logical_id] = name
+        self.r.attrs[logical_id] = {"Arn": role["Role"]["Arn"]}
+
+    def create_aws_logs_loggroup(self, logical_id: str, p: dict[str, Any]) -> None:
+        logs = self.client_for("logs")
+        logs.create_log_group(logGroupName=p["LogGroupName"])
+        logs.put_retention_policy(logGroupName=p["LogGroupName"], retentionInDays=int(p["RetentionInDays"]))
+        self.r.refs[logical_id] = p["LogGroupName"]
+        self.r.attrs[logical_id] = {"Arn": f"arn:aws:logs:{REGION}:{self.account}:log-group:{p['LogGroupName']}:*"}
+
+    def create_aws_sqs_queue(self, logical_id: str, p: dict[str, Any]) -> None:
+        sqs, name = self.client_for("sqs"), f"{STACK}-{logical_id}"
+        attributes = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in p.items()}
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        self.r.refs[logical_id] = url
+        self.r.attrs[logical_id] = {"Arn": f"arn:aws:sqs:{REGION}:{self.account}:{name}", "QueueName": name}
+
+    def create_aws_sqs_queuepolicy(self, _: str, p: dict[str, Any]) -> None:
+        for url in p["Queues"]:
+            self.client_for("sqs").set_queue_attributes(
+                QueueUrl=url, Attributes={"Policy": json.dumps(p["PolicyDocument"])}
+            )
+
+    def create_aws_sns_topic(self, logical_id: str, p: dict[str, Any]) -> None:
+        name = f"{STACK}-{logical_id}"
+        arn = self.client_for("sns").create_topic(Name=name, Attributes={"DisplayName": p["DisplayName"]})["TopicArn"]
+        self.r.refs[logical_id] = arn
+        self.r.attrs[logical_id] = {"TopicName": name}
+
+    def create_aws_sns_topicpolicy(self, _: str, p: dict[str, Any]) -> None:
+        for arn in p["Topics"]:
+            self.client_for("sns").set_topic_attributes(
+                TopicArn=arn, AttributeName="Policy", AttributeValue=json.dumps(p["PolicyDocument"])
+            )
+
+    def create_aws_sns_subscription(self, logical_id: str, p: dict[str, Any]) -> None:
+        sub = self.client_for("sns").subscribe(TopicArn=p["TopicArn"], Protocol=p["Protocol"], Endpoint=p["Endpoint"])
+        self.r.refs[logical_id] = sub["SubscriptionArn"]
+
+    # ─── sync ───
+    def create_aws_ecs_cluster(self, logical_id: str, p: dict[str, Any]) -> None:
+        cluster = self.client_for("ecs").create_cluster(clusterName=f"{STACK}-{logical_id}")["cluster"]
+        self.r.refs[logical_id] = cluster["clusterName"]
+        self.r.attrs[logical_id] = {"Arn": cluster["clusterArn"]}
+
+    def create_aws_ecs_taskdefinition(self, logical_id: str, p: dict[str, Any]) -> None:
+        containers = []
+        for c in p["ContainerDefinitions"]:
+            containers.append(
+                {
+                    "name": c["Name"],
+                    "image": c["Image"],
+                    "essential": c["Essential"],
+                    "command": c["Command"],
+                    "environment": [{"name": e["Name"], "value": str(e["Value"])} for e in c["Environment"]],
+                    "portMappings": [
+                        {"containerPort": m["ContainerPort"], "protocol": m["Protocol"]}
+                        for m in c.get("PortMappings", [])
+                    ],
+                    "logConfiguration": {
+                        "logDriver": c["LogConfiguration"]["LogDriver"],
+                        "options": c["LogConfiguration"]["Options"],
+                    },
+                }
+            )
+        task = self.client_for("ecs").register_task_definition(
+            family=p["Family"],
+            requiresCompatibilities=p["RequiresCompatibilities"],
+            networkMode=p["NetworkMode"],
+            cpu=p["Cpu"],
+            memory=p["Memory"],
+            executionRoleArn=p["ExecutionRoleArn"],
+            taskRoleArn=p["TaskRoleArn"],
+            containerDefinitions=containers,
+            **(
+                {"ephemeralStorage": {"sizeInGiB": int(p["EphemeralStorage"]["SizeInGiB"])}}
+                if "EphemeralStorage" in p
+                else {}
+            ),
+        )["taskDefinition"]
+        self.r.refs[logical_id] = task["taskDefinitionArn"]
+
+    def create_aws_scheduler_schedulegroup(self, logical_id: str, p: dict[str, Any]) -> None:
+        arn = self.client_for("scheduler").create_schedule_group(Name=p["Name"])["ScheduleGroupArn"]
+        self.r.refs[logical_id] = p["Name"]
+        self.r.attrs[logical_id] = {"Arn": arn}
+
+    def create_aws_scheduler_schedule(self, logical_id: str, p: dict[str, Any]) -> None:
+        target = dict(p["Target"])
+        if "EcsParameters" in target:
+            ecs = dict(target["EcsParameters"])
+            vpc = ecs.pop("NetworkConfiguration")["AwsvpcConfiguration"]
+            ecs["NetworkConfiguration"] = {"awsvpcConfiguration": vpc}
+            target["EcsParameters"] = ecs
+        arn = self.client_for("scheduler").create_schedule(
+            Name=p["Name"],
+            GroupName=p["GroupName"],
+            ScheduleExpression=p["ScheduleExpression"],
+            ScheduleExpressionTimezone=p["ScheduleExpressionTimezone"],
+            FlexibleTimeWindow=p["FlexibleTimeWindow"],
+            State=p["State"],
+            Description=p["Description"],
+            Target=target,
+        )["ScheduleArn"]
+        self.r.refs[logical_id] = p["Name"]
+        self.r.attrs[logical_id] = {"Arn": arn}
+
+    # ─── workflows and rules ───
+    def create_aws_stepfunctions_statemachine(self, logical_id: str, p: dict[str, Any]) -> None:
+        self._state_machine(logical_id, p["StateMachineName"], json.dumps(p["Definition"]), p["RoleArn"])
+
+    def create_aws_serverless_statemachine(self, logical_id: str, p: dict[str, Any]) -> None:
+        definition = (ROOT / p["DefinitionUri"]).read_text()
+        for name, value in p["DefinitionSubstitutions"].items():
+            definition = definition.replace("${" + name + "}", value)
+        assert "${" not in definition, "a DefinitionSubstitution is missing"
+        role = self.client_for("iam").create_role(RoleName=f"{STACK}-{logical_id}Role", AssumeRolePolicyDocument="{}")
+        self._state_machine(logical_id, p["Name"], definition, role["Role"]["Arn"])
+
+    def _state_machine(self, logical_id: str, name: str, definition: str, role: str) -> None:
+        json.loads(definition)
+        arn = self.client_for("stepfunctions").create_state_machine(name=name, definition=definition, roleArn=role)
+        self.r.refs[logical_id] = arn["stateMachineArn"]
+        self.r.attrs[logical_id] = {"Arn": arn["stateMachineArn"], "Name": name}
+
+    def create_aws_events_rule(self, logical_id: str, p: dict[str, Any]) -> None:
+        events, name = self.client_for("events"), f"{STACK}-{logical_id}"
+        arn = events.put_rule(Name=name, EventPattern=json.dumps(p["EventPattern"]), Description=p["Description"])
+        events.put_targets(Rule=name, Targets=p["Targets"])
+        self.r.refs[logical_id] = name
+        self.r.attrs[logical_id] = {"Arn": arn["RuleArn"]}
+
+    # ─── alerting ───
+    def create_aws_cloudwatch_alarm(self, logical_id: str, p: dict[str, Any]) -> None:
+        self.client_for("cloudwatch").put_metric_alarm(**p)
+        self.r.refs[logical_id] = p["AlarmName"]
+        self.r.attrs[logical_id] = {"Arn": f"arn:aws:cloudwatch:{REGION}:{self.account}:alarm:{p['AlarmName']}"}
+
+    def create_aws_cloudwatch_dashboard(self, logical_id: str, p: dict[str, Any]) -> None:
+        json.loads(p["DashboardBody"])
+        self.client_for("cloudwatch").put_dashboard(DashboardName=p["DashboardName"], DashboardBody=p["DashboardBody"])
+        self.r.refs[logical_id] = p["DashboardName"]
+
+
+@pytest.fixture(scope="module")
+def deployed(own_moto_server: str) -> Deployer:
+    """The stack with FTP and a pager, deployed once for this module's checks."""
+    deployer = Deployer(own_moto_server, load_template())
+    deployer.deploy()
+    return deployer
+
+
+def test_schedule_starts_the_registered_sync_task_in_the_cluster_with_its_role(deployed: Deployer) -> None:
+    scheduler, ecs, iam = (deployed.client_for(s) for s in ("scheduler", "ecs", "iam"))
+    schedule = scheduler.get_schedule(Name=f"{STACK}-sync", GroupName=STACK)
+    assert schedule["ScheduleExpression"] == "cron(7 */1 * * ? *)"
+    target = schedule["Target"]
+    cluster = ecs.describe_clusters(clusters=[target["Arn"]])["clusters"][0]
+    assert cluster["status"] == "ACTIVE"
+    task = ecs.describe_task_definition(taskDefinition=target["EcsParameters"]["TaskDefinitionArn"])["taskDefinition"]
+    container = task["containerDefinitions"][0]
+    assert container["command"] == ["sync"] and task["ephemeralStorage"] == {"sizeInGiB": 50}
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert env["MIRRORKEEPER_UPSTREAM"] == PARAMETERS["UpstreamUrl"]
+    deployed.client_for("s3").head_bucket(Bucket=env["MIRRORKEEPER_BUCKET"])
+    role = target["RoleArn"].rsplit("/", 1)[1]
+    policy = iam.get_role_policy(RoleName=role, PolicyName="run-sync-task")["PolicyDocument"]
+    run = next(s for s in policy["Statement"] if s["Action"] == "ecs:RunTask")
+    assert task["taskDefinitionArn"].startswith(run["Resource"].removesuffix("*"))
+    deployed.client_for("sqs").get_queue_attributes(QueueUrl=deployed.r.refs["TriggerDeadLetterQueue"])
+    subnets = target["EcsParameters"]["NetworkConfiguration"]["awsvpcConfiguration"]["Subnets"]
+    assert len(deployed.client_for("ec2").describe_subnets(SubnetIds=subnets)["Subnets"]) == 2
+
+
+def test_alarms_exist_and_notify_a_topic_with_an_email_subscription(deployed: Deployer) -> None:
+    cloudwatch, sns = deployed.client_for("cloudwatch"), deployed.client_for("sns")
+    alarms = cloudwatch.describe_alarms(AlarmNamePrefix=STACK)
+    every = alarms["MetricAlarms"] + alarms.get("CompositeAlarms", [])
+    assert len(every) == 13
+    topics = {a for alarm in every for a in alarm["AlarmActions"] + alarm["OKActions"]}
+    (topic,) = topics
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert {s["Protocol"] for s in subscriptions} == {"email", "https"}
+    freshness = next(a for a in every if a["AlarmName"] == f"{STACK}-freshness-ftp")
+    assert freshness["TreatMissingData"] == "breaching" and freshness["Threshold"] == 7200
+
+
+def test_dashboard_shows_every_alarm_that_exists(deployed: Deployer) -> None:
+    cloudwatch = deployed.client_for("cloudwatch")
+    body = json.loads(cloudwatch.get_dashboard(DashboardName=STACK)["DashboardBody"])
+    (widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    names = [arn.rsplit(":", 1)[1] for arn in widget["properties"]["alarms"]]
+    existing = {a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]}
+    assert set(names) == existing and len(names) == 13  # every alarm of the stack
+    metrics = {m[1] for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]}
+    assert {
+        "FreshnessSeconds",
+        "SyncDurationSeconds",
+        "SyncBytes",
+        "SyncFilesChanged",
+        "SyncS3Requests",
+        "CompletionPercent",
+        "ProbeLatency",
+        "ProbesPassed",
+        "ProbesFailed",
+    } <= metrics
+
+
+def test_triggers_start_state_machines_that_exist(deployed: Deployer) -> None:
+    events, sfn = deployed.client_for("events"), deployed.client_for("stepfunctions")
+    for rule in (f"{STACK}-SyncStoppedRule", f"{STACK}-FtpTaskChangedRule"):
+        (target,) = events.list_targets_by_rule(Rule=rule)["Targets"]
+        sfn.describe_state_machine(stateMachineArn=target["Arn"])
+    verify = deployed.client_for("scheduler").get_schedule(Name=f"{STACK}-verify", GroupName=STACK)["Target"]
+    assert sfn.describe_state_machine(stateMachineArn=verify["Arn"])["name"] == f"{STACK}-verify"
+
+
+def test_bucket_is_private_and_its_policy_names_the_served_prefix(deployed: Deployer) -> None:
+    s3, bucket = deployed.client_for("s3"), deployed.r.refs["MirrorBucket"]
+    assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    resources = {json.dumps(s["Resource"]) for s in policy["Statement"] if s["Effect"] == "Allow"}
+    assert resources == {json.dumps(f"arn:aws:s3:::{bucket}/pub/*"), json.dumps(f"arn:aws:s3:::{bucket}")}

@@ -1,0 +1,408 @@
+"""template.yaml read as data: wiring, least privilege, logging, caching and the FTP plumbing."""
+
+import json
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorkeeper.config import DEFAULT_LATE_PATTERNS
+from tests.template.cfn import ROOT, Resolver, policy_statements, references, resources_of_type
+
+PASSIVE_FIRST, PASSIVE_LAST = 60000, 60015
+FTP_CONTAINER_PORT = 2121
+# Actions AWS grants only on "*" (no resource-level permissions), each used on purpose.
+STAR_RESOURCE_ACTIONS = {
+    "ecr:GetAuthorizationToken",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+}
+
+
+def props(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = template["Resources"][logical_id]["Properties"]
+    return result
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_template_is_a_sam_template_with_the_sections_users_need(template: dict[str, Any]) -> None:
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+    assert {"HttpUrl", "FtpUrl", "BucketName", "TopicArn", "DashboardUrl", "StatusPageUrl"} <= set(template["Outputs"])
+    # every parameter without a default is one only the user can know
+    required = {name for name, spec in template["Parameters"].items() if "Default" not in spec}
+    assert required == {"UpstreamUrl", "AlertEmail", "SyncImageUri"}
+
+
+def test_every_reference_names_a_parameter_resource_or_condition(template: dict[str, Any]) -> None:
+    known = set(template["Parameters"]) | set(template["Resources"])
+    for logical_id, resource in template["Resources"].items():
+        assert references(resource) <= known, logical_id
+        assert resource.get("Condition", "CreateVpc") in template["Conditions"], logical_id
+    assert references(template["Outputs"]) <= known
+
+
+def test_cloudfront_function_in_the_template_is_cloudfront_function_js(template: dict[str, Any]) -> None:
+    # WHEN the function is changed in cloudfront/function.js (where its tests run)
+    # THEN the template must carry the same code, byte for byte
+    inline = props(template, "PathFunction")["FunctionCode"]
+    assert inline == (ROOT / "cloudfront/function.js").read_text(), "copy cloudfront/function.js into template.yaml"
+    assert props(template, "PathFunction")["FunctionConfig"]["Runtime"] == "cloudfront-js-2.0"
+
+
+def test_sync_schedule_runs_exactly_the_sync_task(template: dict[str, Any]) -> None:
+    target = props(template, "SyncSchedule")["Target"]
+    assert target["Arn"] == {"Fn::GetAtt": ["Cluster", "Arn"]}
+    ecs = target["EcsParameters"]
+    assert ecs["TaskDefinitionArn"] == {"Ref": "SyncTaskDefinition"}
+    assert ecs["LaunchType"] == "FARGATE" and ecs["TaskCount"] == 1
+    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["TriggerDeadLetterQueue", "Arn"]}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    task = props(template, "SyncTaskDefinition")
+    assert task["ContainerDefinitions"][0]["Command"] == ["sync"]
+    env = {e["Name"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    assert {"MIRRORKEEPER_UPSTREAM", "MIRRORKEEPER_BUCKET", "MIRRORKEEPER_MAX_DELETE_PERCENT"} <= env
+    assert task["EphemeralStorage"] == {"SizeInGiB": {"Ref": "EphemeralStorageGiB"}}
+    # AND its role may run only that family, in that cluster, and pass only the task's two roles
+    assert target["RoleArn"] == {"Fn::GetAtt": ["SyncSchedulerRole", "Arn"]}
+    statements = list(policy_statements(template["Resources"]["SyncSchedulerRole"]))
+    run = next(s for s in statements if s["Action"] == "ecs:RunTask")
+    assert run["Resource"]["Fn::Sub"].endswith("task-definition/" + task["Family"]["Fn::Sub"] + ":*")
+    assert run["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["Cluster", "Arn"]}}}
+    passrole = next(s for s in statements if s["Action"] == "iam:PassRole")
+    assert passrole["Resource"] == [task["ExecutionRoleArn"], task["TaskRoleArn"]]
+    tag = next(s for s in statements if s["Action"] == "ecs:TagResource")
+    assert (
+        ecs["PropagateTags"] == "TASK_DEFINITION" and tag["Condition"]["StringEquals"]["ecs:CreateAction"] == "RunTask"
+    )
+
+
+def test_stopped_sync_task_starts_the_verify_workflow_with_the_whole_event(template: dict[str, Any]) -> None:
+    rule = props(template, "SyncStoppedRule")
+    pattern = rule["EventPattern"]
+    assert pattern["source"] == ["aws.ecs"] and pattern["detail-type"] == ["ECS Task State Change"]
+    assert pattern["detail"]["lastStatus"] == ["STOPPED"]
+    assert pattern["detail"]["clusterArn"] == [{"Fn::GetAtt": ["Cluster", "Arn"]}]
+    family = props(template, "SyncTaskDefinition")["Family"]["Fn::Sub"]
+    assert pattern["detail"]["taskDefinitionArn"][0]["prefix"]["Fn::Sub"].endswith(f"task-definition/{family}:")
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Ref": "VerifyStateMachine"}
+    assert not {"Input", "InputPath", "InputTransformer"} & set(target)  # the whole event is the input
+    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["TriggerDeadLetterQueue", "Arn"]}
+
+
+def test_verify_schedule_sends_the_scheduled_verify_event(template: dict[str, Any]) -> None:
+    target = props(template, "VerifySchedule")["Target"]
+    assert target["Arn"] == {"Ref": "VerifyStateMachine"}
+    event = json.loads(target["Input"])
+    assert event == {
+        "source": "mirrorkeeper.schedule",
+        "detail-type": "Scheduled verify",
+        "time": "<aws.scheduler.scheduled-time>",
+    }
+    assert props(template, "VerifySchedule")["ScheduleExpression"] == {"Fn::Sub": "cron(${VerifyMinute} * * * ? *)"}
+
+
+def test_workflow_calls_the_three_functions_in_the_order_mirrorkeeper_verify_does(template: dict[str, Any]) -> None:
+    machine = props(template, "VerifyStateMachine")
+    definition = json.loads((ROOT / machine["DefinitionUri"]).read_text())
+    substitutions = machine["DefinitionSubstitutions"]
+    order, state = [], definition["StartAt"]
+    while state:
+        spec = definition["States"][state]
+        if spec["Type"] == "Task":
+            placeholder = spec["Resource"].removeprefix("${").removesuffix("}")
+            function_id = substitutions[placeholder]["Fn::GetAtt"][0]
+            order.append(props(template, function_id)["CodeUri"])
+        state = spec.get("Next")
+    assert order == ["functions/diff_manifests/", "functions/probe_endpoints/", "functions/publish_health/"]
+    # AND the workflow may invoke those three functions and nothing else
+    invoked = [p["LambdaInvokePolicy"]["FunctionName"]["Ref"] for p in machine["Policies"]]
+    assert sorted(invoked) == sorted(v["Fn::GetAtt"][0] for v in substitutions.values())
+
+
+def test_every_alarm_notifies_the_topic_on_alarm_and_ok(template: dict[str, Any]) -> None:
+    alarms = resources_of_type(template, "AWS::CloudWatch::Alarm")
+    assert len(alarms) >= 12
+    for logical_id, alarm in alarms.items():
+        p = alarm["Properties"]
+        assert p["AlarmActions"] == [{"Ref": "AlertTopic"}], logical_id
+        assert p["OKActions"] == [{"Ref": "AlertTopic"}], logical_id
+        assert "README.md" in p["AlarmDescription"], logical_id  # each alarm says where to read what to do
+
+
+@pytest.mark.parametrize("protocol", ["http", "ftp"])
+def test_freshness_alarm_per_protocol_breaches_on_missing_data(template: dict[str, Any], protocol: str) -> None:
+    alarm = props(template, f"Freshness{protocol.capitalize()}Alarm")
+    assert alarm["Namespace"] == "Mirrorkeeper" and alarm["MetricName"] == "FreshnessSeconds"
+    assert {"Name": "Protocol", "Value": protocol} in alarm["Dimensions"]
+    assert alarm["TreatMissingData"] == "breaching"
+    assert alarm["Threshold"] == {"Fn::FindInMap": ["SyncInterval", {"Ref": "SyncIntervalHours"}, "FreshnessThreshold"]}
+    for hours, row in template["Mappings"]["SyncInterval"].items():
+        assert row["Seconds"] == int(hours) * 3600 and row["FreshnessThreshold"] == 2 * row["Seconds"]
+
+
+def test_alarms_cover_what_the_issue_lists(template: dict[str, Any]) -> None:
+    alarms = [a["Properties"] for a in resources_of_type(template, "AWS::CloudWatch::Alarm").values()]
+    metrics = {a.get("MetricName") for a in alarms} | {
+        m["MetricStat"]["Metric"]["MetricName"] for a in alarms for m in a.get("Metrics", []) if "MetricStat" in m
+    }
+    assert {
+        "FreshnessSeconds",
+        "ProbesFailed",
+        "DriftObjects",
+        "SyncFailed",
+        "TargetErrorCount",
+        "InvocationDroppedCount",
+        "ApproximateNumberOfMessagesVisible",
+        "Errors",
+        "ExecutionsFailed",
+    } <= metrics
+    lambda_alarms = {a["Dimensions"][0]["Value"]["Ref"] for a in alarms if a.get("Namespace") == "AWS/Lambda"}
+    assert lambda_alarms == set(resources_of_type(template, "AWS::Serverless::Function"))
+
+
+def _iam_documents(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for logical_id, resource in template["Resources"].items():
+        for statement in policy_statements(resource):
+            found.append((logical_id, statement))
+        p = resource.get("Properties", {})
+        if resource["Type"] in ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::SNS::TopicPolicy"):
+            found += [(logical_id, s) for s in p["PolicyDocument"]["Statement"]]
+    return found
+
+
+def test_no_wildcard_iam_where_aws_allows_narrower(template: dict[str, Any]) -> None:
+    documents = _iam_documents(template)
+    assert len(documents) > 20
+    for logical_id, statement in documents:
+        actions = as_list(statement["Action"])
+        if statement["Effect"] == "Deny":
+            continue  # the TLS-only denials are meant to cover everything
+        assert not [a for a in actions if a == "*" or a.endswith(":*")], (logical_id, actions)
+        if statement.get("Resource") == "*":
+            assert set(actions) <= STAR_RESOURCE_ACTIONS, (logical_id, actions)
+        assert statement.get("Principal") != "*", logical_id
+
+
+def test_bucket_policy_lets_only_this_distribution_get_and_list(template: dict[str, Any]) -> None:
+    statements = props(template, "MirrorBucketPolicy")["PolicyDocument"]["Statement"]
+    cloudfront = [s for s in statements if s.get("Principal") == {"Service": "cloudfront.amazonaws.com"}]
+    granted = {s["Action"]: s for s in cloudfront}
+    assert set(granted) == {"s3:GetObject", "s3:ListBucket"}
+    # GetObject only in the served tree; ListBucket on the bucket (S3's 404-not-403 rule)
+    assert granted["s3:GetObject"]["Resource"] == {"Fn::Sub": "${MirrorBucket.Arn}/pub/*"}
+    assert granted["s3:ListBucket"]["Resource"] == {"Fn::GetAtt": ["MirrorBucket", "Arn"]}
+    for statement in cloudfront:
+        assert "Distribution" in references(statement["Condition"]["StringEquals"]["AWS:SourceArn"])
+    tls = next(s for s in statements if s["Effect"] == "Deny")
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    origin = props(template, "Distribution")["DistributionConfig"]["Origins"][0]
+    assert origin["OriginPath"] == "/pub" and origin["OriginAccessControlId"]
+
+
+def test_bucket_is_private_owner_enforced_encrypted_and_versioned(template: dict[str, Any]) -> None:
+    bucket = props(template, "MirrorBucket")
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert bucket["VersioningConfiguration"]["Status"] == "Enabled"
+    rules = bucket["LifecycleConfiguration"]["Rules"]
+    assert any("NoncurrentVersionExpiration" in r for r in rules)  # versions are an undo, not a second mirror
+
+
+def _log_group_retained(template: dict[str, Any], ref: Any) -> bool:
+    logical_id = ref["Ref"] if "Ref" in ref else ref["Fn::GetAtt"][0]
+    resource = template["Resources"][logical_id]
+    return resource["Type"] == "AWS::Logs::LogGroup" and "RetentionInDays" in resource["Properties"]
+
+
+def test_every_function_is_python313_and_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
+    globals_ = template["Globals"]["Function"]
+    functions = resources_of_type(template, "AWS::Serverless::Function", "AWS::Lambda::Function")
+    assert len(functions) == 3
+    for logical_id, function in functions.items():
+        p = function["Properties"]
+        assert p.get("Runtime", globals_["Runtime"]) == "python3.13", logical_id
+        assert p.get("Handler", globals_["Handler"]) == "app.handler", logical_id
+        assert _log_group_retained(template, p["LoggingConfig"]["LogGroup"]), logical_id
+    assert props(template, "MirrorkeeperLayer")["CompatibleRuntimes"] == ["python3.13"]
+
+
+def test_every_log_group_has_retention_and_everything_logs_to_one(template: dict[str, Any]) -> None:
+    for logical_id, group in resources_of_type(template, "AWS::Logs::LogGroup").items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, logical_id
+    for logical_id, task in resources_of_type(template, "AWS::ECS::TaskDefinition").items():
+        options = task["Properties"]["ContainerDefinitions"][0]["LogConfiguration"]["Options"]
+        assert _log_group_retained(template, options["awslogs-group"]), logical_id
+    machines = resources_of_type(template, "AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine")
+    for logical_id, machine in machines.items():
+        p = machine["Properties"]
+        logging = p.get("Logging") or p["LoggingConfiguration"]
+        destination = logging["Destinations"][0]["CloudWatchLogsLogGroup"]["LogGroupArn"]
+        assert _log_group_retained(template, destination), logical_id
+
+
+def test_functions_get_the_environment_and_permissions_of_the_contract(template: dict[str, Any]) -> None:
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert set(env) == {
+        "MIRRORKEEPER_BUCKET",
+        "MIRRORKEEPER_PREFIX",
+        "MIRRORKEEPER_MIRROR_NAME",
+        "MIRRORKEEPER_HTTP_URL",
+        "MIRRORKEEPER_FTP_URL",
+        "MIRRORKEEPER_RSYNC_URL",
+        "MIRRORKEEPER_SYNC_INTERVAL",
+        "MIRRORKEEPER_TOPIC_ARN",
+        "POWERTOOLS_SERVICE_NAME",
+        "POWERTOOLS_METRICS_NAMESPACE",
+    }
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "Mirrorkeeper"
+
+    def grants(function_id: str) -> set[tuple[str, str]]:
+        out = set()
+        for statement in policy_statements(template["Resources"][function_id]):
+            for action in as_list(statement["Action"]):
+                for resource in as_list(statement["Resource"]):
+                    out.add((action, json.dumps(resource, sort_keys=True)))
+        return out
+
+    bucket = json.dumps({"Fn::GetAtt": ["MirrorBucket", "Arn"]})
+    state = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/*"})
+    status = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/pub/.mirrorkeeper/*"})
+    assert grants("DiffManifestsFunction") == {("s3:ListBucket", bucket), ("s3:GetObject", state)}
+    assert grants("ProbeEndpointsFunction") == {("s3:GetObject", state)}
+    assert grants("PublishHealthFunction") == {
+        (action, resource) for action in ("s3:GetObject", "s3:PutObject") for resource in (state, status)
+    }
+    publish_policies = props(template, "PublishHealthFunction")["Policies"]
+    assert {"SNSPublishMessagePolicy": {"TopicName": {"Fn::GetAtt": ["AlertTopic", "TopicName"]}}} in publish_policies
+
+
+def test_short_ttl_paths_cover_the_trace_status_index_pages_and_every_late_index_file(template: dict[str, Any]) -> None:
+    config = props(template, "Distribution")["DistributionConfig"]
+    assert config["DefaultCacheBehavior"]["CachePolicyId"] == {"Ref": "DataCachePolicy"}
+    short = [b["PathPattern"] for b in config["CacheBehaviors"] if b["CachePolicyId"] == {"Ref": "ShortCachePolicy"}]
+    assert len(short) == len(config["CacheBehaviors"]) <= 25  # CloudFront's quota of behaviours
+
+    def is_short(path: str) -> bool:  # CloudFront's * and ? match like fnmatch's (including "/")
+        return any(fnmatchcase(path, pattern) for pattern in short)
+
+    late = [pattern for tier in DEFAULT_LATE_PATTERNS for pattern in tier]
+    for pattern in late:
+        assert is_short("/dists/stable/main/" + pattern.replace("*", "x")), pattern
+    for path in ("/.mirrorkeeper/trace", "/.mirrorkeeper/status.html", "/", "/virtuozzo/releases/"):
+        assert is_short(path), path
+    for path in ("/virtuozzo/releases/7.0/x86_64/os/vzctl-7.0.1.rpm", "/iso/openvz.iso", "/README"):
+        assert not is_short(path), path
+    behaviours = [config["DefaultCacheBehavior"], *config["CacheBehaviors"]]
+    for behaviour in behaviours:
+        assert behaviour["FunctionAssociations"] == [
+            {
+                "EventType": "viewer-request",
+                "FunctionARN": {"Fn::GetAtt": ["PathFunction", "FunctionMetadata.FunctionARN"]},
+            }
+        ]
+        assert behaviour["AllowedMethods"] == ["GET", "HEAD"]
+    errors = {e["ErrorCode"]: e["ErrorCachingMinTTL"] for e in config["CustomErrorResponses"]}
+    assert errors[404] <= 10  # a file that appears with the next sync is not hidden by a cached 404
+    short_policy = props(template, "ShortCachePolicy")["CachePolicyConfig"]
+    data_policy = props(template, "DataCachePolicy")["CachePolicyConfig"]
+    assert short_policy["MaxTTL"] <= 300 < data_policy["DefaultTTL"]
+
+
+def test_ftp_passive_ports_each_have_a_listener_a_target_group_and_registration(template: dict[str, Any]) -> None:
+    task = props(template, "FtpTaskDefinition")["ContainerDefinitions"][0]
+    env = {e["Name"]: e["Value"] for e in task["Environment"]}
+    assert env["MIRRORKEEPER_PASSIVE_PORTS"] == f"{PASSIVE_FIRST}-{PASSIVE_LAST}"
+    assert env["MIRRORKEEPER_MASQUERADE_ADDRESS"] == {"Ref": "FtpAddress"}
+    assert task["Command"] == ["serve-ftp", "--host", "0.0.0.0", "--port", str(FTP_CONTAINER_PORT)]
+    listeners = {
+        r["Properties"]["Port"]: r["Properties"]
+        for r in resources_of_type(template, "AWS::ElasticLoadBalancingV2::Listener").values()
+    }
+    assert set(listeners) == {21, *range(PASSIVE_FIRST, PASSIVE_LAST + 1)}
+    passive_groups = []
+    for port, listener in listeners.items():
+        group_id = listener["DefaultActions"][0]["TargetGroupArn"]["Ref"]
+        group = props(template, group_id)
+        assert group["TargetType"] == "ip"
+        attributes = {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}
+        assert attributes["preserve_client_ip.enabled"] == "true"  # pyftpdlib checks data comes from the client
+        if port == 21:
+            assert group["Port"] == FTP_CONTAINER_PORT
+            continue
+        assert group["Port"] == port and group["HealthCheckPort"] == str(FTP_CONTAINER_PORT)
+        passive_groups.append({"Ref": group_id})
+    # the state machine registers the task in every passive group, and may touch nothing else
+    machine = props(template, "FtpTargetsStateMachine")
+    assert machine["Definition"]["States"]["Targets"]["Parameters"]["groups"] == passive_groups
+    statement = next(policy_statements(template["Resources"]["FtpTargetsRole"]))
+    assert statement["Resource"] == passive_groups
+    rule = props(template, "FtpTaskChangedRule")
+    assert rule["EventPattern"]["detail"]["group"] == [
+        {"Fn::Sub": "service:" + props(template, "FtpService")["ServiceName"]["Fn::Sub"]}
+    ]
+    assert rule["Targets"][0]["Arn"] == {"Ref": "FtpTargetsStateMachine"}
+    # one task at a time, attached to the control port only (ECS allows five target groups)
+    service = props(template, "FtpService")
+    assert service["DesiredCount"] == 1 and service["DeploymentConfiguration"]["MaximumPercent"] == 100
+    assert [lb["ContainerPort"] for lb in service["LoadBalancers"]] == [FTP_CONTAINER_PORT]
+    ingress = props(template, "FtpSecurityGroup")["SecurityGroupIngress"]
+    assert {(r["FromPort"], r["ToPort"]) for r in ingress} == {
+        (FTP_CONTAINER_PORT, FTP_CONTAINER_PORT),
+        (PASSIVE_FIRST, PASSIVE_LAST),
+    }
+    mapping = props(template, "FtpLoadBalancer")["SubnetMappings"]
+    assert mapping == [{**mapping[0], "AllocationId": {"Fn::GetAtt": ["FtpAddress", "AllocationId"]}}]
+
+
+def test_skipped_checks_say_why(template: dict[str, Any]) -> None:
+    skipped = 0
+    for logical_id, resource in template["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert skip["id"].startswith("CKV") and len(skip.get("comment", "")) > 30, (logical_id, skip)
+            skipped += 1
+    assert skipped > 0
+    text = (ROOT / "template.yaml").read_text()
+    assert text.count("ignore_checks: [") == text.count("# W1030") >= 1  # the one cfn-lint ignore has its reason
+
+
+@pytest.mark.parametrize("ftp", ["true", "false"])
+def test_dashboard_body_is_json_with_or_without_ftp(template: dict[str, Any], ftp: str) -> None:
+    resolver = Resolver(
+        template,
+        {
+            "UpstreamUrl": "rsync://example.org/m/",
+            "AlertEmail": "a@example.org",
+            "SyncImageUri": "img",
+            "EnableFtp": ftp,
+        },
+        {"AWS::Region": "us-east-1", "AWS::StackName": "mk", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"},
+    )
+    for logical_id in resources_of_type(template, "AWS::CloudWatch::Alarm"):
+        resolver.attrs[logical_id] = {"Arn": f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{logical_id}"}
+    body = json.loads(resolver.resolve(props(template, "Dashboard")["DashboardBody"]))
+    (alarm_widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    active = [a for a in resources_of_type(template, "AWS::CloudWatch::Alarm") if resolver.active(a)]
+    assert sorted(a.rsplit(":", 1)[1] for a in alarm_widget["properties"]["alarms"]) == sorted(active)
+
+
+def test_build_and_lint_tools_are_pinned() -> None:
+    for name in ("requirements-sam.txt", "requirements-checkov.txt", "requirements-layer.txt"):
+        lines = [ln for ln in Path(ROOT / name).read_text().splitlines() if ln and not ln.startswith("#")]
+        assert lines and all("==" in ln for ln in lines), name
