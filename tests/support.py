@@ -74,3 +74,12 @@ def serve_cli(command: str, endpoint: str, *extra: str) -> Iterator[int]:
     args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--port", str(port), *extra]
     with serving(args, port, cli_env(endpoint), command):
         yield port
+
+
+@contextmanager
+def moto_subprocess() -> Iterator[str]:
+    """``python -m moto.server`` as a process of its own; yields its URL. Its state is its own: the
+    session server's resets (``POST /moto-api/reset``) empty every server *in that process*."""
+    port = free_port()
+    with serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, what="moto"):
+        yield f"http://127.0.0.1:{port}"

@@ -6,39 +6,15 @@ subprocesses, exactly as an operator runs them.
 
 import json
 import re
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import pytest
 
-from mirrorkeeper.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper.rsyncd import RsyncDaemon
 from mirrorkeeper.sampletree import TreeSpec, add_hostile_names, generate_tree, mutate, openvz_like
 from tests.support import BUCKET, run_cli, serve_cli, tree_files
-
-
-@pytest.fixture
-def moto_process() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(10)
 
 
 def test_sync_mirrors_upstream_and_follows_its_changes(tmp_path: Path, moto_process: str) -> None:

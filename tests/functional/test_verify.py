@@ -14,7 +14,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from mirrorkeeper.alerts import SnsNotifier
 from mirrorkeeper.aws import s3_client
@@ -72,14 +71,11 @@ class Mirror:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+def prepared(tmp_path_factory: pytest.TempPathFactory, own_moto_server: str) -> Iterator[Mirror]:
     """One synced mirror and its front ends per module, on a moto server of its own (the shared one
     is reset by other tests): setting it up costs seconds, each test only resets the health state."""
     # GIVEN an OpenVZ-like upstream synced into the bucket, and both front ends serving it
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    endpoint = own_moto_server
     upstream = tmp_path_factory.mktemp("verify") / "upstream"
     upstream.mkdir()
     openvz_like(upstream)
@@ -110,7 +106,6 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
             metrics_namespace=NAMESPACE,
         )
         yield Mirror(endpoint, upstream, daemon, config, s3, sqs, queue_url)
-    server.stop()
 
 
 @pytest.fixture
