@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from mirrorkeeper import __version__
-from mirrorkeeper.commands import demo, serve_ftp, serve_http, sync, verify
+from mirrorkeeper.commands import announce, demo, serve_ftp, serve_http, sync, verify
 from mirrorkeeper.errors import ExitCode, MirrorkeeperError
 
-COMMANDS = (sync, serve_http, serve_ftp, verify, demo)
+COMMANDS = (sync, serve_http, serve_ftp, verify, demo, announce)
 
 
 def build_parser() -> argparse.ArgumentParser:
