@@ -89,6 +89,7 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python -m pip install -q -r requirements-bench.txt
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/frontends.py
+	$(BIN)/python bench/verify.py
 
 pr: test bench ## everything a reviewer would run
 

@@ -1,0 +1,108 @@
+"""Probes against real servers on loopback that misbehave in the ways a mirror does: a module the
+rsync daemon does not have, a port nobody listens on, a server that accepts and never answers,
+content that is not what the manifest says."""
+
+import hashlib
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mirrorkeeper.health import Level, assess_endpoint
+from mirrorkeeper.probes import Outcome, ProbeKind, SampleFile, probe_endpoint
+from mirrorkeeper.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper.sampletree import write_file
+from tests.support import BUCKET, run_cli, serve_cli
+
+
+def test_rsync_handshake_accepts_the_module_and_refuses_a_missing_one(rsync_daemon: Any, upstream: Path) -> None:
+    daemon: RsyncDaemon = rsync_daemon(upstream)
+    served = probe_endpoint("rsync", daemon.url, [], ".mirrorkeeper/trace", 5, 1)
+    assert [r.outcome for r in served.results] == [Outcome.OK] and served.reachable
+    missing = probe_endpoint("rsync", daemon.url.replace("/mirror/", "/nosuchmodule/"), [], "", 5, 1)
+    assert missing.results[0].outcome is Outcome.WRONG_STATUS and "nosuchmodule" in missing.results[0].detail
+    assert assess_endpoint(missing, 0, 3600, 3600)[0].level is Level.DOWN
+
+
+def test_a_closed_port_is_unreachable_on_every_protocol() -> None:
+    port = free_port()
+    for protocol, url in (("http", f"http://127.0.0.1:{port}/"), ("ftp", f"ftp://127.0.0.1:{port}/")):
+        report = probe_endpoint(protocol, url, [], ".mirrorkeeper/trace", 5, 2)
+        assert [r.outcome for r in report.results] == [Outcome.UNREACHABLE], protocol
+        assert not report.reachable and report.missing_check is None
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """Accepts connections and never says a word (a hung front end)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_a_hung_server_times_out_within_the_probe_timeout() -> None:
+    with silent_server() as port:
+        for protocol in ("http", "ftp"):
+            report = probe_endpoint(protocol, f"{protocol}://127.0.0.1:{port}/", [], "trace", 0.5, 1)
+            result = report.results[0]
+            assert result.outcome is Outcome.TIMEOUT, (protocol, result)
+            assert result.latency_ms < 3000 and not report.reachable
+
+
+def test_content_other_than_the_manifest_says_is_caught(
+    s3: Any, endpoint: str, rsync_daemon: Any, upstream: Path
+) -> None:
+    # GIVEN a synced file served by both front ends
+    write_file(upstream / "pool/a.rpm", b"real package\n", 1_700_000_000)
+    daemon = rsync_daemon(upstream)
+    assert run_cli(["sync", "--upstream", daemon.url, "--bucket", BUCKET], endpoint).returncode == 0
+    digest = hashlib.sha256(b"real package\n").hexdigest()
+    honest = SampleFile("pool/a.rpm", 13, 1_700_000_000, digest, "random", download=True)
+    lies = [
+        SampleFile("pool/a.rpm", 13, 1_700_000_000, "0" * 64, "random", download=True),  # another hash
+        SampleFile("pool/a.rpm", 14, 1_700_000_000, None, "random"),  # another size
+        SampleFile("pool/a.rpm", 13, 1_600_000_000, None, "random"),  # newer than the manifest: not stale
+        SampleFile("pool/a.rpm", 13, 1_800_000_000, None, "random"),  # older copy served: stale
+        SampleFile("pool/gone.rpm", 1, 1_700_000_000, None, "random"),  # not there at all
+    ]
+    with serve_cli("serve-http", endpoint) as http_port, serve_cli("serve-ftp", endpoint) as ftp_port:
+        for protocol, port in (("http", http_port), ("ftp", ftp_port)):
+            report = probe_endpoint(protocol, f"{protocol}://127.0.0.1:{port}/", [honest, *lies], "x", 5, 2)
+            by_kind = [(r.kind, r.outcome) for r in report.results if r.kind in (ProbeKind.FILE, ProbeKind.DOWNLOAD)]
+            assert by_kind.count((ProbeKind.DOWNLOAD, Outcome.OK)) == 1, (protocol, by_kind)
+            assert (ProbeKind.DOWNLOAD, Outcome.WRONG_HASH) in by_kind, protocol
+            outcomes = [o for k, o in by_kind if k is ProbeKind.FILE]
+            assert outcomes == [
+                Outcome.OK,
+                Outcome.OK,
+                Outcome.WRONG_SIZE,
+                Outcome.WRONG_MTIME,
+                Outcome.STALE,
+                Outcome.WRONG_STATUS,
+            ], protocol
+            # the trace probe asked for a path that does not exist: unreadable, degraded
+            findings = assess_endpoint(report, 1_700_000_000, 3600, 3600)
+            assert {f.level for f in findings} == {Level.DEGRADED}, findings
