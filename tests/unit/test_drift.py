@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from mirrorkeeper.drift import diff_mirror, in_key_order, row_key
+from mirrorkeeper.drift import RepairList, diff_mirror, in_key_order, row_key
 from mirrorkeeper.manifest import Row
 
 
@@ -106,3 +106,23 @@ def test_type_change_counts_as_lag() -> None:
 def test_never_synced_mirror_is_zero_percent_complete() -> None:
     report = diff_mirror(None, None, [])
     assert report.completion_pct == 0.0 and report.drift == 0
+
+
+def test_the_repair_list_names_what_a_sync_must_upload_again_or_delete() -> None:
+    rows = [d("a"), f("a/x", 10), f("a/y", 10), f("b", 5)]
+    stored = [("a/", 100), ("a/y", 9), ("b", 5), ("stray", 1), ("stray-dir/", 0)]  # a/x gone, a/y damaged
+    repair = RepairList()
+    diff_mirror(rows, rows, stored, repair=repair)
+    assert repair.reupload == ["a/x", "a/y"] and repair.delete == ["stray", "stray-dir/"] and repair.complete
+    assert RepairList.from_json(repair.to_json()) == repair
+
+
+def test_a_clean_mirror_needs_no_repair_and_a_huge_drift_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [f(f"p{i:03d}") for i in range(50)]
+    clean = RepairList()
+    diff_mirror(rows, rows, objects_of(rows), repair=clean)
+    assert not clean
+    monkeypatch.setattr("mirrorkeeper.drift.REPAIR_LIMIT", 20)
+    capped = RepairList()
+    diff_mirror(rows, rows, [], repair=capped)
+    assert len(capped.reupload) == 20 and not capped.complete

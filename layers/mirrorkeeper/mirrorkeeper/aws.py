@@ -43,15 +43,10 @@ class RequestCounter:
 
 
 def s3_client(aws: AwsConfig, counter: RequestCounter | None = None, pool_size: int = 32) -> S3Client:
-    config = Config(
-        region_name=aws.region,
-        retries={"mode": "adaptive", "max_attempts": aws.max_attempts},
-        max_pool_connections=pool_size,
-        connect_timeout=10,
-        read_timeout=60,
+    config = client_config(aws, pool_size)
+    if aws.endpoint_url:
         # Path-style keeps local endpoints (moto, MinIO) working; AWS accepts it too.
-        s3={"addressing_style": "path"} if aws.endpoint_url else None,
-    )
+        config = config.merge(Config(s3={"addressing_style": "path"}))
     client = boto3.session.Session().client("s3", endpoint_url=aws.endpoint_url, config=config)
     if counter is not None:
         counter.attach(client)

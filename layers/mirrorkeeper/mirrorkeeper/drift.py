@@ -26,6 +26,7 @@ from mirrorkeeper.manifest import Row
 
 RESERVED_PREFIX = ".mirrorkeeper/"
 EXAMPLES = 10
+REPAIR_LIMIT = 100_000  # paths a repair list holds; a larger drift is repaired over several syncs
 _DIR = "d"
 _FILE = "f"
 _SYMLINK = "l"
@@ -69,6 +70,38 @@ class DriftReport:
         return {**asdict(self), "drift": self.drift, "completion_pct": self.completion_pct}
 
 
+@dataclass
+class RepairList:
+    """What the next sync must fix besides upstream's changes (``state/repair.json``): published
+    paths whose object is missing or of the wrong size (uploaded again) and served keys the
+    manifest does not know (deleted, unless upstream has them by then)."""
+
+    reupload: list[str] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    complete: bool = True
+
+    def add(self, into: list[str], item: str) -> None:
+        if len(self.reupload) + len(self.delete) < REPAIR_LIMIT:
+            into.append(item)
+        else:
+            self.complete = False
+
+    def __bool__(self) -> bool:
+        return bool(self.reupload or self.delete)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> "RepairList":
+        doc = doc or {}
+        return cls(
+            [str(p) for p in doc.get("reupload", ()) if isinstance(p, str)],
+            [str(k) for k in doc.get("delete", ()) if isinstance(k, str)],
+            bool(doc.get("complete", True)),
+        )
+
+
 def row_key(row: Row) -> str:
     """The key (relative to the served prefix) the sync stores ``row`` under."""
     path: str = row[0]
@@ -109,12 +142,15 @@ def diff_mirror(
     manifest: Iterable[Row] | None,
     objects: Iterable[tuple[str, int]],
     report: DriftReport | None = None,
+    repair: RepairList | None = None,
 ) -> DriftReport:
     """Merge the three streams. ``objects`` are ``(key relative to pub/, size)`` in key order.
 
     ``None`` for the listing or the manifest means it does not exist yet (no sync has got that far).
+    ``repair``, when given, collects what a sync must upload again or delete to undo the drift.
     """
     report = report or DriftReport()
+    repair = repair if repair is not None else RepairList()
     upstream = in_key_order(listing or ())
     published = in_key_order(manifest or ())
     stored = iter(objects)
@@ -134,13 +170,16 @@ def diff_mirror(
             if not present:
                 report.missing += 1
                 report.note("missing", p_row[0])
+                repair.add(repair.reupload, p_row[0])
             elif p_row[1] == _FILE and o_size != p_row[2]:
                 intact = False
                 report.size_mismatch += 1
                 report.note("size_mismatch", p_row[0])
+                repair.add(repair.reupload, p_row[0])
         elif present:
             report.extra += 1
             report.note("extra", key)
+            repair.add(repair.delete, key)
         if u_key == key:
             assert u_row is not None
             report.listing_entries += 1

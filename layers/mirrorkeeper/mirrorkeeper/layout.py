@@ -69,6 +69,11 @@ class MirrorLayout:
         return self.state_prefix + "lock.json"
 
     @property
+    def repair_key(self) -> str:
+        """What the drift check found for the next sync to repair (drift.RepairList)."""
+        return self.state_prefix + "repair.json"
+
+    @property
     def last_run_key(self) -> str:
         return self.state_prefix + "runs/last.json"
 

@@ -105,6 +105,15 @@ class StateStore:
                 Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*"
             )
 
+    def put_or_delete_json(self, key: str, doc: dict[str, Any] | None) -> None:
+        """Write ``doc`` to ``key``, or make sure ``key`` is absent when ``doc`` is None."""
+        with s3_errors(f"{'write' if doc is not None else 'delete'} s3://{self.bucket}/{key}"):
+            if doc is None:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            else:
+                body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+
     def publish(self, path: str, body: bytes, content_type: str) -> None:
         """Put a file of ours (status page) into the served tree, never cached for long."""
         key = self.layout.served_key(path)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mirrorkeeper.alerts import LogNotifier, Notifier, SnsNotifier, compose
 from mirrorkeeper.aws import S3Client, s3_client, service_client
 from mirrorkeeper.config import VerifyConfig
-from mirrorkeeper.drift import DriftReport, diff_mirror
+from mirrorkeeper.drift import DriftReport, RepairList, diff_mirror
 from mirrorkeeper.errors import ConfigError, StateConflictError
 from mirrorkeeper.health import OVERALL, StepFailure, SyncOutcome, assess, sync_from_exit
 from mirrorkeeper.healthstate import HealthState, decide_notice, next_state
@@ -180,14 +180,23 @@ class _NoMetrics:
 def diff_manifests(event: Any, deps: Deps) -> dict[str, Any]:
     parse_event(DiffInput, event)
     layout, store = deps.config.layout, deps.store
-    report = DriftReport()
+    report, repair = DriftReport(), RepairList()
     lease, _ = store.read_json(layout.lock_key)
     # A running sync has uploaded objects its manifest does not list yet: not drift.
     report.sync_in_progress = bool(lease) and _float(lease, "expires_at") > deps.clock()
     with store.manifest_rows(layout.listing_key) as listing, store.manifest_rows(layout.manifest_key) as manifest:
         report.listing_generated = listing[0].generated if listing else ""
         report.manifest_generated = manifest[0].generated if manifest else ""
-        diff_mirror(listing[1] if listing else None, manifest[1] if manifest else None, store.served_objects(), report)
+        diff_mirror(
+            listing[1] if listing else None,
+            manifest[1] if manifest else None,
+            store.served_objects(),
+            report,
+            repair,
+        )
+    if not report.sync_in_progress and report.manifest_generated:
+        # The next sync uploads again what is missing or damaged and deletes what nobody published.
+        store.put_or_delete_json(layout.repair_key, repair.to_json() if repair else None)
     log.info("diff done", extra={"drift": report.drift, "lag": report.lag, "completion_pct": report.completion_pct})
     return report.to_json()
 
