@@ -12,6 +12,7 @@ from mirrorkeeper.workflow import (
     DiffInput,
     EcsTaskStateChange,
     InvalidEventError,
+    ProbeInput,
     PublishInput,
     ScheduledVerify,
     StepError,
@@ -69,6 +70,7 @@ def test_every_ecs_sample_event_parses_as_a_trigger(name: str) -> None:
 
 def test_step_inputs_in_events_parse() -> None:
     assert isinstance(parse_event(DiffInput, load_event("diff-manifests.json")).trigger, ScheduledVerify)
+    assert isinstance(parse_event(ProbeInput, load_event("probe-endpoints.json")).trigger, ScheduledVerify)
     published = parse_event(PublishInput, load_event("publish-health.json"))
     assert not isinstance(published.drift, StepError) and not isinstance(published.probes, StepError)
     assert published.probes.endpoints and published.probes.endpoints[0].results
