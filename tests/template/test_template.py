@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mirrorkeeper.config import DEFAULT_LATE_PATTERNS
+from mirrorkeeper.workflow import DiffInput, ScheduledVerify, parse_event
 from tests.template.cfn import ROOT, Resolver, policy_statements, references, resources_of_type
 
 PASSIVE_FIRST, PASSIVE_LAST = 60000, 60015
@@ -108,11 +109,9 @@ def test_verify_schedule_sends_the_scheduled_verify_event(template: dict[str, An
     target = props(template, "VerifySchedule")["Target"]
     assert target["Arn"] == {"Ref": "VerifyStateMachine"}
     event = json.loads(target["Input"])
-    assert event == {
-        "source": "mirrorkeeper.schedule",
-        "detail-type": "Scheduled verify",
-        "time": "<aws.scheduler.scheduled-time>",
-    }
+    # the workflow's own model accepts it, and each execution gets its own id (the logs' correlation id)
+    trigger = parse_event(DiffInput, {"trigger": event}).trigger
+    assert isinstance(trigger, ScheduledVerify) and trigger.id == "<aws.scheduler.execution-id>"
     assert props(template, "VerifySchedule")["ScheduleExpression"] == {"Fn::Sub": "cron(${VerifyMinute} * * * ? *)"}
 
 
@@ -284,7 +283,13 @@ def test_functions_get_the_environment_and_permissions_of_the_contract(template:
     bucket = json.dumps({"Fn::GetAtt": ["MirrorBucket", "Arn"]})
     state = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/*"})
     status = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/pub/.mirrorkeeper/*"})
-    assert grants("DiffManifestsFunction") == {("s3:ListBucket", bucket), ("s3:GetObject", state)}
+    repair = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/repair.json"})
+    assert grants("DiffManifestsFunction") == {
+        ("s3:ListBucket", bucket),
+        ("s3:GetObject", state),
+        ("s3:PutObject", repair),
+        ("s3:DeleteObject", repair),
+    }
     assert grants("ProbeEndpointsFunction") == {("s3:GetObject", state)}
     assert grants("PublishHealthFunction") == {
         (action, resource) for action in ("s3:GetObject", "s3:PutObject") for resource in (state, status)
