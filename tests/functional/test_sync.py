@@ -4,12 +4,19 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mirrorkeeper.aws import RequestCounter, s3_client
+from mirrorkeeper.config import AwsConfig, SyncConfig
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.rsync import RsyncClient
 from mirrorkeeper.rsyncd import RsyncDaemon
 from mirrorkeeper.sampletree import TreeSpec, add_hostile_names, generate_tree, write_file
+from mirrorkeeper.sync import SyncRun
+from tests.faultproxy import fault_proxy
 from tests.support import BUCKET, run_cli, served_objects, tree_files
 
 DaemonFactory = Callable[[Path], RsyncDaemon]
@@ -193,3 +200,115 @@ def test_usage_errors_exit_2_with_one_line(endpoint: str) -> None:
     result = run_cli(["sync", "--upstream", "http://x/y/", "--bucket", BUCKET], endpoint)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "rsync:// URL" in result.stderr
+
+
+def in_process_run(daemon: RsyncDaemon, endpoint: str, staging: Path, rsync: RsyncClient | None = None) -> SyncRun:
+    """A SyncRun in this process (so a test can swap its rsync client), against the moto server."""
+    aws = AwsConfig(endpoint_url=endpoint, region="us-east-1")
+    config = SyncConfig(upstream=daemon.url, layout=MirrorLayout.create(BUCKET), aws=aws, staging_dir=staging)
+    counter = RequestCounter()
+    return SyncRun(config, s3_client(aws, counter), counter, rsync=rsync)
+
+
+def test_unchanged_listing_skips_the_manifest_and_the_report_counts_every_request(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    # GIVEN a published mirror
+    generate_tree(upstream, TreeSpec(files=30, total_bytes=3_000))
+    daemon = rsync_daemon(upstream)
+    code, first, _ = sync(daemon, endpoint)
+    assert code == 0
+    # WHEN upstream lists the very same bytes again (requests counted by a proxy in front of S3)
+    with fault_proxy(endpoint, lambda method, path, number: None) as proxy:
+        code, summary, stderr = sync(daemon, str(proxy["url"]))
+    # THEN the run neither reads the manifest nor plans, and says since which run nothing changed
+    assert code == 0, stderr
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key="state/runs/last.json")["Body"].read())
+    assert report["result"] == "no-change" and report["unchanged_since"] == first["run_id"]
+    assert "GetObject" not in report["s3_requests_by_operation"]
+    published = json.loads(s3.get_object(Bucket=BUCKET, Key=f"state/runs/{first['run_id']}.json")["Body"].read())
+    assert (report["mirror_entries"], report["mirror_bytes"]) == (
+        published["mirror_entries"],
+        published["mirror_bytes"],
+    )
+    # AND its request count includes the lock release that follows the report
+    assert summary["s3_requests"] == proxy["requests"]
+    # AND any change upstream (here one mtime) means the long way again
+    first_file = sorted(tree_files(upstream))[0]
+    os.utime(upstream / first_file, (1_800_000_000, 1_800_000_000))
+    code, summary, _ = sync(daemon, endpoint)
+    assert code == 0 and summary["uploaded_files"] == 1
+
+
+@dataclass(frozen=True)
+class VanishingRsync(RsyncClient):
+    """Fetches like rsync, then loses one file, as if upstream deleted it between listing and fetch."""
+
+    victim: str = ""
+
+    def fetch(self, url: str, paths: Iterable[str], dest: Path) -> int:
+        code = super().fetch(url, paths, dest)
+        (dest / self.victim).unlink(missing_ok=True)
+        return code
+
+
+def test_a_run_that_could_not_publish_what_was_listed_makes_the_next_run_compare(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    # GIVEN a first sync during which one file vanished
+    paths = generate_tree(upstream, TreeSpec(files=12, total_bytes=1_200))
+    daemon = rsync_daemon(upstream)
+    report = in_process_run(daemon, endpoint, tmp_path, VanishingRsync(victim=paths[5])).run()
+    assert report.vanished == [paths[5]] and report.uploaded_files == 11
+    # THEN its manifest carries no listing key, so the next run (same listing) compares and fetches it
+    code, summary, _ = sync(daemon, endpoint)
+    assert code == 0 and summary["result"] == "success" and summary["uploaded_files"] == 1
+    assert mirror_files(s3) == {k: v[0] for k, v in tree_files(upstream).items()}
+    code, summary, _ = sync(daemon, endpoint)
+    assert summary["result"] == "no-change"
+
+
+@dataclass(frozen=True)
+class CountingRsync(RsyncClient):
+    batches: list[int] = field(default_factory=list)  # files per fetch
+
+    def fetch(self, url: str, paths: Iterable[str], dest: Path) -> int:
+        batch = list(paths)
+        self.batches.append(len(batch))
+        return super().fetch(url, batch, dest)
+
+
+def test_small_files_are_fetched_in_batches_capped_by_count(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    generate_tree(upstream, TreeSpec(files=25, total_bytes=2_500))
+    rsync = CountingRsync()
+    run = in_process_run(rsync_daemon(upstream), endpoint, tmp_path, rsync)
+    run.batch_files = 10
+    report = run.run()
+    assert report.uploaded_files == 25
+    assert rsync.batches == [10, 10, 5]
+
+
+def test_listing_digest_tells_a_changed_tree_from_an_unchanged_one(upstream: Path, rsync_daemon: DaemonFactory) -> None:
+    write_file(upstream / "a", b"a", 1_700_000_000)
+    daemon = rsync_daemon(upstream)
+    client = RsyncClient()
+
+    def digest(url: str) -> str | None:
+        with client.start_list(url) as listing:
+            return listing.digest
+
+    first = digest(daemon.url)
+    assert first is not None and digest(daemon.url) == first
+    write_file(upstream / "a", b"b", 1_700_000_001)
+    assert digest(daemon.url) not in (first, None)
+    assert digest(daemon.url.replace("/mirror/", "/nosuch/")) is None  # a failed listing has none
+
+
+def test_the_daemon_removes_its_config_and_log_when_stopped(upstream: Path) -> None:
+    daemon = RsyncDaemon(upstream).start()
+    workdir = daemon._dir
+    assert workdir is not None and (workdir / "rsyncd.conf").exists()
+    daemon.stop()
+    assert not workdir.exists()

@@ -163,3 +163,11 @@ def test_guard_refuses_incomplete_listing() -> None:
 def test_first_sync_is_never_guarded() -> None:
     upstream = tree(*published_mirror(10))
     assert check_guard(make_plan(upstream, [], DEFAULT_LATE_PATTERNS), upstream, 0, force=False) == []
+
+
+def test_a_changed_link_target_republishes_the_link_and_a_tree_without_links_has_none() -> None:
+    published = [f("a", sha="x"), link("l", "a"), f("z", sha="y")]
+    with_link = make_plan(tree(f("a", size=11), link("l", "a"), f("z")), published, DEFAULT_LATE_PATTERNS)
+    assert [e.path for e in with_link.link_entries()] == ["l"]
+    without = make_plan(tree(f("a", size=11), f("z")), [f("a"), f("z")], DEFAULT_LATE_PATTERNS)
+    assert without.links == [] and [c.new.path for c in without.data] == ["a"]

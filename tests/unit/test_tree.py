@@ -76,3 +76,14 @@ def test_names_too_long_for_an_s3_key_are_refused() -> None:
     long_name = ("n" * 250 + "/") * 5 + "file"
     tree = build_tree(Listing(entries=[RawEntry(long_name.encode(), F, 1, 0)]), LAYOUT, RESERVED)
     assert tree.entries == [] and "1024-byte" in tree.skipped[0].reason
+
+
+def test_build_tree_consumes_the_raw_listing_and_keeps_a_clean_tree_whole() -> None:
+    # GIVEN a listing with nothing to refuse and no symlinks (the common case, taken without filters)
+    listing = Listing(entries=[RawEntry(b"d/b", F, 2, 5), RawEntry(b"d", D, 0, 4), RawEntry(b"a", F, 1, 3)])
+    # WHEN the tree is built
+    tree = build_tree(listing, LAYOUT, RESERVED)
+    # THEN every entry is kept, sorted, and the raw entries are gone (their memory with them)
+    assert [(e.path, e.size, e.mtime) for e in tree.entries] == [("a", 1, 3), ("d", 0, 4), ("d/b", 2, 5)]
+    assert tree.links == {} and tree.skipped == []
+    assert listing.entries == []

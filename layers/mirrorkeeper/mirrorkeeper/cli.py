@@ -5,18 +5,29 @@ stderr (what happened, what to do) and the exit code DESIGN.md promises.
 """
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from mirrorkeeper import __version__
-from mirrorkeeper.commands import announce, demo, serve_ftp, serve_http, sync, verify
 from mirrorkeeper.errors import ExitCode, MirrorkeeperError
 
-COMMANDS = (sync, serve_http, serve_ftp, verify, demo, announce)
+# Command name → module with ``register(subparsers)`` and ``run(args) -> int``; one line per command.
+# A module is imported only when its command runs (or for the overall help), so that
+# ``mirrorkeeper sync`` does not pay for the front ends' and the demo's imports (pyftpdlib, moto).
+COMMANDS = {
+    "sync": "mirrorkeeper.commands.sync",
+    "serve-http": "mirrorkeeper.commands.serve_http",
+    "serve-ftp": "mirrorkeeper.commands.serve_ftp",
+    "verify": "mirrorkeeper.commands.verify",
+    "demo": "mirrorkeeper.commands.demo",
+    "announce": "mirrorkeeper.commands.announce",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for ``command`` alone when it is one of COMMANDS, else for all of them."""
     parser = argparse.ArgumentParser(
         prog="mirrorkeeper",
         description="Keep a public download mirror in AWS: rsync upstream into S3, serve it over HTTP and FTP, "
@@ -26,13 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mirrorkeeper {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.register(subparsers)
+    for module in [COMMANDS[command]] if command in COMMANDS else COMMANDS.values():
+        importlib.import_module(module).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top-level parser takes no option with a value, so the first other word is the command.
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.handler(args))
     except MirrorkeeperError as exc:

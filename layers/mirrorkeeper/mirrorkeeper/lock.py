@@ -56,6 +56,7 @@ class Lease:
         self._etag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._released = False
         self.lost: str | None = None
 
     def _info(self, acquired_at: float) -> LeaseInfo:
@@ -77,6 +78,11 @@ class Lease:
         except ClientError as exc:
             if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 return False
+            if _code(exc) == "NoSuchBucket":
+                # Taking the lock is a run's first request: it doubles as the bucket check.
+                raise StorageError(
+                    f"bucket {self.bucket!r} is not usable (NoSuchBucket); create it or fix --bucket"
+                ) from None
             raise StorageError(f"cannot write the sync lock s3://{self.bucket}/{self.key}: {exc}") from None
         except BotoCoreError as exc:
             raise StorageError(f"cannot reach S3 to take the sync lock: {exc}") from None
@@ -124,14 +130,25 @@ class Lease:
         if self.lost:
             raise LockLostError(f"{self.lost}; stopped before publishing more. Raise --lock-ttl if runs are slow")
 
-    def release(self) -> None:
+    def stop_renewing(self) -> None:
+        """Stop the renewal thread; after this the lease changes only by ``release()``."""
         self._stop.set()
         if self._thread:
             self._thread.join()
-        if self.lost or self._etag is None:
+
+    @property
+    def will_release(self) -> bool:
+        """Whether ``release()`` is still to send its DELETE (we hold the lease and have not let go)."""
+        return self._etag is not None and not self.lost and not self._released
+
+    def release(self) -> None:
+        self.stop_renewing()
+        etag = self._etag
+        if etag is None or not self.will_release:
             return
+        self._released = True
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
         except (ClientError, BotoCoreError) as exc:
             log.warning("could not release the sync lock; it expires by itself", extra={"error": str(exc)})
 

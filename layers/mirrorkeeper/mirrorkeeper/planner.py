@@ -90,7 +90,9 @@ def late_tier(name: str, tiers: tuple[tuple[str, ...], ...]) -> int | None:
 
 def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: tuple[tuple[str, ...], ...]) -> Plan:
     plan = Plan(target=[], late_tiers=[[] for _ in late_patterns])
-    changed_paths: set[str] = set()
+    # Only symlinks need to know which paths changed (a link is republished when its target
+    # changes): without any, skip a set as big as the change list.
+    changed_paths: set[str] | None = set() if tree.links else None
     old_iter = iter(published)
     old = next(old_iter, None)
 
@@ -108,7 +110,8 @@ def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: tup
             else (ChangeKind.CHANGE if previous.type is new.type else ChangeKind.RETYPE)
         )
         plan.target.append(new)
-        changed_paths.add(new.path)
+        if changed_paths is not None:
+            changed_paths.add(new.path)
         plan.dirty_dirs.add(new.parent)
         if new.type is EntryType.DIR:
             plan.dirty_dirs.add(new.path)
@@ -141,13 +144,14 @@ def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: tup
         plan.dirty_dirs.add(deleted.parent)
     live_dirs = {e.path for e in plan.target if e is not None and e.type is EntryType.DIR} | {""}
     plan.dirty_dirs &= live_dirs
-    plan.links = [
-        index
-        for index, entry in enumerate(plan.target)
-        if entry is not None
-        and entry.type is EntryType.SYMLINK
-        and (entry.path in changed_paths or not tree.links[entry.path].via.isdisjoint(changed_paths))
-    ]
+    if changed_paths is not None:
+        plan.links = [
+            index
+            for index, entry in enumerate(plan.target)
+            if entry is not None
+            and entry.type is EntryType.SYMLINK
+            and (entry.path in changed_paths or not tree.links[entry.path].via.isdisjoint(changed_paths))
+        ]
     return plan
 
 

@@ -44,6 +44,10 @@ class RunReport:
     s3_requests_by_operation: dict[str, int] = field(default_factory=dict)
     mirror_entries: int = 0
     mirror_bytes: int = 0
+    # Set when upstream listed exactly what the published manifest was made from, so this run
+    # neither read the manifest nor planned: the run that published it (its report lists the
+    # skipped names).
+    unchanged_since: str = ""
 
     @property
     def duration(self) -> float:

@@ -6,20 +6,23 @@ thousands separators) and ``--no-motd`` (a daemon's greeting is not a file).
 """
 
 import calendar
+import hashlib
 import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from types import TracebackType
 from typing import IO
 
 from mirrorkeeper.entries import EntryType
 from mirrorkeeper.errors import StagingFullError, UpstreamError
 from mirrorkeeper.names import decode_rsync_name
 
-_LINE = re.compile(rb"^(\S+)\s+(\d+) (\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) (.*)$", re.DOTALL)
+_LINE = re.compile(rb"^(\S+)\s+(\d+) (\d{4}/\d\d/\d\d) (\d\d):(\d\d):(\d\d) (.*)$", re.DOTALL)
 _TYPES = {ord("-"): EntryType.FILE, ord("d"): EntryType.DIR, ord("l"): EntryType.SYMLINK}
 # rsync exit codes that mean "could not talk to the server at all".
 _UNREACHABLE = {
@@ -56,26 +59,32 @@ def parse_listing_line(line: bytes) -> RawEntry | tuple[bytes, str] | None:
     match = _LINE.match(line)
     if not match:
         raise ValueError(f"unparseable rsync listing line: {line[:200]!r}")
-    perms, size_text, *clock, rest = match.groups()
+    perms, size_text, day, hour, minute, second, rest = match.groups()
     size = int(size_text)
-    year, month, day, hour, minute, second = (int(x) for x in clock)
-    mtime = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    mtime = _day_epoch(day) + int(hour) * 3600 + int(minute) * 60 + int(second)
     kind = _TYPES.get(perms[0])
     target = None
+    # Most names have no escapes: skip the substitution for them.
+    decoded = decode_rsync_name(rest) if b"\\#" in rest else rest
     if kind is EntryType.SYMLINK:
         # "name -> target", where either may contain " -> "; a symlink's listed size is the
         # length of its target, which tells us where the name ends.
-        decoded = decode_rsync_name(rest)
         if size + 4 > len(decoded) or decoded[len(decoded) - size - 4 : len(decoded) - size] != b" -> ":
             raise ValueError(f"symlink line does not end in ' -> ' plus {size} bytes: {line[:200]!r}")
         name, target = decoded[: len(decoded) - size - 4], decoded[len(decoded) - size :]
     else:
-        name = decode_rsync_name(rest)
+        name = decoded
     if name == b".":
         return None
     if kind is None:
         return name, f"not a regular file, directory or symlink (mode {perms.decode(errors='replace')})"
     return RawEntry(path=name, type=kind, size=size, mtime=mtime, target=target)
+
+
+@lru_cache(maxsize=4096)
+def _day_epoch(day: bytes) -> int:
+    """b'2026/11/25' → the epoch of its midnight UTC (cached: a listing has far fewer days than files)."""
+    return calendar.timegm((int(day[0:4]), int(day[5:7]), int(day[8:10]), 0, 0, 0, 0, 0, 0))
 
 
 @dataclass(frozen=True)
@@ -86,39 +95,14 @@ class RsyncClient:
     def _base_args(self) -> list[str]:
         return [*self.command.split(), "--no-motd", "--no-h", f"--timeout={self.timeout}", "--contimeout=30"]
 
+    def start_list(self, url: str) -> "ListingRun":
+        """Start listing ``url`` recursively in the background; ``ListingRun.listing()`` collects it."""
+        return ListingRun(url, [*self._base_args(), "--list-only", "-rl", url])
+
     def list(self, url: str) -> Listing:
         """List ``url`` recursively. Raises UpstreamError when nothing could be listed at all."""
-        args = [*self._base_args(), "--list-only", "-rl", url]
-        with tempfile.TemporaryFile() as err:
-            process = _start(args, stdout=subprocess.PIPE, stderr=err)
-            assert process.stdout is not None
-            listing = Listing()
-            problem = ""
-            try:
-                for line in _lines(process.stdout, listing):
-                    try:
-                        parsed = parse_listing_line(line)
-                    except ValueError as exc:
-                        problem = str(exc)
-                        listing.complete = False
-                        continue
-                    if isinstance(parsed, RawEntry):
-                        listing.entries.append(parsed)
-                    elif parsed is not None:
-                        listing.skipped.append(parsed)
-            finally:
-                code = process.wait()
-            message = _read_tail(err)
-        if code != 0:
-            listing.complete = False
-            problem = f"rsync exited {code}: {message}"
-            if not listing.entries and (code in _UNREACHABLE or code not in PARTIAL_CODES):
-                raise UpstreamError(
-                    f"cannot list {url}: {_UNREACHABLE.get(code, 'rsync failed')} (rsync exit {code}: {message}); "
-                    "check the URL and that the upstream is up, then retry"
-                )
-        listing.problem = problem if not listing.complete else ""
-        return listing
+        with self.start_list(url) as run:
+            return run.listing()
 
     def fetch(self, url: str, paths: Iterable[str], dest: Path) -> int:
         """Copy ``paths`` (relative to ``url``) into ``dest``, keeping mtimes. Returns rsync's exit code
@@ -147,6 +131,98 @@ class RsyncClient:
         )
 
 
+class ListingRun:
+    """One ``rsync --list-only`` running in the background.
+
+    Its output goes to a temporary file, not a pipe, so rsync never waits for us: a caller starts
+    the listing first and spends the time rsync takes on its own start-up (imports, the S3
+    client, the lock). The raw output's SHA-256 (``digest``) tells whether upstream changed at
+    all without parsing a line of it.
+    """
+
+    def __init__(self, url: str, args: list[str]) -> None:
+        self.url = url
+        # Both files live as long as this object: close() (or the with block) closes them.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._process = _start(args, stdout=self._out, stderr=self._err)
+        except BaseException:
+            self._out.close()
+            self._err.close()
+            raise
+        self._code: int | None = None
+        self._digest = ""
+        self._whole_lines = True
+
+    def wait(self) -> int:
+        """Wait for rsync to finish; its exit code."""
+        if self._code is None:
+            self._code = self._process.wait()
+            digest = hashlib.sha256()
+            last = b""
+            self._out.seek(0)
+            for chunk in iter(lambda: self._out.read(1 << 20), b""):
+                digest.update(chunk)
+                last = chunk
+            self._digest = digest.hexdigest()
+            self._whole_lines = not last or last.endswith(b"\n")
+        return self._code
+
+    @property
+    def digest(self) -> str | None:
+        """SHA-256 of rsync's output if it is a whole, clean listing (exit 0, ends with a newline), else None."""
+        return self._digest if self.wait() == 0 and self._whole_lines else None
+
+    def listing(self) -> Listing:
+        """Parse the finished listing. Raises UpstreamError when nothing could be listed at all."""
+        code = self.wait()
+        listing = Listing()
+        problem = ""
+        self._out.seek(0)
+        for line in self._out:
+            if not line.endswith(b"\n"):
+                listing.complete = False  # the output ended mid-line: rsync died or was cut off
+                break
+            try:
+                parsed = parse_listing_line(line[:-1])
+            except ValueError as exc:
+                problem = str(exc)
+                listing.complete = False
+                continue
+            if isinstance(parsed, RawEntry):
+                listing.entries.append(parsed)
+            elif parsed is not None:
+                listing.skipped.append(parsed)
+        if code != 0:
+            message = _read_tail(self._err)
+            listing.complete = False
+            problem = f"rsync exited {code}: {message}"
+            if not listing.entries and (code in _UNREACHABLE or code not in PARTIAL_CODES):
+                raise UpstreamError(
+                    f"cannot list {self.url}: {_UNREACHABLE.get(code, 'rsync failed')} (rsync exit {code}: "
+                    f"{message}); check the URL and that the upstream is up, then retry"
+                )
+        listing.problem = problem if not listing.complete else ""
+        return listing
+
+    def close(self) -> None:
+        """Stop rsync if it still runs (the run ended early) and drop its output."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._out.close()
+        self._err.close()
+
+    def __enter__(self) -> "ListingRun":
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 def _start(args: list[str], stdout: int | IO[bytes], stderr: int | IO[bytes]) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
@@ -156,16 +232,6 @@ def _start(args: list[str], stdout: int | IO[bytes], stderr: int | IO[bytes]) ->
         raise UpstreamError(
             f"the rsync command {args[0]!r} was not found; install rsync or set --rsync-command"
         ) from None
-
-
-def _lines(stream: IO[bytes], listing: Listing) -> Iterator[bytes]:
-    pending = b""
-    for chunk in iter(lambda: stream.read(1 << 16), b""):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from complete
-    if pending:
-        listing.complete = False  # the stream ended mid-line: rsync died or was cut off
 
 
 def _read_tail(handle: IO[bytes]) -> str:

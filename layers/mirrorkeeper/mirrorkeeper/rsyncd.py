@@ -1,5 +1,6 @@
 """A real rsync daemon on loopback serving one directory: the demo's upstream and the tests'."""
 
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -20,7 +21,7 @@ class RsyncDaemon:
     def __init__(self, root: Path, module: str = "mirror", port: int | None = None, rsync: str = "rsync") -> None:
         self.root, self.module, self.rsync = Path(root), module, rsync
         self.port = port or free_port()
-        self._dir = Path(tempfile.mkdtemp(prefix="rsyncd-"))
+        self._dir: Path | None = None  # config and log, from start() until stop()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -28,10 +29,11 @@ class RsyncDaemon:
         return f"rsync://127.0.0.1:{self.port}/{self.module}/"
 
     def start(self) -> "RsyncDaemon":
-        config = self._dir / "rsyncd.conf"
+        self._dir = Path(tempfile.mkdtemp(prefix="rsyncd-"))
+        config, log = self._dir / "rsyncd.conf", self._dir / "rsyncd.log"
         # use chroot = no: we are not root everywhere; munge symlinks = no: serve links as they are.
         config.write_text(
-            f"use chroot = no\nmunge symlinks = no\nmax connections = 64\nlog file = {self._dir / 'rsyncd.log'}\n"
+            f"use chroot = no\nmunge symlinks = no\nmax connections = 64\nlog file = {log}\n"
             f"[{self.module}]\npath = {self.root}\nread only = yes\nlist = yes\n"
         )
         self._process = subprocess.Popen(
@@ -43,15 +45,19 @@ class RsyncDaemon:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise UpstreamError(f"rsync daemon exited with {self._process.returncode}; see {self._dir}/rsyncd.log")
+                message = f"rsync daemon exited with {self._process.returncode}: {_tail(log)}"
+                self.stop()
+                raise UpstreamError(message)
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.05)
+        self.stop()
         raise UpstreamError(f"rsync daemon did not listen on port {self.port} within 10 s")
 
     def stop(self) -> None:
+        """Stop the daemon and remove its config and log."""
         if self._process and self._process.poll() is None:
             self._process.terminate()
             try:
@@ -59,6 +65,9 @@ class RsyncDaemon:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
     def __enter__(self) -> "RsyncDaemon":
         return self.start()
@@ -67,3 +76,12 @@ class RsyncDaemon:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _tail(log: Path) -> str:
+    """The last lines of the daemon's log, for an error message that outlives the log file."""
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " / ".join(lines[-3:])[-600:] or "empty log"

@@ -22,8 +22,8 @@ SYMLINK_META = "symlink-target"  # x-amz-meta-symlink-target: the link's text, f
 HASH_CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> tuple[str, bytes | None, int]:
-    """Hex digest, the content itself when small enough to send in one PUT, and the size."""
+def sha256_file(path: Path) -> tuple[bytes, bytes | None, int]:
+    """The SHA-256 digest, the content itself when small enough to send in one PUT, and the size."""
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     size = 0
@@ -33,7 +33,7 @@ def sha256_file(path: Path) -> tuple[str, bytes | None, int]:
             size += len(chunk)
             if size <= 8 * HASH_CHUNK:
                 chunks.append(chunk)
-    return digest.hexdigest(), b"".join(chunks) if size <= 8 * HASH_CHUNK else None, size
+    return digest.digest(), b"".join(chunks) if size <= 8 * HASH_CHUNK else None, size
 
 
 def _error_code(exc: Exception) -> str:
@@ -108,7 +108,22 @@ class MirrorStore:
         finally:
             body.close()
 
-    def put_manifest(self, key: str, header: ManifestHeader, entries: Iterable[Entry]) -> int:
+    def manifest_metadata(self, key: str | None = None) -> dict[str, str] | None:
+        """The published manifest's user metadata (one HEAD, the body stays unread); None if there is none."""
+        key = key or self.layout.manifest_key
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise StorageError(f"cannot read the manifest s3://{self.bucket}/{key}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot read the manifest s3://{self.bucket}/{key}: {exc}") from None
+        return dict(response.get("Metadata", {}))
+
+    def put_manifest(
+        self, key: str, header: ManifestHeader, entries: Iterable[Entry], metadata: dict[str, str] | None = None
+    ) -> int:
         with tempfile.TemporaryFile() as spool:
             count = write_manifest(spool, header, entries)
             spool.seek(0)
@@ -117,7 +132,11 @@ class MirrorStore:
                     spool,
                     self.bucket,
                     key,
-                    ExtraArgs={"ContentType": "application/gzip", "ChecksumAlgorithm": "SHA256"},
+                    ExtraArgs={
+                        "ContentType": "application/gzip",
+                        "ChecksumAlgorithm": "SHA256",
+                        "Metadata": metadata or {},
+                    },
                     Config=self._transfer,
                 )
         return count
@@ -144,8 +163,8 @@ class MirrorStore:
 
     # -- mirror content ---------------------------------------------------------------------
 
-    def upload_file(self, key: str, local: Path, content_type: str, metadata: dict[str, str]) -> str:
-        """Upload ``local``; S3 verifies a SHA-256 checksum. Returns the file's hex SHA-256."""
+    def upload_file(self, key: str, local: Path, content_type: str, metadata: dict[str, str]) -> bytes:
+        """Upload ``local``; S3 verifies a SHA-256 checksum. Returns the file's SHA-256 digest."""
         digest, body, _ = sha256_file(local)
         with s3_errors(f"upload {key}"):
             if body is not None:
@@ -155,7 +174,7 @@ class MirrorStore:
                     Body=body,
                     ContentType=content_type,
                     Metadata=metadata,
-                    ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+                    ChecksumSHA256=base64.b64encode(digest).decode(),
                 )
             else:
                 self.client.upload_file(

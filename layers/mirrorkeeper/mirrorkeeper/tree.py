@@ -45,9 +45,14 @@ class UpstreamTree:
 
 
 def build_tree(listing: Listing, layout: MirrorLayout, reserved: tuple[str, ...]) -> UpstreamTree:
+    """The tree to mirror, sorted by path. Consumes ``listing.entries`` (it is empty afterwards)."""
     skipped = [Skipped(_show(name), reason) for name, reason in listing.skipped]
     accepted: list[Entry] = []
-    for raw in listing.entries:
+    raw_entries = listing.entries
+    # Taken from the end so each raw entry is freed as its Entry is made: for a big tree the two
+    # lists side by side would be the run's peak memory.
+    while raw_entries:
+        raw = raw_entries.pop()
         reason = refusal_reason(raw.path, layout, reserved)
         if reason is None and raw.target is not None:
             try:
@@ -61,22 +66,26 @@ def build_tree(listing: Listing, layout: MirrorLayout, reserved: tuple[str, ...]
             Entry(raw.path.decode(), raw.type, raw.size, raw.mtime, target if raw.target is not None else None)
         )
     accepted.sort(key=lambda e: e.path)
-    by_path = {e.path: e for e in accepted}
-    # A refused directory takes its contents with it: they would be orphans in S3.
-    refused_dirs = {s.path for s in skipped}
-    entries = [e for e in accepted if not any(a in refused_dirs for a in ancestors(e.path))]
+    entries = accepted
+    if skipped:
+        # A refused directory takes its contents with it: they would be orphans in S3.
+        refused_dirs = {s.path for s in skipped}
+        entries = [e for e in accepted if not any(a in refused_dirs for a in ancestors(e.path))]
     links: dict[str, ResolvedLink] = {}
-    kept: list[Entry] = []
-    for entry in entries:
-        if entry.type is EntryType.SYMLINK:
-            try:
-                links[entry.path] = resolve_link(entry.path, by_path)
-            except UnresolvableLinkError as exc:
-                skipped.append(Skipped(entry.path, str(exc)))
-                continue
-        kept.append(entry)
+    if any(e.type is EntryType.SYMLINK for e in entries):
+        by_path = {e.path: e for e in accepted}
+        kept: list[Entry] = []
+        for entry in entries:
+            if entry.type is EntryType.SYMLINK:
+                try:
+                    links[entry.path] = resolve_link(entry.path, by_path)
+                except UnresolvableLinkError as exc:
+                    skipped.append(Skipped(entry.path, str(exc)))
+                    continue
+            kept.append(entry)
+        entries = kept
     skipped.sort(key=lambda s: s.path)
-    return UpstreamTree(kept, links, skipped, listing.complete, listing.problem)
+    return UpstreamTree(entries, links, skipped, listing.complete, listing.problem)
 
 
 class UnresolvableLinkError(Exception):
