@@ -143,26 +143,35 @@ def test_a_healthy_mirror_is_ok_emits_metrics_publishes_status_and_sends_nothing
     assert json.loads(status["Body"].read())["status"] == "ok"
 
 
-def test_an_object_deleted_behind_the_mirrors_back_is_drift_and_one_message(mirror: Mirror) -> None:
+def test_drift_behind_the_mirrors_back_is_one_message_and_the_next_sync_repairs_it(mirror: Mirror) -> None:
     mirror.verify()
-    # GIVEN someone deletes a published package from the bucket
+    # GIVEN someone deletes a published package from the bucket and drops a stray file into it
     key = "pub/virtuozzo/releases/7.0.21/x86_64/os/Packages/vzctl-7.0.21.x86_64.rpm"
-    body = mirror.s3.get_object(Bucket=BUCKET, Key=key)
-    saved = (body["Body"].read(), body["Metadata"])
     mirror.s3.delete_object(Bucket=BUCKET, Key=key)
-    # WHEN verify runs twice
-    first, second = mirror.verify(), mirror.verify()
-    # THEN the mirror is degraded with the path named, and exactly one message went out
+    mirror.s3.put_object(Bucket=BUCKET, Key="pub/virtuozzo/stray.bin", Body=b"not from upstream")
+    # WHEN verify runs twice (no random file sample: a probe that happened to pick the deleted package
+    # would turn the protocols degraded too, on one run and not the other)
+    first, second = mirror.verify(sample_random=0), mirror.verify(sample_random=0)
+    # THEN the mirror is degraded with the paths named, and exactly one message went out
     assert levels(first)["mirror"] == "degraded" and levels(second)["mirror"] == "degraded"
     assert first["drift"]["missing"] == 1 and first["drift"]["examples"]["missing"] == [key[len("pub/") :]]
+    assert first["drift"]["extra"] == 1
     sent = mirror.messages()
     assert len(sent) == 1, sent
     assert "DEGRADED" in sent[0]["subject"] and sent[0]["body"]["changes"]["mirror"] == {"from": "ok", "to": "degraded"}
-    # WHEN the object is restored, one "resolved" message follows
-    mirror.s3.put_object(Bucket=BUCKET, Key=key, Body=saved[0], Metadata=saved[1])
+    # WHEN the next sync runs, although upstream did not change
+    synced = run_cli(["sync", "--upstream", mirror.daemon.url, "--bucket", BUCKET], mirror.endpoint)
+    summary = json.loads(synced.stdout)
+    assert synced.returncode == 0 and summary["result"] == "success", synced.stderr
+    # THEN it uploaded the lost package again and removed the stray, and verify sends one "resolved"
+    assert summary["uploaded_files"] == 1 and summary["deleted_objects"] == 1
+    assert mirror.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] > 0
     assert levels(mirror.verify())["overall"] == "ok"
     resolved = mirror.messages()
     assert [m["body"]["notice"] for m in resolved] == ["resolved"] and "RESOLVED" in resolved[0]["subject"]
+    # AND the sync after that takes the no-change shortcut again
+    again = json.loads(run_cli(["sync", "--upstream", mirror.daemon.url, "--bucket", BUCKET], mirror.endpoint).stdout)
+    assert again["result"] == "no-change"
 
 
 def test_a_stopped_front_end_is_down(mirror: Mirror) -> None:

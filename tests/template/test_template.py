@@ -289,6 +289,8 @@ def test_functions_get_the_environment_and_permissions_of_the_contract(template:
         ("s3:GetObject", state),
         ("s3:PutObject", repair),
         ("s3:DeleteObject", repair),
+        # marks the manifest for repair (a copy onto itself with new metadata)
+        ("s3:PutObject", json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/manifest.jsonl.gz"})),
     }
     assert grants("ProbeEndpointsFunction") == {("s3:GetObject", state)}
     assert grants("PublishHealthFunction") == {

@@ -209,7 +209,8 @@ def assess_mirror(drift: DriftReport | StepFailure, sync: SyncOutcome | None) ->
                 MIRROR,
                 Level.DEGRADED,
                 f"{drift.drift} objects differ from the manifest (missing {drift.missing}, extra {drift.extra}, "
-                f"wrong size {drift.size_mismatch}); the next sync repairs missing and wrong ones",
+                f"wrong size {drift.size_mismatch}); the next sync uploads missing and damaged ones again "
+                "and deletes extras",
             )
         )
     if sync is not None and not sync.ok:

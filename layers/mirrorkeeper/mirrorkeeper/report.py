@@ -35,6 +35,7 @@ class RunReport:
     uploaded_files: int = 0
     uploaded_bytes: int = 0
     deleted_objects: int = 0
+    repaired: int = 0  # objects uploaded again or deleted because the drift check asked (state/repair.json)
     index_pages: int = 0
     links: int = 0
     vanished: list[str] = field(default_factory=list)

@@ -12,7 +12,7 @@ from mirrorkeeper.aws import S3Client
 from mirrorkeeper.errors import StateConflictError, StorageError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.manifest import ManifestError, ManifestHeader, Row, read_manifest_rows
-from mirrorkeeper.store import s3_errors
+from mirrorkeeper.store import LISTING_META, REPAIR_META, s3_errors
 
 STATUS_CACHE_CONTROL = "no-cache, max-age=0"
 
@@ -113,6 +113,33 @@ class StateStore:
             else:
                 body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+
+    def flag_manifest_for_repair(self) -> None:
+        """Mark the published manifest so the next sync reads the repair list: drop the listing
+        digest that lets a sync skip planning, add REPAIR_META. A copy onto itself, only if the
+        manifest is still the one we diffed against (a sync that publishes meanwhile wins)."""
+        key = self.layout.manifest_key
+        with s3_errors(f"read s3://{self.bucket}/{key}"):
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        metadata = dict(head.get("Metadata", {}))
+        if metadata.get(REPAIR_META):
+            return
+        metadata.pop(LISTING_META, None)
+        metadata[REPAIR_META] = "1"
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                CopySourceIfMatch=head["ETag"],
+                MetadataDirective="REPLACE",
+                Metadata=metadata,
+                ContentType=head.get("ContentType", "application/gzip"),
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code", "") not in ("PreconditionFailed", "412"):
+                with s3_errors(f"mark s3://{self.bucket}/{key} for repair"):
+                    raise
 
     def publish(self, path: str, body: bytes, content_type: str) -> None:
         """Put a file of ours (status page) into the served tree, never cached for long."""

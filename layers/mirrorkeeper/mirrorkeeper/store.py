@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mirrorkeeper.aws import S3Client
+from mirrorkeeper.drift import RepairList
 from mirrorkeeper.entries import Entry
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.layout import MirrorLayout
@@ -19,6 +21,16 @@ from mirrorkeeper.manifest import ManifestError, ManifestHeader, read_manifest, 
 
 MTIME_META = "mtime"  # x-amz-meta-mtime: upstream mtime, epoch seconds
 SYMLINK_META = "symlink-target"  # x-amz-meta-symlink-target: the link's text, for FTP listings
+# User metadata on the published manifest, so the next run can tell "upstream listed exactly what
+# this manifest was made from" without reading it (see SyncRun._listing_key).
+LISTING_META = "listing-sha256"
+ENTRIES_META = "mirror-entries"
+BYTES_META = "mirror-bytes"
+SKIPPED_META = "skipped-total"
+RUN_META = "run-id"
+# Set (and LISTING_META dropped) by the drift check when S3 no longer matches the manifest: the next
+# sync reads the repair list instead of trusting the listing shortcut.
+REPAIR_META = "repair"
 HASH_CHUNK = 1 << 20
 
 
@@ -107,6 +119,20 @@ class MirrorStore:
             ) from None
         finally:
             body.close()
+
+    def repair_list(self) -> RepairList:
+        """The drift check's state/repair.json; empty when there is none or it is unreadable."""
+        key = self.layout.repair_key
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                return RepairList()
+            raise StorageError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
+        try:
+            return RepairList.from_json(json.loads(body))
+        except (ValueError, AttributeError):
+            return RepairList()  # the drift check writes a new one; a full compare needs none
 
     def manifest_metadata(self, key: str | None = None) -> dict[str, str] | None:
         """The published manifest's user metadata (one HEAD, the body stays unread); None if there is none."""

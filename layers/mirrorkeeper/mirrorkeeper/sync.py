@@ -38,6 +38,7 @@ from mirrorkeeper.content import (
     render_redirect,
     render_trace,
 )
+from mirrorkeeper.drift import RepairList
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.errors import DeletionGuardError, ExitCode, MirrorkeeperError
 from mirrorkeeper.lock import Lease
@@ -47,7 +48,17 @@ from mirrorkeeper.names import printable
 from mirrorkeeper.planner import Change, Plan, check_guard, make_plan
 from mirrorkeeper.report import RunReport, SyncResult, new_run_id
 from mirrorkeeper.rsync import ListingRun, RsyncClient
-from mirrorkeeper.store import MTIME_META, SYMLINK_META, MirrorStore
+from mirrorkeeper.store import (
+    BYTES_META,
+    ENTRIES_META,
+    LISTING_META,
+    MTIME_META,
+    REPAIR_META,
+    RUN_META,
+    SKIPPED_META,
+    SYMLINK_META,
+    MirrorStore,
+)
 from mirrorkeeper.tree import LinkKind, UpstreamTree, build_tree
 
 log = logging.getLogger(__name__)
@@ -62,13 +73,6 @@ BATCH_FILES = 1000
 # Tasks queued per upload thread: enough that no thread waits for work, few enough that the queue
 # (a Future per task) stays small however many files a run uploads.
 QUEUED_PER_WORKER = 4
-# User metadata on the published manifest, so the next run can tell "upstream listed exactly what
-# this manifest was made from" without reading it (see _listing_key).
-LISTING_META = "listing-sha256"
-ENTRIES_META = "mirror-entries"
-BYTES_META = "mirror-bytes"
-SKIPPED_META = "skipped-total"
-RUN_META = "run-id"
 _LISTING_KEY_VERSION = b"mirrorkeeper listing key v1"
 
 
@@ -186,10 +190,14 @@ class SyncRun:
         self.report.skipped_total = len(tree.skipped)
         return tree
 
-    def _plan(self, tree: UpstreamTree) -> Plan:
+    def _plan(self, tree: UpstreamTree, repair: RepairList | None = None) -> Plan:
         self._phase("plan")
+        # Published paths whose objects are missing or damaged are planned as never published:
+        # fetched and uploaded again, like any new file.
+        damaged = set(repair.reupload) if repair else set()
         with self.store.open_manifest() as published:
-            plan = make_plan(tree, published, self.config.late_patterns)
+            trusted = (entry for entry in published if entry.path not in damaged) if damaged else published
+            plan = make_plan(tree, trusted, self.config.late_patterns)
         self.report.plan = plan.counts()
         log.info("plan made", extra={"upstream_entries": len(tree.entries), **self.report.plan})
         return plan
@@ -239,9 +247,11 @@ class SyncRun:
         ):
             return
         tree = self._build_tree()
-        plan = self._plan(tree)
+        repair = self.store.repair_list() if published and published.get(REPAIR_META) else None
+        plan = self._plan(tree, repair)
         check_guard(plan, tree, self.config.max_delete_percent, self.config.force_delete)
-        if plan.is_empty:
+        strays = self._strays(plan, repair)
+        if plan.is_empty and repair is None:
             self._publish_trace(*_totals(plan.target))
             self._finish(SyncResult.NO_CHANGE, 0, "")
             return
@@ -264,8 +274,13 @@ class SyncRun:
             shutil.rmtree(staging_root, ignore_errors=True)
         self._phase("delete")
         self.report.deleted_objects = self.store.delete_keys(
-            self.layout.directory_key(e.path) if e.type is EntryType.DIR else self.layout.served_key(e.path)
-            for e in plan.deletes
+            [
+                *(
+                    self.layout.directory_key(e.path) if e.type is EntryType.DIR else self.layout.served_key(e.path)
+                    for e in plan.deletes
+                ),
+                *strays,
+            ]
         )
         self._phase("manifest")
         count, size = _totals(plan.target)
@@ -284,8 +299,19 @@ class SyncRun:
             self._published(plan),
             metadata,
         )
+        if repair is not None:
+            self.store.delete_keys([self.layout.repair_key])  # done: the manifest now matches S3 again
+            self.report.repaired = len(repair.reupload) + len(strays)
         self._publish_trace(count, size)
         self._finish(SyncResult.SUCCESS, 0, "")
+
+    def _strays(self, plan: Plan, repair: RepairList | None) -> list[str]:
+        """Served keys the drift check found that nobody published, unless this plan publishes them.
+        Not counted by the deletion guard: they were never part of the mirror."""
+        if not repair or not repair.delete:
+            return []
+        planned = {e.path + "/" if e.type is EntryType.DIR else e.path for e in plan.target if e is not None}
+        return [self.layout.served_prefix + key for key in repair.delete if key not in planned]
 
     def _unchanged(self, published: dict[str, str]) -> bool:
         """Finish as a no-change run without parsing the listing or reading the manifest.

@@ -197,6 +197,8 @@ def diff_manifests(event: Any, deps: Deps) -> dict[str, Any]:
     if not report.sync_in_progress and report.manifest_generated:
         # The next sync uploads again what is missing or damaged and deletes what nobody published.
         store.put_or_delete_json(layout.repair_key, repair.to_json() if repair else None)
+        if repair:
+            store.flag_manifest_for_repair()
     log.info("diff done", extra={"drift": report.drift, "lag": report.lag, "completion_pct": report.completion_pct})
     return report.to_json()
 
