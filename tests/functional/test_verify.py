@@ -20,7 +20,7 @@ from mirrorkeeper.aws import s3_client
 from mirrorkeeper.config import AwsConfig, VerifyConfig
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.metrics import CloudWatchSink
-from mirrorkeeper.rsyncd import RsyncDaemon
+from mirrorkeeper.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper.sampletree import openvz_like
 from mirrorkeeper.workflow import Deps, InvalidEventError, cli_trigger, run_chain
 from tests.faultproxy import fault_proxy
@@ -340,3 +340,15 @@ def test_a_malformed_event_is_refused_with_the_field_named(lambda_env: dict[str,
     event = {"trigger": json.loads((REPO / "events" / "scheduled-verify.json").read_text()), "drift": {}}
     with pytest.raises(InvalidEventError, match="probes"):
         handler(event, FakeLambdaContext())
+
+
+def test_unreachable_s3_is_one_line_and_exit_1() -> None:
+    # GIVEN S3 (here: a port nobody listens on) is unreachable
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    args = ["verify", "--bucket", BUCKET, "--http-url", "http://127.0.0.1:9/", "--s3-max-attempts", "1"]
+    result = run_cli([*args, "--log-level", "ERROR"], nowhere)
+    # THEN the diff and probe steps are recorded as failed, and publishing health fails in one line
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mirrorkeeper verify: error: the S3 request") and "--endpoint-url" in last
+    assert "Traceback" not in result.stderr

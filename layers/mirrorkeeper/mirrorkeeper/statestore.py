@@ -27,6 +27,17 @@ class StateStore:
         self.layout = layout
         self.bucket = layout.bucket
 
+    def _get(self, key: str) -> Any:
+        """GetObject's response, or None when the key does not exist; any other failure (after
+        botocore's retries) is a StorageError that says what to check."""
+        with s3_errors(f"read s3://{self.bucket}/{key}"):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _missing(exc):
+                    return None
+                raise
+
     @property
     def health_key(self) -> str:
         return self.layout.state_prefix + "health.json"
@@ -34,14 +45,10 @@ class StateStore:
     @contextmanager
     def manifest_rows(self, key: str) -> Iterator[tuple[ManifestHeader, Iterator[Row]] | None]:
         """Stream a manifest-format file's rows; ``None`` when it does not exist (yet)."""
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _missing(exc):
-                yield None
-                return
-            with s3_errors(f"read s3://{self.bucket}/{key}"):
-                raise
+        response = self._get(key)
+        if response is None:
+            yield None
+            return
         body = response["Body"]
         try:
             yield read_manifest_rows(body)
@@ -63,13 +70,9 @@ class StateStore:
 
     def read_json(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
         """A JSON document and its ETag; ``(None, None)`` when absent. Unreadable JSON is an error."""
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _missing(exc):
-                return None, None
-            with s3_errors(f"read s3://{self.bucket}/{key}"):
-                raise
+        response = self._get(key)
+        if response is None:
+            return None, None
         with s3_errors(f"read s3://{self.bucket}/{key}"):
             body = response["Body"].read()
         try:
