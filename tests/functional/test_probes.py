@@ -3,6 +3,7 @@ rsync daemon does not have, a port nobody listens on, a server that accepts and 
 content that is not what the manifest says."""
 
 import hashlib
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from mirrorkeeper.health import Level, assess_endpoint
-from mirrorkeeper.probes import Outcome, ProbeKind, SampleFile, probe_endpoint
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.probes import Outcome, ProbeKind, SampleFile, choose_sample, probe_endpoint
 from mirrorkeeper.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper.sampletree import write_file
+from mirrorkeeper.sampletree import HOSTILE_NAMES, add_hostile_names, write_file
+from mirrorkeeper.statestore import StateStore
 from tests.support import BUCKET, run_cli, serve_cli
 
 
@@ -106,3 +109,26 @@ def test_content_other_than_the_manifest_says_is_caught(
             # the trace probe asked for a path that does not exist: unreadable, degraded
             findings = assess_endpoint(report, 1_700_000_000, 3600, 3600)
             assert {f.level for f in findings} == {Level.DEGRADED}, findings
+
+
+def test_every_hostile_name_probes_clean_on_both_protocols(
+    s3: Any, endpoint: str, rsync_daemon: Any, upstream: Path
+) -> None:
+    # GIVEN a mirror of every hostile name (spaces, %, #, ?, +, unicode, leading dashes, ' -> ')
+    add_hostile_names(upstream)
+    daemon = rsync_daemon(upstream)
+    assert run_cli(["sync", "--upstream", daemon.url, "--bucket", BUCKET], endpoint).returncode == 0
+    store = StateStore(s3, MirrorLayout.create(BUCKET))
+    with store.manifest_rows(store.layout.manifest_key) as found:
+        assert found is not None
+        # every file, each also downloaded and hashed
+        sample = choose_sample(found[1], (), 10_000, 0, 0, 10_000, 1 << 20, random.Random(1))
+    assert len(sample) >= 2 * len(HOSTILE_NAMES)
+    # WHEN both front ends are probed for all of them
+    with serve_cli("serve-http", endpoint) as http_port, serve_cli("serve-ftp", endpoint) as ftp_port:
+        for protocol, port in (("http", http_port), ("ftp", ftp_port)):
+            report = probe_endpoint(protocol, f"{protocol}://127.0.0.1:{port}/", sample, ".mirrorkeeper/trace", 10, 4)
+            # THEN every probe passes: names reach the right object and the bytes are upstream's
+            failed = [(r.kind.value, r.path, r.detail) for r in report.results if not r.ok]
+            assert failed == [], (protocol, failed[:5])
+            assert report.passed == 3 + 2 * len(sample)
