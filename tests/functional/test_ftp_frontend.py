@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from mirrorkeeper.aws import RequestCounter, s3_client
+from mirrorkeeper.commands.serve_ftp import keep_on_one_cpu
 from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.content import render_index
 from mirrorkeeper.entries import Entry, EntryType
@@ -296,3 +297,28 @@ def _listed_name(listing: str, line: str) -> str:
     if listing == "LIST":
         return line.split(maxsplit=8)[8]  # "-rw-r--r--   1 ftp ftp SIZE Mon DD HH:MM NAME"
     return line
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_server_threads_stay_on_one_cpu() -> None:
+    # GIVEN a thread standing for the server's main thread (affinity is per thread on Linux, so the
+    # test process itself is left alone)
+    seen: dict[str, set[int]] = {}
+
+    def server_thread() -> None:
+        # WHEN it pins itself, then starts a session thread
+        keep_on_one_cpu()
+        seen["server"] = os.sched_getaffinity(0)
+        session_thread = threading.Thread(target=lambda: seen.setdefault("session", os.sched_getaffinity(0)))
+        session_thread.start()
+        session_thread.join()
+
+    allowed = os.sched_getaffinity(0)
+    thread = threading.Thread(target=server_thread)
+    thread.start()
+    thread.join()
+    # THEN both run on one of the CPUs the process may use (all of them when there is only one)
+    assert seen["server"] <= allowed
+    assert len(seen["server"]) == 1
+    assert seen["session"] == seen["server"]
+    assert os.sched_getaffinity(0) == allowed

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkeeper.config import load_sync_config, parse_size
+from mirrorkeeper.config import load_serve_config, load_sync_config, parse_size
 from mirrorkeeper.errors import ConfigError
 
 FLAGS = {"upstream": "rsync://up.example/mod", "bucket": "my-mirror"}
@@ -72,3 +72,11 @@ def test_missing_or_broken_config_file(tmp_path: Path) -> None:
 )
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_the_ftp_servers_one_cpu_setting_can_be_turned_off_and_is_checked() -> None:
+    assert load_serve_config({"bucket": "mirror-test"}, 21, {}).one_cpu is True
+    assert load_serve_config({"bucket": "mirror-test", "one_cpu": "no"}, 21, {}).one_cpu is False
+    assert load_serve_config({"bucket": "mirror-test"}, 21, {"MIRRORKEEPER_ONE_CPU": "false"}).one_cpu is False
+    with pytest.raises(ConfigError, match="MIRRORKEEPER_ONE_CPU"):
+        load_serve_config({"bucket": "mirror-test"}, 21, {"MIRRORKEEPER_ONE_CPU": "sometimes"})

@@ -290,6 +290,9 @@ class ServeConfig:
     masquerade_address: str | None = None
     # Like CloudFront's default and maximum TTL: short enough that a sync is visible within seconds.
     cache_ttl: float = 10.0
+    # FTP: keep the server's session threads on one CPU (GIL hand-overs between CPUs cost more than
+    # the work; see commands/serve_ftp.keep_on_one_cpu).
+    one_cpu: bool = True
 
 
 def load_serve_config(
@@ -309,6 +312,7 @@ def load_serve_config(
         passive_ports=sources.get("passive_ports", parse_port_range, None),
         masquerade_address=sources.get("masquerade_address", str, "") or None,
         cache_ttl=sources.get("cache_ttl", parse_seconds, ServeConfig.cache_ttl),
+        one_cpu=sources.get("one_cpu", parse_bool, ServeConfig.one_cpu),
     )
 
 
