@@ -1,5 +1,8 @@
 """`mirrorkeeper sync` as a real subprocess: real rsync daemon upstream, moto server as S3."""
 
+import gzip
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -312,3 +315,30 @@ def test_the_daemon_removes_its_config_and_log_when_stopped(upstream: Path) -> N
     assert workdir is not None and (workdir / "rsyncd.conf").exists()
     daemon.stop()
     assert not workdir.exists()
+
+
+def test_large_files_go_up_in_parts_and_file_links_are_copied_server_side(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    # GIVEN files above the in-memory size (8 MiB) and above a 5 MiB multipart threshold, and a link to one
+    big = os.urandom(13 * 1024 * 1024)
+    medium = os.urandom(9 * 1024 * 1024)
+    write_file(upstream / "iso/big.iso", big, 1_700_000_000)
+    write_file(upstream / "iso/medium.img", medium, 1_700_000_100)
+    os.symlink("big.iso", upstream / "iso/latest.iso")
+    daemon = rsync_daemon(upstream)
+    # WHEN they are synced
+    code, summary, stderr = sync(daemon, endpoint, "--multipart-threshold", "10M")
+    assert code == 0 and summary["uploaded_files"] == 2, stderr
+    # THEN the bytes are upstream's, the big one in parts, and the link a copy of its target
+    head = s3.head_object(Bucket=BUCKET, Key="pub/iso/big.iso")
+    assert "-" in head["ETag"]  # a multipart upload's ETag counts its parts
+    assert s3.get_object(Bucket=BUCKET, Key="pub/iso/big.iso")["Body"].read() == big
+    assert s3.get_object(Bucket=BUCKET, Key="pub/iso/medium.img")["Body"].read() == medium
+    assert s3.get_object(Bucket=BUCKET, Key="pub/iso/latest.iso")["Body"].read() == big
+    assert head["Metadata"]["mtime"] == "1700000000"
+    # AND the manifest records the SHA-256 of each, for the probes
+    with gzip.open(io.BytesIO(s3.get_object(Bucket=BUCKET, Key="state/manifest.jsonl.gz")["Body"].read())) as gz:
+        rows = {row[0]: row for row in map(json.loads, list(gz)[1:])}
+    assert rows["iso/big.iso"][5] == hashlib.sha256(big).hexdigest()
+    assert rows["iso/medium.img"][5] == hashlib.sha256(medium).hexdigest()
