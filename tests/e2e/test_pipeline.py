@@ -6,11 +6,13 @@ subprocesses, exactly as an operator runs them.
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import boto3
+import pytest
 
 from mirrorkeeper.rsyncd import RsyncDaemon
 from mirrorkeeper.sampletree import TreeSpec, add_hostile_names, generate_tree, mutate, openvz_like
@@ -93,3 +95,35 @@ def test_verify_reports_each_protocol_and_exits_by_health(tmp_path: Path, moto_p
     refused = run_cli(["verify", "--bucket", BUCKET, *urls, "--event", str(bad)], moto_process)
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "trigger.aws.ecs.time" in refused.stderr, refused.stderr
+
+
+def test_demo_keep_running_stops_every_service_on_sigterm() -> None:
+    # GIVEN the demo left running, as `--keep-running` does
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mirrorkeeper", "demo", "--keep-running"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.lstrip().startswith("services are up"):
+                break
+        text = "".join(lines)
+        ports = [int(p) for p in re.findall(r"(?:HTTP|FTP) \w+://127\.0\.0\.1:(\d+)/", text)]
+        assert len(ports) == 2, text
+        for port in ports:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # WHEN it is told to stop, as a service manager would
+        process.terminate()
+        assert process.wait(30) == 0  # a healthy demo, stopped on request
+        # THEN nothing it started is still listening
+        for port in ports:
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -77,6 +78,7 @@ def _sync(upstream: str, aws: AwsConfig, staging: Path) -> RunReport:
 
 
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     setup_logging(args.log_format, args.log_level)
     # The demo's AWS is a moto server on loopback: it takes any key, and real ones must not be sent.
     os.environ.update({"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"})
@@ -156,9 +158,14 @@ def _print_syncs(upstream: str, endpoint: str, runs: list[tuple[str, RunReport]]
     )
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # As Ctrl-C does: the ExitStack unwinds and stops the daemon, the servers and moto.
+    raise KeyboardInterrupt
+
+
 def _wait_forever() -> None:
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping")
+        print("stopping", flush=True)
