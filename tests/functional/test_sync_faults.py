@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,25 @@ def contents(root: Path) -> dict[str, bytes]:
     return {k: v[0] for k, v in tree_files(root).items()}
 
 
+@dataclass
+class Moved:
+    """A published v1 and an upstream that has since moved to v2."""
+
+    daemon: RsyncDaemon
+    v1: dict[str, bytes]
+    v2: dict[str, bytes]
+
+
+@pytest.fixture
+def moved(upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str) -> Moved:
+    write_version(upstream, 1)
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint)[0] == 0
+    v1 = contents(upstream)
+    write_version(upstream, 2)
+    return Moved(daemon, v1, contents(upstream))
+
+
 def start_sync(daemon: RsyncDaemon, endpoint: str, *extra: str, **popen: Any) -> "subprocess.Popen[str]":
     """A sync as a background process logging JSON to a pipe on stderr."""
     args = ["sync", "--upstream", daemon.url, "--bucket", BUCKET, "--log-format", "json", *extra]
@@ -93,15 +113,10 @@ def run_until_phase_then_kill(daemon: RsyncDaemon, endpoint: str, phase: str) ->
 
 @pytest.mark.parametrize("phase", ["data", "late-1", "late-2", "links", "index", "delete", "manifest", "trace"])
 def test_killed_at_any_phase_keeps_the_mirror_consistent_and_the_next_run_converges(
-    phase: str, upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+    phase: str, moved: Moved, s3: Any, endpoint: str
 ) -> None:
     # GIVEN a published v1 and an upstream that moved to v2
-    write_version(upstream, 1)
-    daemon = rsync_daemon(upstream)
-    assert sync(daemon, endpoint)[0] == 0
-    v1 = contents(upstream)
-    write_version(upstream, 2)
-    v2 = contents(upstream)
+    daemon, v1, v2 = moved.daemon, moved.v1, moved.v2
     # WHEN the sync is killed as it enters the phase
     assert run_until_phase_then_kill(daemon, endpoint, phase)
     # THEN clients see a consistent tree
@@ -159,14 +174,8 @@ def test_throttling_and_5xx_are_retried_until_the_sync_succeeds(
     assert mirror_files(s3) == contents(upstream)
 
 
-def test_persistent_s3_failure_exits_1_and_publishes_nothing_half_way(
-    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
-) -> None:
-    write_version(upstream, 1)
-    daemon = rsync_daemon(upstream)
-    assert sync(daemon, endpoint)[0] == 0
-    v1 = contents(upstream)
-    write_version(upstream, 2)
+def test_persistent_s3_failure_exits_1_and_publishes_nothing_half_way(moved: Moved, s3: Any, endpoint: str) -> None:
+    daemon, v1, v2 = moved.daemon, moved.v1, moved.v2
 
     def fail_index_uploads(method: str, path: str, number: int) -> tuple[int, str] | None:
         return (500, "InternalError") if method == "PUT" and "Release" in path else None
@@ -176,10 +185,10 @@ def test_persistent_s3_failure_exits_1_and_publishes_nothing_half_way(
     assert code == 1
     last = stderr.strip().splitlines()[-1]
     assert "dists/stable/Release" in last and "InternalError" in last
-    check_invariants(s3, v1, contents(upstream))
+    check_invariants(s3, v1, v2)
     assert all(f"old/x{n}" in mirror_files(s3) for n in range(2))  # nothing deleted
     assert sync(daemon, endpoint)[0] == 0
-    assert mirror_files(s3) == contents(upstream)
+    assert mirror_files(s3) == v2
 
 
 @pytest.fixture
@@ -225,3 +234,27 @@ def test_a_tree_larger_than_the_staging_disk_still_syncs(
     assert code == 0, stderr
     assert summary["uploaded_files"] == 48
     assert mirror_files(s3) == contents(upstream)
+
+
+def test_sigterm_mid_run_releases_the_lease_and_records_why(moved: Moved, s3: Any, endpoint: str) -> None:
+    # GIVEN a published v1 and an upstream that moved to v2
+    daemon, v1, v2 = moved.daemon, moved.v1, moved.v2
+    # WHEN ECS stops the task (SIGTERM) as it starts uploading data
+    process = start_sync(daemon, endpoint, "--upload-concurrency", "2", stdout=subprocess.DEVNULL)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("{") and json.loads(line).get("phase") == "data":
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stderr.read()
+    # THEN it exits 130 with one line, the lease is gone at once and the report says why
+    assert process.wait(30) == 130, rest
+    assert "interrupted" in rest.strip().splitlines()[-1]
+    assert "state/lock.json" not in etags(s3, "state/")
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key="state/runs/last.json")["Body"].read())
+    assert report["result"] == "failed" and report["exit_code"] == 130 and "signal" in report["error"]
+    # AND clients still see a consistent tree; the next run, with no lease to wait for, finishes the job
+    check_invariants(s3, v1, v2)
+    code, _, stderr = sync(daemon, endpoint)
+    assert code == 0, stderr
+    assert mirror_files(s3) == v2

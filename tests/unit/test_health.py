@@ -90,6 +90,7 @@ def test_failed_steps_become_findings() -> None:
         (3, True, "lock"),
         (4, False, "--force-delete"),
         (1, False, "exit 1"),
+        (130, False, "stopped before it finished"),
         (None, False, "never"),
     ],
 )

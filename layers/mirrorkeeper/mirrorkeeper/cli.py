@@ -7,7 +7,9 @@ stderr (what happened, what to do) and the exit code DESIGN.md promises.
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from mirrorkeeper import __version__
@@ -42,11 +44,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # The top-level parser takes no option with a value, so the first other word is the command.
     command = next((word for word in argv if not word.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (ECS stopping a task, a service manager) unwinds like Ctrl-C: the lease is released,
+        # the run report written, child servers and daemons stopped.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.handler(args))
     except MirrorkeeperError as exc:
@@ -57,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"mirrorkeeper {args.command}: interrupted; the served mirror is consistent, rerun to finish",
             file=sys.stderr,
         )
-        return 130
+        return int(ExitCode.INTERRUPTED)
     except Exception as exc:
         logging.getLogger("mirrorkeeper").exception("unexpected failure")
         print(

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     LOCKED = 3
     DELETION_GUARD = 4
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM, as shells report SIGINT
 
 
 class MirrorkeeperError(Exception):

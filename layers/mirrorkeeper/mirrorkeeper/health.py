@@ -104,6 +104,11 @@ def sync_from_exit(exit_code: int | None, reason: str) -> tuple[bool, str]:
         )
     if exit_code == ExitCode.USAGE:
         return False, "the sync task is misconfigured (exit 2); read its log, fix the task definition's settings"
+    if exit_code == ExitCode.INTERRUPTED:
+        return False, (
+            "the sync was stopped before it finished (SIGTERM: the task was stopped, e.g. by a deployment or "
+            "StopTask); the next run completes it"
+        )
     if exit_code is None:
         return False, f"the sync task never ran its command: {reason or 'no exit code'}"
     return False, f"the sync failed (exit {exit_code}){': ' + reason if reason else ''}; read the task's log"

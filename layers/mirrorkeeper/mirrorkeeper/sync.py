@@ -154,6 +154,14 @@ class SyncRun:
                 str(exc),
             )
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C, or SIGTERM (ECS stopping the task; the CLI turns it into KeyboardInterrupt).
+            self._finish(
+                SyncResult.FAILED,
+                int(ExitCode.INTERRUPTED),
+                "stopped by a signal before it finished; the served mirror is consistent, the next run completes it",
+            )
+            raise
         except BaseException as exc:
             self._finish(SyncResult.FAILED, 1, f"unexpected {type(exc).__name__}: {exc}")
             raise

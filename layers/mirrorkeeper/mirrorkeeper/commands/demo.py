@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -78,7 +77,6 @@ def _sync(upstream: str, aws: AwsConfig, staging: Path) -> RunReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     setup_logging(args.log_format, args.log_level)
     # The demo's AWS is a moto server on loopback: it takes any key, and real ones must not be sent.
     os.environ.update({"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"})
@@ -128,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         if args.keep_running:
             print(
                 f"\nservices are up: HTTP {config.http_url}  FTP {config.ftp_url}  S3 (moto) {endpoint}  "
-                f"bucket {BUCKET}; Ctrl-C to stop"
+                f"bucket {BUCKET}; Ctrl-C to stop",
+                flush=True,  # whoever reads a pipe (a script, a test) learns the services are up now
             )
             _wait_forever()
         synced = all(r.result in (SyncResult.SUCCESS, SyncResult.NO_CHANGE) for r in (first, second))
@@ -156,11 +155,6 @@ def _print_syncs(upstream: str, endpoint: str, runs: list[tuple[str, RunReport]]
         f"\nmirror: {last.mirror_entries} entries, {last.mirror_bytes} bytes; skipped {last.skipped_total} "
         "unsafe or unmirrorable names"
     )
-
-
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    # As Ctrl-C does: the ExitStack unwinds and stops the daemon, the servers and moto.
-    raise KeyboardInterrupt
 
 
 def _wait_forever() -> None:

@@ -32,6 +32,8 @@ exit codes:
   2  usage or configuration error
   3  another sync holds the lock (this run did nothing)
   4  the deletion guard refused the plan (nothing was changed; see --force-delete)
+  130  stopped by SIGTERM (ECS stopping the task) or Ctrl-C: the lease is released and the
+       report written; the served mirror is consistent, the next run completes the job
 """
 
 
