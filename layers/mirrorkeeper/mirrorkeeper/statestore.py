@@ -9,12 +9,17 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mirrorkeeper.aws import S3Client
+from mirrorkeeper.drift import RepairList
 from mirrorkeeper.errors import StateConflictError, StorageError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.manifest import ManifestError, ManifestHeader, Row, read_manifest_rows
 from mirrorkeeper.store import LISTING_META, REPAIR_META, s3_errors
 
 STATUS_CACHE_CONTROL = "no-cache, max-age=0"
+
+
+def _json_body(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _missing(exc: ClientError) -> bool:
@@ -86,7 +91,7 @@ class StateStore:
     def write_json(self, key: str, doc: dict[str, Any], expected_etag: str | None) -> None:
         """Write ``doc`` only if the object is still what we read (``None``: still absent), so two
         verify runs at once cannot silently lose each other's history."""
-        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        body = _json_body(doc)
         try:
             self._put_json(key, body, expected_etag)
         except (ClientError, BotoCoreError) as exc:
@@ -108,13 +113,26 @@ class StateStore:
                 Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*"
             )
 
+    def repair_list(self) -> RepairList:
+        """The drift check's state/repair.json; empty when there is none or it is unreadable (the next
+        drift check writes a new one, and a sync needs none to be correct)."""
+        response = self._get(self.layout.repair_key)
+        if response is None:
+            return RepairList()
+        with s3_errors(f"read s3://{self.bucket}/{self.layout.repair_key}"):
+            body = response["Body"].read()
+        try:
+            return RepairList.from_json(json.loads(body))
+        except (ValueError, AttributeError):
+            return RepairList()
+
     def put_or_delete_json(self, key: str, doc: dict[str, Any] | None) -> None:
         """Write ``doc`` to ``key``, or make sure ``key`` is absent when ``doc`` is None."""
         with s3_errors(f"{'write' if doc is not None else 'delete'} s3://{self.bucket}/{key}"):
             if doc is None:
                 self.client.delete_object(Bucket=self.bucket, Key=key)
             else:
-                body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+                body = _json_body(doc)
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
 
     def flag_manifest_for_repair(self) -> None:

@@ -2,7 +2,6 @@
 
 import base64
 import hashlib
-import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -13,7 +12,6 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mirrorkeeper.aws import S3Client
-from mirrorkeeper.drift import RepairList
 from mirrorkeeper.entries import Entry
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.layout import MirrorLayout
@@ -119,20 +117,6 @@ class MirrorStore:
             ) from None
         finally:
             body.close()
-
-    def repair_list(self) -> RepairList:
-        """The drift check's state/repair.json; empty when there is none or it is unreadable."""
-        key = self.layout.repair_key
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if _error_code(exc) in ("NoSuchKey", "404"):
-                return RepairList()
-            raise StorageError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
-        try:
-            return RepairList.from_json(json.loads(body))
-        except (ValueError, AttributeError):
-            return RepairList()  # the drift check writes a new one; a full compare needs none
 
     def manifest_metadata(self, key: str | None = None) -> dict[str, str] | None:
         """The published manifest's user metadata (one HEAD, the body stays unread); None if there is none."""

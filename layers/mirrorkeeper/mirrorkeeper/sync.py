@@ -48,6 +48,7 @@ from mirrorkeeper.names import printable
 from mirrorkeeper.planner import Change, Plan, check_guard, make_plan
 from mirrorkeeper.report import RunReport, SyncResult, new_run_id
 from mirrorkeeper.rsync import ListingRun, RsyncClient
+from mirrorkeeper.statestore import StateStore
 from mirrorkeeper.store import (
     BYTES_META,
     ENTRIES_META,
@@ -255,7 +256,9 @@ class SyncRun:
         ):
             return
         tree = self._build_tree()
-        repair = self.store.repair_list() if published and published.get(REPAIR_META) else None
+        repair = (
+            StateStore(self.client, self.layout).repair_list() if published and published.get(REPAIR_META) else None
+        )
         plan = self._plan(tree, repair)
         check_guard(plan, tree, self.config.max_delete_percent, self.config.force_delete)
         strays = self._strays(plan, repair)
