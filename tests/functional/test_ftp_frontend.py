@@ -25,7 +25,7 @@ from mirrorkeeper.frontends.ftp import make_server
 from mirrorkeeper.frontends.served import ServedTree
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper.sampletree import add_hostile_names, write_file
+from mirrorkeeper.sampletree import write_file
 from tests.support import BUCKET, run_cli, serve_cli, tree_files
 
 
@@ -71,17 +71,9 @@ def put(s3: Any, key: str, body: bytes, mtime: int = 1_600_000_000, **metadata: 
     s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata={"mtime": str(mtime), **metadata})
 
 
-def test_hostile_tree_is_served_byte_identical_by_the_cli_server(
-    upstream: Path, rsync_daemon: Callable[[Path], RsyncDaemon], s3: Any, endpoint: str
-) -> None:
+def test_hostile_tree_is_served_byte_identical_by_the_cli_server(hostile_mirror: Path, endpoint: str) -> None:
     # GIVEN the hostile-name tree with an empty directory and symlinks, synced by the real CLI
-    add_hostile_names(upstream)
-    (upstream / "empty dir").mkdir()
-    write_file(upstream / "v1/pkg.rpm", b"rpm bytes", 1_600_000_000)
-    os.symlink("v1", upstream / "current")
-    os.symlink("v1/pkg.rpm", upstream / "latest.rpm")
-    result = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET], endpoint)
-    assert result.returncode == 0, result.stderr
+    upstream = hostile_mirror
     with serve_cli("serve-ftp", endpoint, "--mirror-name", "hostile") as port, session(port) as ftp:
         assert "hostile mirror" in ftp.getwelcome()
         # WHEN every upstream file is fetched, sized and dated over FTP

@@ -8,7 +8,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,7 @@ from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.frontends.http import MirrorHTTPServer
 from mirrorkeeper.frontends.served import ObjectCache, ServedTree, cache_lifetime
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.rsyncd import RsyncDaemon
-from mirrorkeeper.sampletree import add_hostile_names, write_file
-from tests.support import BUCKET, run_cli, serve_cli, tree_files
+from tests.support import BUCKET, serve_cli, tree_files
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = json.loads((REPO / "cloudfront" / "cases.json").read_text())["cases"]
@@ -98,17 +96,9 @@ def test_table_requests_reach_the_key_cloudfront_would(s3: Any, endpoint: str) -
                 assert (status, body) == (200, f"object {case['path']!r}".encode()), case["name"]
 
 
-def test_hostile_tree_is_served_byte_identical_by_the_cli_server(
-    upstream: Path, rsync_daemon: Callable[[Path], RsyncDaemon], s3: Any, endpoint: str
-) -> None:
+def test_hostile_tree_is_served_byte_identical_by_the_cli_server(hostile_mirror: Path, endpoint: str) -> None:
     # GIVEN the hostile-name tree with an empty directory and symlinks, synced by the real CLI
-    add_hostile_names(upstream)
-    (upstream / "empty dir").mkdir()
-    write_file(upstream / "v1/pkg.rpm", b"rpm bytes", 1_600_000_000)
-    os.symlink("v1", upstream / "current")
-    os.symlink("v1/pkg.rpm", upstream / "latest.rpm")
-    result = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET], endpoint)
-    assert result.returncode == 0, result.stderr
+    upstream = hostile_mirror
     with serve_cli("serve-http", endpoint) as port:
         # WHEN every upstream file is fetched over HTTP
         for rel, (content, mtime) in tree_files(upstream).items():
