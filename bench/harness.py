@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from mirrorkeeper import services
 from mirrorkeeper.rsyncd import free_port
 
 # 127.0.0.1 - - [25/Nov/2026 17:43:59] "PUT /bucket/key HTTP/1.1" 200 -
@@ -129,16 +129,10 @@ def _kill_session(pid: int) -> None:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, limit: float = 30) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"{what} exited with {process.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"{what} did not listen on 127.0.0.1:{port} within {limit:.0f} s")
+    try:
+        services.wait_for_port(port, process, limit, what)
+    except services.ServiceStartError as exc:
+        raise BenchError(str(exc)) from None
 
 
 class MotoServer:

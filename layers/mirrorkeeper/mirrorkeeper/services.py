@@ -15,7 +15,11 @@ class ServiceStartError(MirrorkeeperError):
     """A local service did not start listening; the message carries its stderr."""
 
 
-def wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout: float, what: str, log: IO[bytes]) -> None:
+def wait_for_port(
+    port: int, process: "subprocess.Popen[bytes]", timeout: float, what: str, log: IO[bytes] | None = None
+) -> None:
+    """Until ``process`` accepts connections on 127.0.0.1:``port``; kills it and raises
+    ServiceStartError (with the tail of ``log``, its stderr, when given) if it exits or times out."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -25,9 +29,11 @@ def wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout: float,
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 process.wait(5)
-                log.seek(0)
-                err = log.read()[-800:].decode(errors="replace")
-                raise ServiceStartError(f"{what} did not start listening on 127.0.0.1:{port}: {err}") from None
+                err = ""
+                if log is not None:
+                    log.seek(0)
+                    err = ": " + log.read()[-800:].decode(errors="replace")
+                raise ServiceStartError(f"{what} did not start listening on 127.0.0.1:{port}{err}") from None
             time.sleep(0.05)
 
 
