@@ -160,6 +160,21 @@ def test_upstream_stopped_mid_run_exits_1_and_leaves_the_served_tree_intact(
         restarted.stop()
 
 
+def test_an_upstream_that_stops_answering_fails_within_rsync_timeout_and_keeps_the_served_tree(
+    moved: Moved, s3: Any, endpoint: str
+) -> None:
+    started = time.monotonic()
+    with moved.daemon.hung():
+        code, _, stderr = sync(moved.daemon, endpoint, "--rsync-timeout", "2")
+    assert code == 1 and time.monotonic() - started < 20
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("mirrorkeeper sync: error: listing rsync://") and "stalled" in last_line
+    assert "raise --rsync-timeout" in last_line
+    assert mirror_files(s3) == moved.v1
+    assert sync(moved.daemon, endpoint)[0] == 0
+    assert mirror_files(s3) == moved.v2
+
+
 def test_throttling_and_5xx_are_retried_until_the_sync_succeeds(
     upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
 ) -> None:

@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -93,11 +95,18 @@ class RsyncClient:
     timeout: int = 300
 
     def _base_args(self) -> list[str]:
-        return [*self.command.split(), "--no-motd", "--no-h", f"--timeout={self.timeout}", "--contimeout=30"]
+        # TCP_NODELAY: rsync sends its handshake in writes of a few bytes, and Nagle's algorithm
+        # holds each until the daemon's delayed ACK (40 ms on Linux) arrives; measured, that was a
+        # quarter of the time it takes to list a 20,000-file module on a fast link.
+        return [*self.command.split(), "--no-motd", "--no-h", "--contimeout=30", "--sockopts=TCP_NODELAY"]
 
     def start_list(self, url: str) -> "ListingRun":
-        """Start listing ``url`` recursively in the background; ``ListingRun.listing()`` collects it."""
-        return ListingRun(url, [*self._base_args(), "--list-only", "-rl", url])
+        """Start listing ``url`` recursively in the background; ``ListingRun.listing()`` collects it.
+
+        The listing watches its own output for silence instead of passing ``--timeout``: rsync
+        forwards that option to the daemon, whose sender then stalls once more on a delayed ACK
+        (about 45 ms a listing, measured against rsync 3.x daemons)."""
+        return ListingRun(url, [*self._base_args(), "--list-only", "-rl", url], stall_timeout=self.timeout)
 
     def list(self, url: str) -> Listing:
         """List ``url`` recursively. Raises UpstreamError when nothing could be listed at all."""
@@ -115,7 +124,15 @@ class RsyncClient:
             for path in paths:
                 files_from.write(path.encode() + b"\0")
             files_from.flush()
-            args = [*self._base_args(), "-t", f"--files-from={files_from.name}", "--from0", url, str(dest) + "/"]
+            args = [
+                *self._base_args(),
+                f"--timeout={self.timeout}",
+                "-t",
+                f"--files-from={files_from.name}",
+                "--from0",
+                url,
+                str(dest) + "/",
+            ]
             code = _start(args, stdout=subprocess.DEVNULL, stderr=err).wait()
             message = _read_tail(err)
         if code == 0 or code in PARTIAL_CODES:
@@ -138,10 +155,14 @@ class ListingRun:
     the listing first and spends the time rsync takes on its own start-up (imports, the S3
     client, the lock). The raw output's SHA-256 (``digest``) tells whether upstream changed at
     all without parsing a line of it.
+
+    rsync prints each entry as it arrives, so output that stops growing for ``stall_timeout``
+    seconds means the upstream stopped answering: rsync is then stopped and the listing fails.
     """
 
-    def __init__(self, url: str, args: list[str]) -> None:
+    def __init__(self, url: str, args: list[str], stall_timeout: float) -> None:
         self.url = url
+        self.stall_timeout = stall_timeout
         # Both files live as long as this object: close() (or the with block) closes them.
         self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
@@ -154,6 +175,22 @@ class ListingRun:
         self._code: int | None = None
         self._digest = ""
         self._whole_lines = True
+        self._stalled = False
+        self._closed = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="listing-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        seen, since = -1, time.monotonic()
+        while not self._closed.wait(min(1.0, self.stall_timeout / 4)) and self._process.poll() is None:
+            size = os.fstat(self._out.fileno()).st_size + os.fstat(self._err.fileno()).st_size
+            now = time.monotonic()
+            if size != seen:
+                seen, since = size, now
+            elif now - since >= self.stall_timeout:
+                self._stalled = True
+                self._process.kill()
+                return
 
     def wait(self) -> int:
         """Wait for rsync to finish; its exit code."""
@@ -175,8 +212,15 @@ class ListingRun:
         return self._digest if self.wait() == 0 and self._whole_lines else None
 
     def listing(self) -> Listing:
-        """Parse the finished listing. Raises UpstreamError when nothing could be listed at all."""
+        """Parse the finished listing. Raises UpstreamError when nothing could be listed at all, or
+        when the upstream stalled part-way."""
         code = self.wait()
+        if self._stalled:
+            raise UpstreamError(
+                f"listing {self.url} stalled: rsync received nothing for {self.stall_timeout:g} s and was stopped; "
+                "the served mirror is unchanged. Check that the upstream is up, or raise --rsync-timeout if it is "
+                "just slow"
+            )
         listing = Listing()
         problem = ""
         self._out.seek(0)
@@ -208,6 +252,8 @@ class ListingRun:
 
     def close(self) -> None:
         """Stop rsync if it still runs (the run ended early) and drop its output."""
+        self._closed.set()
+        self._watchdog.join()  # before the files it watches are closed
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()

@@ -1,10 +1,14 @@
 """A real rsync daemon on loopback serving one directory: the demo's upstream and the tests'."""
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -55,6 +59,17 @@ class RsyncDaemon:
                 time.sleep(0.05)
         self.stop()
         raise UpstreamError(f"rsync daemon did not listen on port {self.port} within 10 s")
+
+    @contextmanager
+    def hung(self) -> Iterator[None]:
+        """Inside the block the daemon is frozen (SIGSTOP): the kernel still accepts connections, nobody
+        answers them. Sessions already running are not affected."""
+        assert self._process is not None, "start() first"
+        os.kill(self._process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self._process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the daemon and remove its config and log."""

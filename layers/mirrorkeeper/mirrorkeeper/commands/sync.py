@@ -77,7 +77,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tuning.add_argument("--trace-path", help="trace file path inside the mirror (default: .mirrorkeeper/trace)")
     tuning.add_argument("--mirror-name", help="name shown in the trace file and index pages (default: the bucket)")
     tuning.add_argument("--rsync-command", help="rsync program and fixed options (default: rsync)")
-    tuning.add_argument("--rsync-timeout", help="seconds of rsync I/O silence before giving up (default: 300)")
+    tuning.add_argument(
+        "--rsync-timeout",
+        help="seconds the upstream may stay silent (no new listed entry, no fetch I/O) before rsync is stopped "
+        "and the run fails (default: 300)",
+    )
     add_logging_flags(parser)
     parser.set_defaults(handler=run)
 
