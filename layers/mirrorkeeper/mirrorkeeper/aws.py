@@ -9,16 +9,31 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import determine_content_length
 
 from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.errors import StorageError
 
-__all__ = ["RequestCounter", "S3Client", "aws_errors", "client_config", "s3_client", "service_client"]
+__all__ = [
+    "CONTINUE_THRESHOLD",
+    "RequestCounter",
+    "S3Client",
+    "aws_errors",
+    "client_config",
+    "s3_client",
+    "service_client",
+]
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 else:
     S3Client = Any
+
+# botocore asks S3 for "100 Continue" before sending any PutObject or UploadPart body: a round
+# trip of its own, which doubles the latency of a small write (a trace file, a run report, a
+# small mirrored file). Waiting is worth it only when a refused body would waste real transfer
+# time; the AWS SDK for Kotlin and the JavaScript SDK draw the line at 2 MB and 1 MB.
+CONTINUE_THRESHOLD = 2 * 1024 * 1024
 
 
 class RequestCounter:
@@ -48,9 +63,20 @@ def s3_client(aws: AwsConfig, counter: RequestCounter | None = None, pool_size: 
         # Path-style keeps local endpoints (moto, MinIO) working; AWS accepts it too.
         config = config.merge(Config(s3={"addressing_style": "path"}))
     client = boto3.session.Session().client("s3", endpoint_url=aws.endpoint_url, config=config)
+    # Last among the handlers of "before-call.s3", where botocore adds the header.
+    client.meta.events.register_last("before-call.s3", expect_continue_only_for_large_bodies)
     if counter is not None:
         counter.attach(client)
     return client  # type: ignore[no-any-return]
+
+
+def expect_continue_only_for_large_bodies(params: dict[str, Any], **_: Any) -> None:
+    """Drop ``Expect: 100-continue`` from requests whose body is smaller than CONTINUE_THRESHOLD."""
+    headers = params.get("headers", {})
+    if headers.get("Expect") == "100-continue":
+        length = determine_content_length(params.get("body"))
+        if length is not None and length < CONTINUE_THRESHOLD:
+            del headers["Expect"]
 
 
 def client_config(aws: AwsConfig, pool_size: int = 10) -> Config:
