@@ -6,7 +6,6 @@ stderr (what happened, what to do) and the exit code DESIGN.md promises.
 
 import argparse
 import importlib
-import logging
 import signal
 import sys
 import threading
@@ -69,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:
+        import logging  # only now: a sync starts rsync before anything that needs logging is imported
+
         logging.getLogger("mirrorkeeper").exception("unexpected failure")
         print(
             f"mirrorkeeper {args.command}: error: unexpected {type(exc).__name__}: {exc}; this is a bug, please "

@@ -8,7 +8,6 @@ names where the value came from, so the operator knows which knob to turn.
 
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +98,8 @@ def _convert[T](raw: Any, parse: Callable[[str], T], source: str) -> T:
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
+    import tomllib  # here, not at the top: most runs (the container's) are configured by environment alone
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

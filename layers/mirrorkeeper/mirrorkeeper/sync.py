@@ -511,7 +511,7 @@ class SyncRun:
             report.s3_requests = self.counter.total
             return  # touches nothing; a locked run must not overwrite the holder's report
         # The report counts the requests still to come: its own two writes below and, when we still
-        # hold the lease, its release right after them (retries of those three are not counted).
+        # hold the lease, its release alongside them (retries of those three are not counted).
         pending = 2
         if self.lease is not None:
             self.lease.stop_renewing()  # so no renewal slips in between this count and the release
@@ -519,16 +519,20 @@ class SyncRun:
         report.s3_requests = self.counter.total + pending
         report.s3_requests_by_operation = dict(self.counter.by_operation)
         body = report.to_bytes()
-        try:
-            # Both copies at once: a run with nothing to do is short enough for one round trip to show.
-            with ThreadPoolExecutor(1, thread_name_prefix="report") as writer:
-                by_id = writer.submit(
-                    self.store.put_bytes, self.layout.run_report_key(report.run_id), body, "application/json"
-                )
-                self.store.put_bytes(self.layout.last_run_key, body, "application/json")
-                by_id.result()
-        except MirrorkeeperError as exc:
-            log.error("could not store the run report", extra={"error": str(exc)})
+        # The two copies of the report and the lease's release all at once: a run with nothing to do
+        # is short enough for each round trip to show, and everything the lease protects is published.
+        with ThreadPoolExecutor(2, thread_name_prefix="report") as writer:
+            copies = [
+                writer.submit(self.store.put_bytes, key, body, "application/json")
+                for key in (self.layout.run_report_key(report.run_id), self.layout.last_run_key)
+            ]
+            if self.lease is not None:
+                self.lease.release()
+            for copy in copies:
+                try:
+                    copy.result()
+                except MirrorkeeperError as exc:
+                    log.error("could not store the run report", extra={"error": str(exc)})
 
 
 class Digests:

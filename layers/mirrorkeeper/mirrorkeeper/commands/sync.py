@@ -11,7 +11,6 @@ from contextlib import ExitStack
 from mirrorkeeper.commands.common import add_location_flags, add_logging_flags, flags_of
 from mirrorkeeper.config import load_sync_config
 from mirrorkeeper.errors import UpstreamError
-from mirrorkeeper.logs import setup_logging
 from mirrorkeeper.rsync import ListingRun, RsyncClient
 
 DESCRIPTION = """\
@@ -87,16 +86,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    interactive = setup_logging(args.log_format, args.log_level)
     config = load_sync_config(flags_of(args))
     rsync = RsyncClient(config.rsync_command, config.rsync_timeout)
     with ExitStack() as stack:
         # Listing upstream takes about as long as importing boto3 and building its client: start
-        # rsync first so the two overlap (for a run with nothing to do, they are most of its time).
+        # rsync first, before even the logging set-up, so the two overlap (for a run with nothing
+        # to do, they are most of its time).
         try:
             listing: ListingRun | None = stack.enter_context(rsync.start_list(config.upstream))
         except UpstreamError:
             listing = None  # rsync cannot start: the run tries again and records the failure in its report
+        from mirrorkeeper.logs import setup_logging
+
+        interactive = setup_logging(args.log_format, args.log_level)
         # What follows allocates a lot and frees nothing (modules, boto3's models): collecting
         # while it runs is wasted time (about 25 ms), and frozen afterwards it is skipped by every
         # later collection, the ones at interpreter exit included (about 60 ms with boto3 loaded).
