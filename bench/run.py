@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any
 
 import boto3
-from harness import BenchError, Measured, MotoServer, run_measured
+from harness import BenchError, Measured, MotoServer, compile_mirrorkeeper, run_measured
 from report import Outcome, Row, print_report
 
 from mirrorkeeper.rsyncd import RsyncDaemon
@@ -288,6 +288,7 @@ def run_all(options: Options, workdir: Path) -> int:
     (workdir / "tmp").mkdir()
     tempfile.tempdir = str(workdir / "tmp")  # the rsync daemons' config dirs land here, and go with it
     started, load_before = time.monotonic(), os.getloadavg()[0]
+    compile_mirrorkeeper()
     progress(f"generating {options.files} files, {options.bytes} bytes")
     tree = Tree.generate(workdir / "upstream", options.files, options.bytes)
     with MotoServer(workdir, clean_env(workdir, "")) as moto:
