@@ -36,6 +36,8 @@ class Row:
     floor: Outcome
     naive: Outcome
     keeper: Outcome
+    # no-change only: the floor with the socket option mirrorkeeper's own rsync sessions use
+    floor_nodelay: Outcome | None = None
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -209,6 +211,13 @@ def print_report(
     for passed, text, value in targets:
         verdict = "SKIP" if passed is None else ("PASS" if passed else "MISS")
         say(f"  {verdict}  {text.ljust(width)}  {value}")
+    tuned = rows["no-change"].floor_nodelay
+    if tuned is not None:
+        keeper = rows["no-change"].keeper.wall
+        say(
+            f"  info  the floor run as mirrorkeeper runs rsync (--sockopts=TCP_NODELAY): no-change {tuned.wall:.2f} s; "
+            f"mirrorkeeper is {ratio(keeper / tuned.wall)} that"
+        )
     say(
         f"(benchmark took {elapsed:.0f} s; 1-minute load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the "
         "end: anything else running on this machine inflates the timings)"
@@ -226,4 +235,5 @@ def print_report(
 
 
 def asdict_row(row: Row) -> dict[str, Outcome]:
-    return {"rsync": row.floor, "naive": row.naive, "mirrorkeeper": row.keeper}
+    named = {"rsync": row.floor, "naive": row.naive, "mirrorkeeper": row.keeper}
+    return named | ({"rsync_tcp_nodelay": row.floor_nodelay} if row.floor_nodelay else {})

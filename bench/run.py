@@ -38,6 +38,7 @@ NAIVE_BUCKET = "bench-naive"
 KEEPER_BUCKET = "bench-mirrorkeeper"
 BIG_BUCKET = "bench-mirrorkeeper-big"
 FIRST, NO_CHANGE, CHANGED = "first sync", "no-change", "1%-changed"
+NODELAY = "--sockopts=TCP_NODELAY"  # as mirrorkeeper runs rsync: shown beside the floor, for context
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,9 @@ class Bench:
         return sum(page.get("KeyCount", 0) for page in pages)
 
     # (a) the floor
-    def rsync(self, url: str, dest: Path) -> Outcome:
+    def rsync(self, url: str, dest: Path, *options: str) -> Outcome:
         dest.mkdir(exist_ok=True)
-        ran = self.run(["rsync", "-a", "--delete", url, f"{dest}/"], "rsync -a --delete")
+        ran = self.run(["rsync", "-a", "--delete", *options, url, f"{dest}/"], "rsync -a --delete")
         return Outcome(wall=ran.wall, rss_mib=ran.max_rss_mib)
 
     # (b) the naive pipeline
@@ -255,15 +256,22 @@ def run_main(options: Options, bench: Bench, tree: Tree, daemon_url: str) -> dic
 
     def scenario(name: str, result: str, uploads: int, repeat: int) -> None:
         progress(f"{name} ({repeat} run{'s' if repeat > 1 else ''} each)")
-        floor, naive, keeper = [], [], []
+        floor, naive, keeper, tuned = [], [], [], []
         for _ in range(repeat):
             floor.append(timed("(a) rsync", lambda: bench.rsync(daemon_url, floor_dir)))
             naive.append(timed("(b) rsync + aws s3 sync", lambda: bench.naive(daemon_url, naive_dir, NAIVE_BUCKET)))
             keeper.append(timed("(c) mirrorkeeper", lambda: bench.keeper(daemon_url, KEEPER_BUCKET, result, uploads)))
+            if name == NO_CHANGE:
+                tuned.append(timed(f"(a) rsync {NODELAY}", lambda: bench.rsync(daemon_url, floor_dir, NODELAY)))
         in_bucket = bench.count_objects(NAIVE_BUCKET)
         if in_bucket != count:
             raise BenchError(f"after {name}, aws s3 sync left {in_bucket} objects for {count} upstream files")
-        rows[name] = Row(median_outcome(floor), median_outcome(naive), median_outcome(keeper))
+        rows[name] = Row(
+            median_outcome(floor),
+            median_outcome(naive),
+            median_outcome(keeper),
+            median_outcome(tuned) if tuned else None,
+        )
 
     scenario(FIRST, "success", count, 1)
     scenario(NO_CHANGE, "no-change", 0, options.repeat)
