@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PY313 := $(shell for v in $$(pyenv versions --bare 2>/dev/null | grep '^3\.13' | sort -rV) ""; do \
 	PYENV_VERSION=$$v python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
 STAMP := $(VENV)/.installed
-PY_DIRS := $(wildcard layers functions tests bench)
+PY_DIRS := $(wildcard layers devtools functions tests bench)
 # The repository root, also when sam build runs this Makefile from a scratch copy of the layer.
 ROOT := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 # AWS SAM CLI (with cfn-lint) and checkov each pin their own boto3: one venv each, inside .venv so
@@ -27,7 +27,7 @@ help: ## list the targets
 
 install: $(STAMP) ## create .venv (Python 3.13) with the package and dev tools; install rsync and node if absent
 
-$(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml
+$(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml devtools/pyproject.toml
 	@command -v rsync >/dev/null || { echo "rsync not found: installing it from Debian packages"; \
 		apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
 	@command -v node >/dev/null || { echo "node not found (the CloudFront Function tests run under it): installing it from Debian packages"; \
@@ -37,7 +37,7 @@ $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml
 	@if [ -z "$(PY313)" ]; then echo "error: Python 3.13 not found. Install it (pyenv install 3.13 or your OS packages) so that 'python3.13' runs, then rerun make." >&2; exit 2; fi
 	@test -x $(BIN)/python || $(PY313) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements-dev.txt -e 'layers/mirrorkeeper[ftp,demo]'
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -e "layers/mirrorkeeper[ftp]" -e devtools
 	@touch $(STAMP)
 
 demo: install ## the whole pipeline on this machine: sample upstream (rsync daemon), moto server, sync
@@ -79,7 +79,7 @@ lint-template: $(TOOLS_STAMP) ## sam validate --lint, cfn-lint and checkov on te
 lint: install lint-template ## ruff, mypy and the template checks
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
-	$(BIN)/mypy layers/mirrorkeeper/mirrorkeeper
+	$(BIN)/mypy layers/mirrorkeeper/mirrorkeeper devtools/mirrorkeeper_dev
 
 format: install ## apply ruff's formatting and fixes
 	$(BIN)/ruff format $(PY_DIRS)

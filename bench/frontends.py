@@ -38,8 +38,8 @@ from botocore.config import Config
 from harness import BenchError, MotoServer, wait_for_port
 from run import clean_env
 
-from mirrorkeeper.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper.sampletree import TreeSpec, generate_tree, write_file
+from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper_dev.sampletree import TreeSpec, generate_tree, write_file
 
 BUCKET = "bench-frontends"
 BIG = "big/100MB.iso"

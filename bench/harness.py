@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from mirrorkeeper import services
-from mirrorkeeper.rsyncd import free_port
+from mirrorkeeper_dev import services
+from mirrorkeeper_dev.rsyncd import free_port
 
 # 127.0.0.1 - - [25/Nov/2026 17:43:59] "PUT /bucket/key HTTP/1.1" 200 -
 _REQUEST_LINE = re.compile(rb'\] "[A-Z]+ \S+ HTTP/[\d.]+" \d{3} ')

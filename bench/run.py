@@ -31,8 +31,8 @@ import boto3
 from harness import BenchError, Measured, MotoServer, compile_mirrorkeeper, run_measured
 from report import Outcome, Row, print_report
 
-from mirrorkeeper.rsyncd import RsyncDaemon
-from mirrorkeeper.sampletree import TreeSpec, generate_tree, mutate
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
+from mirrorkeeper_dev.sampletree import TreeSpec, generate_tree, mutate
 
 NAIVE_BUCKET = "bench-naive"
 KEEPER_BUCKET = "bench-mirrorkeeper"
@@ -220,7 +220,7 @@ class Bench:
 
     def startup(self) -> float:
         """Interpreter start plus the modules a sync run imports: what every run pays (while rsync lists)."""
-        command = [sys.executable, "-c", "import mirrorkeeper.cli, mirrorkeeper.commands.sync, mirrorkeeper.sync"]
+        command = [sys.executable, "-c", "import mirrorkeeper.cli, mirrorkeeper.commands.sync, mirrorkeeper.sync.run"]
         return statistics.median(self.run(command, "importing mirrorkeeper sync").wall for _ in range(3))
 
 

@@ -2,7 +2,7 @@
 
 1. **Diff**: two generated manifests of 2,000,000 entries each (an upstream listing and a
    published manifest, 1% of entries changed, 0.5% added, 0.5% deleted), diffed by
-   ``mirrorkeeper.drift`` (streaming merge) and by the *naive* baseline: load both into dicts,
+   ``mirrorkeeper.verify.drift`` (streaming merge) and by the *naive* baseline: load both into dicts,
    then compare (what rclonesync does: ~30 s and ~1 GB for 1.96 M files). Each runs in its own
    process, measured by the launcher in harness.py (wall time, peak RSS). Targets: < 10 s and
    < 300 MB. Both must find the same lag and pending deletes.
@@ -31,15 +31,15 @@ from run import clean_env
 
 from mirrorkeeper.aws import s3_client
 from mirrorkeeper.config import AwsConfig
-from mirrorkeeper.drift import DriftReport, diff_mirror
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.manifest import ManifestHeader, read_manifest_rows, write_manifest
-from mirrorkeeper.probes import choose_sample, probe_endpoint
-from mirrorkeeper.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper.sampletree import TreeSpec, generate_tree
-from mirrorkeeper.services import serving
-from mirrorkeeper.statestore import StateStore
+from mirrorkeeper.state import StateStore
+from mirrorkeeper.verify.drift import DriftReport, diff_mirror
+from mirrorkeeper.verify.probes import choose_sample, probe_endpoint
+from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper_dev.sampletree import TreeSpec, generate_tree
+from mirrorkeeper_dev.services import serving
 
 DIFF_SECONDS, DIFF_MIB, PROBE_SECONDS = 10.0, 300.0, 10.0
 
@@ -150,7 +150,7 @@ def bench_probe(workdir: Path, files: int, env: dict[str, str]) -> list[str]:
             timeout=600,
         ).check("the sync")
         store = StateStore(client, MirrorLayout.create("bench-verify"))
-        with store.manifest_rows(store.layout.manifest_key) as found:
+        with store.manifest_rows(store.manifest_key) as found:
             assert found is not None
             sample = choose_sample(found[1], (), files, 0, 0, 0, 0, random.Random(5))
         timings = {}

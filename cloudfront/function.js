@@ -8,7 +8,7 @@
 //     as a space: the apt-on-S3 bug) and every other name reaches exactly its key;
 //   - refuses (414) paths longer than S3's 1,024-byte key limit;
 //   - drops the query string: S3 would act on ?versionId=, ?acl and friends.
-// Its Python twin is mirrorkeeper/frontends/routing.py; cases.json drives the tests of both.
+// Its Python twin is mirrorkeeper/serve/routing.py; cases.json drives the tests of both.
 
 var MAX_PATH_BYTES = 1024;
 var REASONS = { 400: 'Bad Request', 414: 'URI Too Long' };

@@ -14,7 +14,7 @@ import pytest
 import urllib3
 from moto.server import ThreadedMotoServer
 
-from mirrorkeeper.rsyncd import RsyncDaemon
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from tests.support import BUCKET, moto_subprocess
 
 

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mirrorkeeper.rsyncd import free_port
-from mirrorkeeper.services import serving
+from mirrorkeeper_dev.rsyncd import free_port
+from mirrorkeeper_dev.services import serving
 
 BUCKET = "mirror-test"
 

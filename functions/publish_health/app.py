@@ -1,6 +1,6 @@
 """The publish-health Lambda: levels, metrics, history, status page, SNS (workflow.publish_health)."""
 
-from mirrorkeeper import workflow
-from mirrorkeeper.lambdas import lambda_handler
+from mirrorkeeper.verify import workflow
+from mirrorkeeper.verify.lambdas import lambda_handler
 
 handler = lambda_handler(workflow.publish_health)

@@ -14,8 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from mirrorkeeper.rsyncd import RsyncDaemon
-from mirrorkeeper.sampletree import TreeSpec, add_hostile_names, generate_tree, mutate, openvz_like
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
+from mirrorkeeper_dev.sampletree import TreeSpec, add_hostile_names, generate_tree, mutate, openvz_like
 from tests.support import BUCKET, run_cli, serve_cli, tree_files
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from mirrorkeeper.rsyncd import RsyncDaemon
-from mirrorkeeper.sampletree import add_hostile_names, write_file
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
+from mirrorkeeper_dev.sampletree import add_hostile_names, write_file
 from tests.support import BUCKET, run_cli
 
 

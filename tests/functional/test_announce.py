@@ -5,6 +5,7 @@ from typing import Any
 
 import boto3
 
+from mirrorkeeper.state import RunReport, SyncResult
 from tests.support import BUCKET, run_cli
 
 # The outputs template.yaml gives the command (names and shapes as deployed).
@@ -23,14 +24,24 @@ STACK_TEMPLATE = {
         "AdminContact": {"Value": ""},
     },
 }
-LAST_RUN = {"mirror_bytes": 25_769_803_776, "mirror_entries": 12_345, "finished_iso": "2026-11-25T19:07:41Z"}
+# The last sync's report, as the sync writes it (finished 2026-11-25T19:07:41Z).
+LAST_RUN = RunReport(
+    run_id="20261125T190700Z-abcdef",
+    upstream="rsync://download.openvz.org/openvz-download/",
+    started=1_795_633_620.0,
+    finished=1_795_633_661.0,
+    result=SyncResult.SUCCESS,
+    exit_code=0,
+    mirror_bytes=25_769_803_776,
+    mirror_entries=12_345,
+)
 
 
 def deploy(endpoint: str, s3: Any, with_report: bool = True) -> None:
     cfn = boto3.client("cloudformation", endpoint_url=endpoint, region_name="us-east-1")
     cfn.create_stack(StackName="mirror", TemplateBody=json.dumps(STACK_TEMPLATE))
     if with_report:
-        s3.put_object(Bucket=BUCKET, Key="state/runs/last.json", Body=json.dumps(LAST_RUN).encode())
+        s3.put_object(Bucket=BUCKET, Key="state/runs/last.json", Body=LAST_RUN.to_bytes())
 
 
 def test_announcement_from_the_stack_outputs_and_the_last_sync(s3: Any, endpoint: str) -> None:
@@ -65,7 +76,7 @@ def test_flags_and_environment_win_over_the_stack_and_json_is_offered(s3: Any, e
     assert announcement["update_frequency"] == "every 2 hours"
     assert announcement["location"] == "Oslo" and announcement["contact"] == "ops@example.org"
     assert announcement["rsync_url"] == "rsync://mirror.example.org/openvz/"
-    assert announcement["size_bytes"] == LAST_RUN["mirror_bytes"]
+    assert announcement["size_bytes"] == LAST_RUN.mirror_bytes
 
 
 def test_missing_inputs_are_named_with_where_to_give_them(s3: Any, endpoint: str) -> None:

@@ -21,11 +21,11 @@ from mirrorkeeper.commands.serve_ftp import keep_on_one_cpu
 from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.content import render_index
 from mirrorkeeper.entries import Entry, EntryType
-from mirrorkeeper.frontends.ftp import make_server
-from mirrorkeeper.frontends.served import ServedTree
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper.sampletree import write_file
+from mirrorkeeper.serve.ftp import make_server
+from mirrorkeeper.serve.served import ServedTree
+from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper_dev.sampletree import write_file
 from tests.support import BUCKET, run_cli, serve_cli, tree_files
 
 

@@ -18,9 +18,9 @@ import pytest
 
 from mirrorkeeper.aws import RequestCounter, s3_client
 from mirrorkeeper.config import AwsConfig
-from mirrorkeeper.frontends.http import MirrorHTTPServer
-from mirrorkeeper.frontends.served import ObjectCache, ServedTree, cache_lifetime
 from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.serve.http import MirrorHTTPServer
+from mirrorkeeper.serve.served import ObjectCache, ServedTree, cache_lifetime
 from tests.support import BUCKET, serve_cli, tree_files
 
 REPO = Path(__file__).resolve().parents[2]

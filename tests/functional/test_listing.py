@@ -9,9 +9,9 @@ import pytest
 
 from mirrorkeeper.entries import EntryType
 from mirrorkeeper.errors import UpstreamError
-from mirrorkeeper.rsync import RsyncClient
-from mirrorkeeper.rsyncd import RsyncDaemon
-from mirrorkeeper.sampletree import add_hostile_names, write_file
+from mirrorkeeper.sync.rsync import RsyncClient
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
+from mirrorkeeper_dev.sampletree import add_hostile_names, write_file
 
 
 def test_hostile_names_newline_included_list_exactly(upstream: Path) -> None:

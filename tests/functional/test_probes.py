@@ -11,12 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mirrorkeeper.health import Level, assess_endpoint
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.probes import Outcome, ProbeKind, SampleFile, choose_sample, probe_endpoint
-from mirrorkeeper.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper.sampletree import HOSTILE_NAMES, add_hostile_names, write_file
-from mirrorkeeper.statestore import StateStore
+from mirrorkeeper.state import Level, StateStore
+from mirrorkeeper.verify.health import assess_endpoint
+from mirrorkeeper.verify.probes import Outcome, ProbeKind, SampleFile, choose_sample, probe_endpoint
+from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper_dev.sampletree import HOSTILE_NAMES, add_hostile_names, write_file
 from tests.support import BUCKET, run_cli, serve_cli
 
 
@@ -119,7 +119,7 @@ def test_every_hostile_name_probes_clean_on_both_protocols(
     daemon = rsync_daemon(upstream)
     assert run_cli(["sync", "--upstream", daemon.url, "--bucket", BUCKET], endpoint).returncode == 0
     store = StateStore(s3, MirrorLayout.create(BUCKET))
-    with store.manifest_rows(store.layout.manifest_key) as found:
+    with store.manifest_rows(store.manifest_key) as found:
         assert found is not None
         # every file, each also downloaded and hashed
         sample = choose_sample(found[1], (), 10_000, 0, 0, 10_000, 1 << 20, random.Random(1))

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from mirrorkeeper.health import HISTORY_SECONDS, SyncOutcome
-from mirrorkeeper.healthstate import HealthState, HistoryPoint, ProtocolStatus
-from mirrorkeeper.status import BAR_HEIGHT, BAR_WIDTH, COLOURS, render_status_html
+from mirrorkeeper.state import HealthState, HistoryPoint, ProtocolStatus, SyncOutcome
+from mirrorkeeper.verify.health import HISTORY_SECONDS
+from mirrorkeeper.verify.status import BAR_HEIGHT, BAR_WIDTH, COLOURS, render_status_html
 
 NOW = 1_780_000_000.0 + 1234
 HOUR = 3600.0

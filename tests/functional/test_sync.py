@@ -15,10 +15,10 @@ from typing import Any
 from mirrorkeeper.aws import RequestCounter, s3_client
 from mirrorkeeper.config import AwsConfig, SyncConfig
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.rsync import RsyncClient
-from mirrorkeeper.rsyncd import RsyncDaemon
-from mirrorkeeper.sampletree import TreeSpec, add_hostile_names, generate_tree, write_file
-from mirrorkeeper.sync import SyncRun
+from mirrorkeeper.sync.rsync import RsyncClient
+from mirrorkeeper.sync.run import SyncRun
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
+from mirrorkeeper_dev.sampletree import TreeSpec, add_hostile_names, generate_tree, write_file
 from tests.faultproxy import fault_proxy
 from tests.support import BUCKET, run_cli, served_objects, tree_files
 
@@ -179,7 +179,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(
 
 
 def test_unreachable_upstream_exits_1_with_a_sentence_and_writes_nothing_served(s3: Any, endpoint: str) -> None:
-    from mirrorkeeper.rsyncd import free_port
+    from mirrorkeeper_dev.rsyncd import free_port
 
     code, _, stderr = sync(f"rsync://127.0.0.1:{free_port()}/mirror/", endpoint)
     assert code == 1

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from mirrorkeeper.rsyncd import RsyncDaemon
-from mirrorkeeper.sampletree import write_file
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
+from mirrorkeeper_dev.sampletree import write_file
 from tests.faultproxy import every_nth, fault_proxy
 from tests.functional.test_sync import etags, mirror_files, sync
 from tests.support import BUCKET, cli_env, tree_files

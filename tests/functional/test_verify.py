@@ -15,14 +15,15 @@ from typing import Any
 import boto3
 import pytest
 
-from mirrorkeeper.alerts import SnsNotifier
 from mirrorkeeper.aws import s3_client
 from mirrorkeeper.config import AwsConfig, VerifyConfig
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.metrics import CloudWatchSink
-from mirrorkeeper.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper.sampletree import openvz_like
-from mirrorkeeper.workflow import Deps, InvalidEventError, cli_trigger, run_chain
+from mirrorkeeper.verify.alerts import SnsNotifier
+from mirrorkeeper.verify.events import InvalidEventError
+from mirrorkeeper.verify.metrics import CloudWatchSink
+from mirrorkeeper.verify.workflow import Deps, cli_trigger, run_chain
+from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper_dev.sampletree import openvz_like
 from tests.faultproxy import fault_proxy
 from tests.support import BUCKET, run_cli, serve_cli
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from mirrorkeeper.config import DEFAULT_LATE_PATTERNS
-from mirrorkeeper.workflow import DiffInput, ScheduledVerify, parse_event
+from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS
+from mirrorkeeper.verify.events import DiffInput, ScheduledVerify, parse_event
 from tests.template.cfn import ROOT, Resolver, policy_statements, references, resources_of_type
 
 PASSIVE_FIRST, PASSIVE_LAST = 60000, 60015

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkeeper.frontends.routing import route
+from mirrorkeeper.serve.routing import route
 
 CLOUDFRONT = Path(__file__).resolve().parents[2] / "cloudfront"
 CASES = json.loads((CLOUDFRONT / "cases.json").read_text())["cases"]

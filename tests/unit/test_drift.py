@@ -4,8 +4,9 @@ import random
 
 import pytest
 
-from mirrorkeeper.drift import RepairList, diff_mirror, in_key_order, row_key
 from mirrorkeeper.manifest import Row
+from mirrorkeeper.state import RepairList
+from mirrorkeeper.verify.drift import diff_mirror, in_key_order, row_key
 
 
 def f(path: str, size: int = 10, mtime: int = 1000, sha: str | None = None) -> Row:
@@ -122,7 +123,7 @@ def test_a_clean_mirror_needs_no_repair_and_a_huge_drift_is_capped(monkeypatch: 
     clean = RepairList()
     diff_mirror(rows, rows, objects_of(rows), repair=clean)
     assert not clean
-    monkeypatch.setattr("mirrorkeeper.drift.REPAIR_LIMIT", 20)
+    monkeypatch.setattr("mirrorkeeper.state.REPAIR_LIMIT", 20)
     capped = RepairList()
     diff_mirror(rows, rows, [], repair=capped)
     assert len(capped.reupload) == 20 and not capped.complete

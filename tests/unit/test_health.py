@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-from mirrorkeeper.alerts import SUBJECT_LIMIT, compose
-from mirrorkeeper.drift import DriftReport
-from mirrorkeeper.health import Level, StepFailure, SyncOutcome, assess, sync_from_exit
-from mirrorkeeper.healthstate import HealthState, Notice, decide_notice, next_state
-from mirrorkeeper.metrics import health_metrics
-from mirrorkeeper.probes import EndpointReport, Outcome, ProbeKind, ProbeResult
+from mirrorkeeper.state import HealthState, Level, SyncOutcome
+from mirrorkeeper.verify.alerts import SUBJECT_LIMIT, compose
+from mirrorkeeper.verify.drift import DriftReport
+from mirrorkeeper.verify.health import StepFailure, assess, sync_from_exit
+from mirrorkeeper.verify.history import Notice, decide_notice, next_state
+from mirrorkeeper.verify.metrics import health_metrics
+from mirrorkeeper.verify.probes import EndpointReport, Outcome, ProbeKind, ProbeResult
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0

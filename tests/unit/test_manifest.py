@@ -7,7 +7,7 @@ import pytest
 
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.manifest import ManifestError, ManifestHeader, read_manifest, write_manifest
-from mirrorkeeper.sampletree import HOSTILE_NAMES, NEWLINE_NAME
+from mirrorkeeper_dev.sampletree import HOSTILE_NAMES, NEWLINE_NAME
 
 HEADER = ManifestHeader("2026-01-01T00:00:00Z", "rsync://up/mod/", 0)
 

@@ -2,11 +2,11 @@
 
 import pytest
 
-from mirrorkeeper.config import DEFAULT_LATE_PATTERNS
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.errors import DeletionGuardError
-from mirrorkeeper.planner import ChangeKind, check_guard, late_tier, make_plan
-from mirrorkeeper.tree import UpstreamTree, resolve_link
+from mirrorkeeper.sync.planner import ChangeKind, check_guard, make_plan
+from mirrorkeeper.sync.tree import UpstreamTree, resolve_link
+from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS, late_tier
 
 F, D, L = EntryType.FILE, EntryType.DIR, EntryType.SYMLINK
 

@@ -3,7 +3,7 @@
 import pytest
 
 from mirrorkeeper.entries import EntryType
-from mirrorkeeper.rsync import RawEntry, parse_listing_line
+from mirrorkeeper.sync.rsync import RawEntry, parse_listing_line
 
 
 def test_symlink_name_and_target_both_containing_arrows_split_by_target_length() -> None:

@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from mirrorkeeper.health import HISTORY_SECONDS, SyncOutcome
-from mirrorkeeper.healthstate import HealthState, HistoryPoint, ProtocolStatus
-from mirrorkeeper.status import (
+from mirrorkeeper.state import HealthState, HistoryPoint, ProtocolStatus, SyncOutcome
+from mirrorkeeper.verify.health import HISTORY_SECONDS
+from mirrorkeeper.verify.status import (
     BAR_WIDTH,
     COLOURS,
     age_level,

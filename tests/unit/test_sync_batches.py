@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mirrorkeeper.entries import Entry, EntryType
-from mirrorkeeper.planner import Change, ChangeKind
-from mirrorkeeper.sync import make_batches, run_bounded
+from mirrorkeeper.sync.planner import Change, ChangeKind
+from mirrorkeeper.sync.run import make_batches, run_bounded
 
 
 def changes(*sizes: int) -> list[Change]:
@@ -34,7 +34,7 @@ def test_bytes_still_bound_a_batch_and_a_file_larger_than_the_budget_goes_alone(
 
 
 def test_the_default_count_cap_applies() -> None:
-    from mirrorkeeper.sync import BATCH_FILES
+    from mirrorkeeper.sync.run import BATCH_FILES
 
     batches = make_batches(changes(*[1] * (BATCH_FILES + 1)), batch_bytes=10**12)
     assert [len(b) for b in batches] == [BATCH_FILES, 1]

@@ -4,8 +4,8 @@ import pytest
 
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.rsync import Listing, RawEntry
-from mirrorkeeper.tree import LinkKind, UnresolvableLinkError, build_tree, resolve_link
+from mirrorkeeper.sync.rsync import Listing, RawEntry
+from mirrorkeeper.sync.tree import LinkKind, UnresolvableLinkError, build_tree, resolve_link
 
 F, D, L = EntryType.FILE, EntryType.DIR, EntryType.SYMLINK
 LAYOUT = MirrorLayout.create("bucket-name", "")

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from mirrorkeeper.workflow import (
-    STEPS,
+from mirrorkeeper.verify.events import (
     DiffInput,
     EcsTaskStateChange,
     InvalidEventError,
@@ -18,6 +17,7 @@ from mirrorkeeper.workflow import (
     StepError,
     parse_event,
 )
+from mirrorkeeper.verify.workflow import STEPS
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = json.loads((REPO / "statemachine" / "verify.asl.json").read_text())

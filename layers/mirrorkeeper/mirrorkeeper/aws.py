@@ -2,8 +2,6 @@
 concurrency, the local endpoint when one is configured, and a count of requests sent."""
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -13,12 +11,13 @@ from botocore.utils import determine_content_length
 
 from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.errors import StorageError
+from mirrorkeeper.s3errors import error_code
 
 __all__ = [
     "CONTINUE_THRESHOLD",
     "RequestCounter",
     "S3Client",
-    "aws_errors",
+    "check_bucket",
     "client_config",
     "s3_client",
     "service_client",
@@ -94,18 +93,15 @@ def service_client(service: str, aws: AwsConfig) -> Any:
     return boto3.session.Session().client(service, endpoint_url=aws.endpoint_url, config=client_config(aws))
 
 
-@contextmanager
-def aws_errors(service: str, action: str) -> Iterator[None]:
-    """Turn botocore failures (after its retries) into a StorageError that names the service."""
+def check_bucket(client: S3Client, bucket: str) -> None:
+    """One HeadBucket: fail early, with a sentence, when the bucket cannot be used."""
     try:
-        yield
+        client.head_bucket(Bucket=bucket)
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
         raise StorageError(
-            f"{service} refused to {action}: {code}: {exc}; check the resource names and the role's permissions"
+            f"bucket {bucket!r} is not usable ({error_code(exc) or exc}); create it or fix --bucket and the credentials"
         ) from None
     except BotoCoreError as exc:
         raise StorageError(
-            f"the {service} request to {action} did not complete: {exc}; check the credentials, "
-            "--endpoint-url and the network"
+            f"cannot use bucket {bucket!r}: {exc}; check the credentials, --endpoint-url and the network"
         ) from None

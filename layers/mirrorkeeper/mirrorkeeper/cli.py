@@ -1,7 +1,10 @@
 """``mirrorkeeper <command>``: the command line users and the container script against.
 
 Every failure the operator can act on is a typed MirrorkeeperError: it becomes one line on
-stderr (what happened, what to do) and the exit code DESIGN.md promises.
+stderr (what happened, what to do) and the exit code docs/architecture.md lists.
+
+Commands beyond the built-in ones (``mirrorkeeper demo``, from the development tools that the
+layer and the image do not ship) register through the ``mirrorkeeper.commands`` entry point group.
 """
 
 import argparse
@@ -22,13 +25,24 @@ COMMANDS = {
     "serve-http": "mirrorkeeper.commands.serve_http",
     "serve-ftp": "mirrorkeeper.commands.serve_ftp",
     "verify": "mirrorkeeper.commands.verify",
-    "demo": "mirrorkeeper.commands.demo",
     "announce": "mirrorkeeper.commands.announce",
 }
+PLUGIN_GROUP = "mirrorkeeper.commands"
+
+
+def available_commands(command: str | None) -> dict[str, str]:
+    """The built-in commands, and the installed plugins' when ``command`` is not a built-in one
+    (looking them up costs a scan of the installed packages, which ``sync`` should not pay)."""
+    if command in COMMANDS:
+        return {command: COMMANDS[command]}
+    from importlib.metadata import entry_points
+
+    plugins = {ep.name: ep.value for ep in entry_points(group=PLUGIN_GROUP) if ep.name not in COMMANDS}
+    return {command: plugins[command]} if command in plugins else {**COMMANDS, **plugins}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser for ``command`` alone when it is one of COMMANDS, else for all of them."""
+    """The parser for ``command`` alone when it is a known command, else for all of them."""
     parser = argparse.ArgumentParser(
         prog="mirrorkeeper",
         description="Keep a public download mirror in AWS: rsync upstream into S3, serve it over HTTP and FTP, "
@@ -38,7 +52,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mirrorkeeper {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in [COMMANDS[command]] if command in COMMANDS else COMMANDS.values():
+    for module in available_commands(command).values():
         importlib.import_module(module).register(subparsers)
     return parser
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from mirrorkeeper.errors import ConfigError
 from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS, LateTiers
 
 ENV_PREFIX = "MIRRORKEEPER_"
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -134,7 +135,7 @@ def parse_bucket(text: str) -> str:
     return text
 
 
-def parse_late_patterns(text: str | list[Any]) -> tuple[tuple[str, ...], ...]:
+def parse_late_patterns(text: str | list[Any]) -> LateTiers:
     """'Packages*,Sources*;Release,InRelease' → tiers published one after another."""
     tiers = text if isinstance(text, list) else text.split(";")
     parsed = tuple(
@@ -142,35 +143,6 @@ def parse_late_patterns(text: str | list[Any]) -> tuple[tuple[str, ...], ...]:
         for tier in tiers
     )
     return tuple(tier for tier in parsed if tier)
-
-
-# Index files that point at data: published only after the data (ftpsync's stage two). Tier one
-# is the per-component indexes, tier two the signed roots that name them.
-DEFAULT_LATE_PATTERNS: tuple[tuple[str, ...], ...] = (
-    ("Packages*", "Sources*", "Contents-*", "Translation-*", "Index", "ls-lR*"),
-    (
-        "Release",
-        "Release.gpg",
-        "InRelease",
-        "repomd.xml",
-        "repomd.xml.asc",
-        "repomd.xml.key",
-        "*SUMS",
-        "*SUMS.gpg",
-        "*SUMS.asc",
-        "*SUMS.sign",
-        "CHECKSUM",
-        "*-CHECKSUM",
-        "*.sha1",
-        "*.sha256",
-        "*.sha512",
-        "*.md5",
-        "*.sha1sum",
-        "*.sha256sum",
-        "*.sha512sum",
-        "*.md5sum",
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -212,7 +184,7 @@ class SyncConfig:
     upload_concurrency: int = 16
     multipart_threshold: int = 64 * 1024**2
     lock_ttl: float = 900.0
-    late_patterns: tuple[tuple[str, ...], ...] = DEFAULT_LATE_PATTERNS
+    late_patterns: LateTiers = DEFAULT_LATE_PATTERNS
     trace_path: str = ".mirrorkeeper/trace"
     mirror_name: str = ""
     rsync_command: str = "rsync"
@@ -364,7 +336,7 @@ class VerifyConfig:
     topic_arn: str = ""
     metrics_namespace: str = "Mirrorkeeper"
     trace_path: str = SyncConfig.trace_path
-    late_patterns: tuple[tuple[str, ...], ...] = DEFAULT_LATE_PATTERNS
+    late_patterns: LateTiers = DEFAULT_LATE_PATTERNS
     probe_timeout: float = 10.0
     probe_concurrency: int = 8
     sample_random: int = 8

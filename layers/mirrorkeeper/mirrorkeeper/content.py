@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mirrorkeeper import __version__
+from mirrorkeeper.display import human_size
 from mirrorkeeper.entries import Entry, EntryType
 
 _EXTRA_TYPES = {
@@ -81,18 +82,6 @@ def content_type(name: str) -> str:
     if encoding is not None or guessed is None:
         return "application/octet-stream"
     return guessed
-
-
-def human_size(size: int, compact: bool = False) -> str:
-    """1536 → '1.5 KiB', or '1.5K' in the compact form Apache's autoindex pages use."""
-    value = float(size)
-    for unit in ("", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            if not unit:
-                return f"{value:.0f}" if compact else f"{value:.0f} B"
-            return f"{value:.1f}{unit}" if compact else f"{value:.1f} {unit}iB"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def render_index(directory: str, children: Iterable[Entry], mirror_name: str) -> bytes:

@@ -2,10 +2,11 @@
 
 The served tree and the private state are sibling prefixes under one root, so CloudFront's
 origin path, the bucket policy and the FTP root can name the served prefix alone and private
-state is never reachable by construction (DESIGN.md, "Private state is never served").
+state is never reachable by construction (docs/architecture.md, "Bucket layout").
 
     <root>/pub/...            upstream's tree, our trace file, directory index pages
     <root>/state/...          manifest, last upstream listing, run reports, lock, health
+                              (their keys and formats: mirrorkeeper.state)
 
 A directory is an object whose key ends in "/" (``pub/dir/``): it marks empty directories and
 holds that directory's index page, so ``GET /dir/`` returns the page with no rewrite and no
@@ -55,27 +56,3 @@ class MirrorLayout:
     def directory_key(self, path: str) -> str:
         """Key of the directory marker (and index page) of relative directory ``path`` ('' = root)."""
         return self.served_prefix + (path + "/" if path else "")
-
-    @property
-    def manifest_key(self) -> str:
-        return self.state_prefix + "manifest.jsonl.gz"
-
-    @property
-    def listing_key(self) -> str:
-        return self.state_prefix + "upstream-listing.jsonl.gz"
-
-    @property
-    def lock_key(self) -> str:
-        return self.state_prefix + "lock.json"
-
-    @property
-    def repair_key(self) -> str:
-        """What the drift check found for the next sync to repair (drift.RepairList)."""
-        return self.state_prefix + "repair.json"
-
-    @property
-    def last_run_key(self) -> str:
-        return self.state_prefix + "runs/last.json"
-
-    def run_report_key(self, run_id: str) -> str:
-        return self.state_prefix + f"runs/{run_id}.json"

@@ -25,9 +25,10 @@ from mirrorkeeper.config import (
     parse_endpoint_url,
     parse_upstream,
 )
-from mirrorkeeper.content import human_size
+from mirrorkeeper.display import human_size
 from mirrorkeeper.errors import ConfigError, MirrorkeeperError
 from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.state import StateStore
 
 DESCRIPTION = """\
 Print the announcement of this mirror for the upstream's mirror list (the OpenVZ guide asks for
@@ -123,17 +124,14 @@ def stack_outputs(stack_name: str, region: str, endpoint_url: str | None, client
 
 def mirror_size(s3: Any, layout: MirrorLayout) -> tuple[int, int, str]:
     """(bytes, entries, finished time) of the mirror as the last sync published it."""
-    try:
-        body = s3.get_object(Bucket=layout.bucket, Key=layout.last_run_key)["Body"].read()
-    except ClientError as exc:
-        if exc.response["Error"].get("Code") in ("NoSuchKey", "404"):
-            raise MirrorkeeperError(
-                f"s3://{layout.bucket}/{layout.last_run_key} does not exist: no sync has finished yet. Run the "
-                "first sync (README, 'Deploy'), then announce"
-            ) from None
-        raise MirrorkeeperError(f"could not read the last sync report: {exc}") from None
-    report = json.loads(body)
-    return int(report.get("mirror_bytes", 0)), int(report.get("mirror_entries", 0)), str(report.get("finished_iso", ""))
+    state = StateStore(s3, layout)
+    report = state.last_run_report()
+    if report is None:
+        raise MirrorkeeperError(
+            f"s3://{layout.bucket}/{state.last_run_key} does not exist: no sync has finished yet. Run the "
+            "first sync (README, 'Deploy'), then announce"
+        )
+    return report.mirror_bytes, report.mirror_entries, report.to_json()["finished_iso"]
 
 
 def describe_interval(seconds: float) -> str:

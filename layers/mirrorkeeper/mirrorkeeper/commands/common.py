@@ -1,4 +1,4 @@
-"""Flags every command shares, so their defaults agree (DESIGN.md: same --bucket, same layout)."""
+"""Flags every command shares, so their defaults agree (same --bucket, same layout: docs/architecture.md)."""
 
 import argparse
 

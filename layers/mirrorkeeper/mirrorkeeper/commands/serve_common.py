@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from mirrorkeeper.aws import s3_client
+from mirrorkeeper.aws import check_bucket, s3_client
 from mirrorkeeper.commands.common import flags_of
 from mirrorkeeper.config import ServeConfig, load_serve_config
-from mirrorkeeper.frontends.served import ObjectCache, ServedTree
 from mirrorkeeper.logs import setup_logging
-from mirrorkeeper.store import MirrorStore
+from mirrorkeeper.serve.served import ObjectCache, ServedTree
 
 
 def add_serve_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
@@ -40,6 +39,6 @@ def start_serving(args: argparse.Namespace, default_port: int) -> tuple[ServeCon
     setup_logging(args.log_format, args.log_level)
     config = load_serve_config(flags_of(args), default_port)
     client = s3_client(config.aws, pool_size=config.max_connections)
-    MirrorStore(client, config.layout).check_bucket()
+    check_bucket(client, config.layout.bucket)
     cache = ObjectCache(config.cache_ttl) if config.cache_ttl > 0 else None
     return config, ServedTree(client, config.layout, cache)

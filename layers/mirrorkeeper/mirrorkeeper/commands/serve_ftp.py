@@ -8,7 +8,7 @@ import os
 
 from mirrorkeeper.commands.common import add_location_flags, add_logging_flags
 from mirrorkeeper.commands.serve_common import add_serve_flags, start_serving
-from mirrorkeeper.frontends.ftp import make_server
+from mirrorkeeper.serve.ftp import make_server
 
 DEFAULT_PORT = 2121
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import logging
 
 from mirrorkeeper.commands.common import add_location_flags, add_logging_flags
 from mirrorkeeper.commands.serve_common import add_serve_flags, start_serving
-from mirrorkeeper.frontends.http import MirrorHTTPServer
+from mirrorkeeper.serve.http import MirrorHTTPServer
 
 DEFAULT_PORT = 8080
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from mirrorkeeper.commands.common import add_location_flags, add_logging_flags, flags_of
 from mirrorkeeper.config import load_sync_config
 from mirrorkeeper.errors import UpstreamError
-from mirrorkeeper.rsync import ListingRun, RsyncClient
+from mirrorkeeper.sync.rsync import ListingRun, RsyncClient
 
 DESCRIPTION = """\
 Sync an upstream rsync:// module into S3, incrementally and safely.
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         gc.disable()
         try:
             from mirrorkeeper.aws import RequestCounter, s3_client
-            from mirrorkeeper.sync import SyncRun
+            from mirrorkeeper.sync.run import SyncRun
 
             counter = RequestCounter()
             client = s3_client(config.aws, counter, pool_size=config.upload_concurrency + 8)

@@ -101,8 +101,8 @@ def _read_event(path: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirrorkeeper.summary import print_verify_summary
-    from mirrorkeeper.workflow import Deps, cli_trigger, run_chain
+    from mirrorkeeper.verify.summary import print_verify_summary
+    from mirrorkeeper.verify.workflow import Deps, cli_trigger, run_chain
 
     setup_logging(args.log_format, args.log_level)
     flags = {k: v for k, v in flags_of(args).items() if k not in ("event", "json", "metrics")}

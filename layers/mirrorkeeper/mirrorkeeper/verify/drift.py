@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mirrorkeeper.manifest import Row
+from mirrorkeeper.state import RESERVED_DIR, RepairList
 
-RESERVED_PREFIX = ".mirrorkeeper/"
 EXAMPLES = 10
-REPAIR_LIMIT = 100_000  # paths a repair list holds; a larger drift is repaired over several syncs
 _DIR = "d"
 _FILE = "f"
 _SYMLINK = "l"
@@ -68,38 +67,6 @@ class DriftReport:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "drift": self.drift, "completion_pct": self.completion_pct}
-
-
-@dataclass
-class RepairList:
-    """What the next sync must fix besides upstream's changes (``state/repair.json``): published
-    paths whose object is missing or of the wrong size (uploaded again) and served keys the
-    manifest does not know (deleted, unless upstream has them by then)."""
-
-    reupload: list[str] = field(default_factory=list)
-    delete: list[str] = field(default_factory=list)
-    complete: bool = True
-
-    def add(self, into: list[str], item: str) -> None:
-        if len(self.reupload) + len(self.delete) < REPAIR_LIMIT:
-            into.append(item)
-        else:
-            self.complete = False
-
-    def __bool__(self) -> bool:
-        return bool(self.reupload or self.delete)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any] | None) -> "RepairList":
-        doc = doc or {}
-        return cls(
-            [str(p) for p in doc.get("reupload", ()) if isinstance(p, str)],
-            [str(k) for k in doc.get("delete", ()) if isinstance(k, str)],
-            bool(doc.get("complete", True)),
-        )
 
 
 def row_key(row: Row) -> str:
@@ -203,6 +170,6 @@ def diff_mirror(
 def _next_object(stored: Iterator[tuple[str, int]]) -> tuple[str, int]:
     """The next served object the manifest accounts for: the root page and our own files are not."""
     for key, size in stored:
-        if key and not key.startswith(RESERVED_PREFIX):
+        if key and not key.startswith(RESERVED_DIR):
             return key, size
     return _DONE, 0

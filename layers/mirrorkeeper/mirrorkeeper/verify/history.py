@@ -1,5 +1,5 @@
-"""Health kept between verify runs (``state/health.json``): the levels last seen, when people were
-last told, the last sync's outcome, the last checks (for the status page) and 14 days of history.
+"""How health kept between verify runs (:class:`~mirrorkeeper.state.HealthState`, ``state/health.json``)
+moves on with each check: the levels last seen, when people were last told, 14 days of history.
 
 It is what makes alerts edge-triggered: a message when a level changes, a reminder while one stays
 bad, one "resolved" message when all is well again.
@@ -8,93 +8,18 @@ bad, one "resolved" message when all is well again.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
 
-from mirrorkeeper.drift import DriftReport
-from mirrorkeeper.health import HISTORY_SECONDS, MIRROR, OVERALL, Assessment, Level, StepFailure, SyncOutcome
-from mirrorkeeper.probes import EndpointReport
-
-STATE_VERSION = 1
+from mirrorkeeper.state import HealthState, HistoryPoint, Level, ProtocolStatus, SyncOutcome
+from mirrorkeeper.verify.drift import DriftReport
+from mirrorkeeper.verify.health import HISTORY_SECONDS, MIRROR, OVERALL, Assessment, StepFailure
+from mirrorkeeper.verify.probes import EndpointReport
 
 
 class Notice(StrEnum):
     CHANGED = "changed"
     REMINDER = "reminder"
     RESOLVED = "resolved"
-
-
-@dataclass
-class ProtocolStatus:
-    """The last probe of one protocol, as the status page shows it."""
-
-    url: str
-    level: str
-    trace_epoch: int | None
-    passed: int
-    failed: int
-    missing_check: bool | None
-    latency_ms: float | None
-    reasons: list[str]
-
-
-@dataclass
-class HistoryPoint:
-    t: float
-    overall: str
-    levels: dict[str, str]
-    freshness: dict[str, float | None]
-    completion: float | None
-
-
-@dataclass
-class HealthState:
-    levels: dict[str, str] = field(default_factory=dict)
-    since: dict[str, float] = field(default_factory=dict)
-    last_notified: float = 0.0
-    last_sync: SyncOutcome | None = None
-    last_report_run_id: str = ""
-    checked_at: float = 0.0
-    protocols: dict[str, ProtocolStatus] = field(default_factory=dict)
-    mirror_reasons: list[str] = field(default_factory=list)
-    completion: float | None = None
-    drift: int | None = None
-    lag: int | None = None
-    history: list[HistoryPoint] = field(default_factory=list)
-
-    def level(self, component: str) -> Level:
-        return Level.parse(self.levels.get(component, "ok"))
-
-    def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["version"] = STATE_VERSION
-        doc["last_sync"] = self.last_sync.to_json() if self.last_sync else None
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any] | None) -> HealthState:
-        """The stored state; an absent, older or damaged document starts afresh (history is a
-        convenience, alerts must keep working)."""
-        if not doc or doc.get("version") != STATE_VERSION:
-            return cls()
-        try:
-            return cls(
-                levels=dict(doc.get("levels", {})),
-                since=dict(doc.get("since", {})),
-                last_notified=float(doc.get("last_notified", 0.0)),
-                last_sync=SyncOutcome.from_json(doc["last_sync"]) if doc.get("last_sync") else None,
-                last_report_run_id=str(doc.get("last_report_run_id", "")),
-                checked_at=float(doc.get("checked_at", 0.0)),
-                protocols={k: ProtocolStatus(**v) for k, v in doc.get("protocols", {}).items()},
-                mirror_reasons=list(doc.get("mirror_reasons", [])),
-                completion=doc.get("completion"),
-                drift=doc.get("drift"),
-                lag=doc.get("lag"),
-                history=[HistoryPoint(**p) for p in doc.get("history", [])],
-            )
-        except (TypeError, ValueError, KeyError):
-            return cls()
 
 
 def changed_components(previous: HealthState, assessment: Assessment) -> dict[str, tuple[Level, Level]]:

@@ -1,6 +1,6 @@
 """From a raw rsync listing to the tree we will mirror: names checked, symlinks resolved.
 
-Symlinks are handled on purpose (DESIGN.md): one that resolves inside the tree is published
+Symlinks are handled on purpose (docs/architecture.md, docs/sync.md): one that resolves inside the tree is published
 (a file link as a server-side copy of its target, a directory link as a redirect); one that is
 absolute, leaves the tree, dangles or loops is skipped and reported, like rsync's --safe-links.
 """
@@ -12,7 +12,7 @@ from enum import StrEnum
 from mirrorkeeper.entries import Entry, EntryType, ancestors
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.names import refusal_reason
-from mirrorkeeper.rsync import Listing
+from mirrorkeeper.sync.rsync import Listing
 
 MAX_SYMLINK_HOPS = 40
 

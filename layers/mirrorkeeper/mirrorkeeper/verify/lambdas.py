@@ -2,7 +2,7 @@
 
 Powertools as its docs show it: Logger (JSON, the trigger's id as correlation id, the package's
 own loggers routed through it) and Tracer here; metrics leave as EMF through Powertools'
-EphemeralMetrics in mirrorkeeper.metrics, one document per dimension set (Mirror, or Mirror and
+EphemeralMetrics in mirrorkeeper.verify.metrics, one document per dimension set (Mirror, or Mirror and
 Protocol), which a single module-level Metrics object cannot express. Settings come from the
 MIRRORKEEPER_* environment, parsed per invocation by the same function the command line uses.
 """
@@ -15,7 +15,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from mirrorkeeper.config import load_verify_config
-from mirrorkeeper.workflow import Deps
+from mirrorkeeper.verify.workflow import Deps
 
 logger = Logger()
 tracer = Tracer()

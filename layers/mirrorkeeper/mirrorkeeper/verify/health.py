@@ -19,35 +19,20 @@ A level change sends one message; a level that stays bad sends a reminder every
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from enum import IntEnum
+from dataclasses import dataclass, field
 from typing import Any
 
-from mirrorkeeper.drift import DriftReport
+from mirrorkeeper.display import human_age
 from mirrorkeeper.errors import ExitCode
-from mirrorkeeper.probes import EndpointReport, Outcome, ProbeKind
+from mirrorkeeper.state import Level, SyncOutcome
+from mirrorkeeper.verify.drift import DriftReport
+from mirrorkeeper.verify.probes import EndpointReport, Outcome, ProbeKind
 
 DEGRADED_AFTER = 2.0
 DOWN_AFTER = 6.0
 HISTORY_SECONDS = 14 * 86400
 MIRROR = "mirror"
 OVERALL = "overall"
-
-
-class Level(IntEnum):
-    """Ordered so that ``max`` is 'the worst'; the value is the HealthLevel metric."""
-
-    OK = 0
-    DEGRADED = 1
-    DOWN = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-    @classmethod
-    def parse(cls, text: str) -> Level:
-        return cls[text.upper()]
 
 
 @dataclass(frozen=True)
@@ -66,29 +51,6 @@ class StepFailure:
 
     error: str
     cause: str
-
-
-@dataclass(frozen=True)
-class SyncOutcome:
-    """How the last sync ended, from its run report or from the ECS task-stopped event."""
-
-    finished: float
-    ok: bool
-    exit_code: int | None
-    reason: str
-    source: str  # "run-report" or "ecs-event"
-    run_id: str = ""
-    duration: float = 0.0
-    uploaded_bytes: int = 0
-    files_changed: int = 0
-    s3_requests: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> SyncOutcome:
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 
 def sync_from_exit(exit_code: int | None, reason: str) -> tuple[bool, str]:
@@ -126,18 +88,6 @@ class Assessment:
 
     def reasons(self, component: str) -> list[str]:
         return [f.reason for f in self.findings if f.component == component]
-
-
-def human_age(seconds: float) -> str:
-    """An age as people say it, in alerts, the status page and summaries."""
-    seconds = max(seconds, 0.0)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def assess_endpoint(report: EndpointReport, now: float, sync_interval: float, cache_grace: float) -> list[Finding]:

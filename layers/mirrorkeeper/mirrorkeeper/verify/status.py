@@ -1,5 +1,5 @@
 """The status page: ``status.html`` for people and ``status.json`` for tools, rendered from the
-stored :class:`~mirrorkeeper.healthstate.HealthState` and published into the served tree.
+stored :class:`~mirrorkeeper.state.HealthState` and published into the served tree.
 
 The page follows mirmon: one row per protocol with its level, the age of the trace file as text
 and as a bar, and the last probe results; then the last sync, the content's completeness and a
@@ -31,12 +31,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirrorkeeper.content import human_size
-from mirrorkeeper.health import DEGRADED_AFTER, DOWN_AFTER, HISTORY_SECONDS, MIRROR, OVERALL, Level, human_age
-from mirrorkeeper.healthstate import HealthState, HistoryPoint, ProtocolStatus
-
-STATUS_HTML_PATH = ".mirrorkeeper/status.html"
-STATUS_JSON_PATH = ".mirrorkeeper/status.json"
+from mirrorkeeper.display import human_age, human_size, iso
+from mirrorkeeper.state import HealthState, HistoryPoint, Level, ProtocolStatus
+from mirrorkeeper.verify.health import DEGRADED_AFTER, DOWN_AFTER, HISTORY_SECONDS, MIRROR, OVERALL
 
 HOUR = 3600
 DAY = 86400
@@ -50,10 +47,6 @@ COLOURS = {"ok": "#2e7d32", "degraded": "#f9a825", "down": "#c62828", "unknown":
 _RANK = {level.label: int(level) for level in Level}
 _LINK_SCHEMES = ("http://", "https://", "ftp://")
 _MISSING_CODE = {"http": "404", "https": "404", "ftp": "550"}
-
-
-def iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def known_label(text: str) -> str:

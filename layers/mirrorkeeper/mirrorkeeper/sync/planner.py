@@ -8,11 +8,11 @@ unchanged entries keep their recorded SHA-256, changed ones get theirs when uplo
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from fnmatch import fnmatchcase
 
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.errors import DeletionGuardError
-from mirrorkeeper.tree import UpstreamTree
+from mirrorkeeper.sync.tree import UpstreamTree
+from mirrorkeeper.tiers import LateTiers, late_tier
 
 
 class ChangeKind(StrEnum):
@@ -80,15 +80,7 @@ class Plan:
         }
 
 
-def late_tier(name: str, tiers: tuple[tuple[str, ...], ...]) -> int | None:
-    """Which late tier a file name belongs to (0-based), or None for plain data."""
-    for number, patterns in enumerate(tiers):
-        if any(fnmatchcase(name, pattern) for pattern in patterns):
-            return number
-    return None
-
-
-def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: tuple[tuple[str, ...], ...]) -> Plan:
+def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: LateTiers) -> Plan:
     plan = Plan(target=[], late_tiers=[[] for _ in late_patterns])
     # Only symlinks need to know which paths changed (a link is republished when its target
     # changes): without any, skip a set as big as the change list.

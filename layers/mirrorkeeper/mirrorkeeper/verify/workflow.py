@@ -18,123 +18,45 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from mirrorkeeper.alerts import LogNotifier, Notifier, SnsNotifier, compose
 from mirrorkeeper.aws import S3Client, s3_client, service_client
 from mirrorkeeper.config import VerifyConfig
-from mirrorkeeper.drift import DriftReport, RepairList, diff_mirror
-from mirrorkeeper.errors import ConfigError, StateConflictError
-from mirrorkeeper.health import OVERALL, StepFailure, SyncOutcome, assess, sync_from_exit
-from mirrorkeeper.healthstate import HealthState, decide_notice, next_state
-from mirrorkeeper.metrics import CloudWatchSink, EmfSink, MetricsSink, health_metrics
-from mirrorkeeper.probes import EndpointReport, choose_sample, probe_all
-from mirrorkeeper.report import SyncResult
-from mirrorkeeper.statestore import StateStore
-from mirrorkeeper.status import STATUS_HTML_PATH, STATUS_JSON_PATH, render_status_html, render_status_json
+from mirrorkeeper.errors import StateConflictError
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.s3errors import s3_errors
+from mirrorkeeper.state import (
+    STATUS_HTML_PATH,
+    STATUS_JSON_PATH,
+    RepairList,
+    RunReport,
+    StateStore,
+    SyncOutcome,
+    SyncResult,
+)
+from mirrorkeeper.verify.alerts import LogNotifier, Notifier, SnsNotifier, compose
+from mirrorkeeper.verify.drift import DriftReport, diff_mirror
+from mirrorkeeper.verify.events import (
+    DiffInput,
+    EcsTaskStateChange,
+    InvalidEventError,
+    ProbeInput,
+    ProbeRun,
+    PublishInput,
+    StepError,
+    parse_event,
+)
+from mirrorkeeper.verify.health import OVERALL, assess, sync_from_exit
+from mirrorkeeper.verify.history import decide_notice, next_state
+from mirrorkeeper.verify.metrics import CloudWatchSink, EmfSink, MetricsSink, health_metrics
+from mirrorkeeper.verify.probes import choose_sample, probe_all
+from mirrorkeeper.verify.status import render_status_html, render_status_json
 
 log = logging.getLogger(__name__)
 SYNC_CONTAINER = "sync"
 STATE_WRITE_ATTEMPTS = 3
-
-
-class InvalidEventError(ConfigError):
-    """The event does not have the shape this step expects; the message names the field."""
-
-
-# -- event shapes -------------------------------------------------------------------------------
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-
-class EcsContainer(_Model):
-    name: str = ""
-    exitCode: int | None = None  # noqa: N815 - ECS's field name
-    reason: str = ""
-
-
-class EcsTaskDetail(_Model):
-    taskArn: str  # noqa: N815
-    lastStatus: Literal["STOPPED"]  # noqa: N815
-    stoppedReason: str = ""  # noqa: N815
-    stopCode: str = ""  # noqa: N815
-    stoppedAt: datetime | None = None  # noqa: N815
-    containers: list[EcsContainer] = Field(default_factory=list)
-
-
-class EcsTaskStateChange(_Model):
-    """EventBridge's ECS Task State Change event for the sync task, filtered to STOPPED."""
-
-    source: Literal["aws.ecs"]
-    detail_type: Literal["ECS Task State Change"] = Field(alias="detail-type")
-    id: str = ""
-    time: datetime
-    detail: EcsTaskDetail
-
-
-class ScheduledVerify(_Model):
-    """The verify schedule's input (and what ``mirrorkeeper verify`` sends by default)."""
-
-    source: Literal["mirrorkeeper.schedule", "mirrorkeeper.cli"]
-    detail_type: str = Field(alias="detail-type", default="Scheduled verify")
-    id: str = ""
-    time: str = ""
-
-
-Trigger = Annotated[EcsTaskStateChange | ScheduledVerify, Field(discriminator="source")]
-
-
-class StepError(_Model):
-    """What Step Functions' Catch (and the local runner) records for a failed step."""
-
-    Error: str
-    Cause: str = ""
-
-    def failure(self) -> StepFailure:
-        return StepFailure(self.Error, self.Cause[:500])
-
-
-@dataclass
-class ProbeRun:
-    endpoints: list[EndpointReport] = field(default_factory=list)
-    sample: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"sample": self.sample, "endpoints": [e.to_json() for e in self.endpoints]}
-
-
-class DiffInput(_Model):
-    trigger: Trigger
-
-
-class ProbeInput(_Model):
-    trigger: Trigger
-
-
-class PublishInput(_Model):
-    trigger: Trigger
-    # StepError first: every DriftReport field has a default, so any object would pass as one.
-    drift: StepError | DriftReport = Field(union_mode="left_to_right")
-    probes: StepError | ProbeRun = Field(union_mode="left_to_right")
-
-
-def parse_event[M: BaseModel](model: type[M], event: Any) -> M:
-    try:
-        return model.model_validate(event)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors()[:5]
-        )
-        raise InvalidEventError(
-            f"the {model.__name__} event is malformed ({problems}); compare it with the samples in events/"
-        ) from None
 
 
 # -- what the steps need ----------------------------------------------------------------------
@@ -179,35 +101,38 @@ class _NoMetrics:
 
 def diff_manifests(event: Any, deps: Deps) -> dict[str, Any]:
     parse_event(DiffInput, event)
-    layout, store = deps.config.layout, deps.store
+    store = deps.store
     report, repair = DriftReport(), RepairList()
-    lease, _ = store.read_json(layout.lock_key)
+    lease = store.read_lease()
     # A running sync has uploaded objects its manifest does not list yet: not drift.
-    report.sync_in_progress = bool(lease) and _float(lease, "expires_at") > deps.clock()
-    with store.manifest_rows(layout.listing_key) as listing, store.manifest_rows(layout.manifest_key) as manifest:
+    report.sync_in_progress = lease is not None and lease[0] is not None and lease[0].expires_at > deps.clock()
+    with store.manifest_rows(store.listing_key) as listing, store.manifest_rows(store.manifest_key) as manifest:
         report.listing_generated = listing[0].generated if listing else ""
         report.manifest_generated = manifest[0].generated if manifest else ""
         diff_mirror(
             listing[1] if listing else None,
             manifest[1] if manifest else None,
-            store.served_objects(),
+            served_objects(deps.s3, deps.config.layout),
             report,
             repair,
         )
     if not report.sync_in_progress and report.manifest_generated:
         # The next sync uploads again what is missing or damaged and deletes what nobody published.
-        store.put_or_delete_json(layout.repair_key, repair.to_json() if repair else None)
+        store.write_repair_list(repair)
         if repair:
             store.flag_manifest_for_repair()
     log.info("diff done", extra={"drift": report.drift, "lag": report.lag, "completion_pct": report.completion_pct})
     return report.to_json()
 
 
-def _float(doc: dict[str, Any] | None, key: str) -> float:
-    try:
-        return float((doc or {}).get(key, 0.0))
-    except (TypeError, ValueError):
-        return 0.0
+def served_objects(client: S3Client, layout: MirrorLayout) -> Iterator[tuple[str, int]]:
+    """``(key relative to the served prefix, size)`` of every served object, in key order."""
+    prefix = layout.served_prefix
+    paginator = client.get_paginator("list_objects_v2")
+    with s3_errors(f"list s3://{layout.bucket}/{prefix}"):
+        for page in paginator.paginate(Bucket=layout.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                yield item["Key"][len(prefix) :], int(item["Size"])
 
 
 # -- step 2: probe-endpoints --------------------------------------------------------------------
@@ -216,7 +141,7 @@ def _float(doc: dict[str, Any] | None, key: str) -> float:
 def probe_endpoints(event: Any, deps: Deps) -> dict[str, Any]:
     parse_event(ProbeInput, event)
     config = deps.config
-    with deps.store.manifest_rows(config.layout.manifest_key) as manifest:
+    with deps.store.manifest_rows(deps.store.manifest_key) as manifest:
         sample = (
             choose_sample(
                 manifest[1],
@@ -243,27 +168,21 @@ def probe_endpoints(event: Any, deps: Deps) -> dict[str, Any]:
 # -- step 3: publish-health ---------------------------------------------------------------------
 
 
-def _report_outcome(doc: dict[str, Any] | None) -> SyncOutcome | None:
-    if not doc or not doc.get("finished"):
+def _report_outcome(report: RunReport | None) -> SyncOutcome | None:
+    if report is None:
         return None
-    try:
-        result = SyncResult(doc.get("result", "failed"))
-        exit_code = int(doc.get("exit_code", 1))
-    except (ValueError, TypeError):
-        return None
-    ok, reason = sync_from_exit(exit_code, str(doc.get("error", "")))
-    ok = ok and result is not SyncResult.FAILED
+    ok, reason = sync_from_exit(report.exit_code, report.error)
     return SyncOutcome(
-        finished=float(doc["finished"]),
-        ok=ok,
-        exit_code=exit_code,
+        finished=report.finished,
+        ok=ok and report.result is not SyncResult.FAILED,
+        exit_code=report.exit_code,
         reason=reason,
         source="run-report",
-        run_id=str(doc.get("run_id", "")),
-        duration=float(doc.get("duration", 0.0)),
-        uploaded_bytes=int(doc.get("uploaded_bytes", 0)),
-        files_changed=int(doc.get("uploaded_files", 0)) + int(doc.get("deleted_objects", 0)),
-        s3_requests=int(doc.get("s3_requests", 0)),
+        run_id=report.run_id,
+        duration=report.duration,
+        uploaded_bytes=report.uploaded_bytes,
+        files_changed=report.uploaded_files + report.deleted_objects,
+        s3_requests=report.s3_requests,
     )
 
 
@@ -289,12 +208,11 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
     config, store, now = deps.config, deps.store, deps.clock()
     drift = parsed.drift.failure() if isinstance(parsed.drift, StepError) else parsed.drift
     probes = parsed.probes.failure() if isinstance(parsed.probes, StepError) else parsed.probes.endpoints
-    report = _report_outcome(store.read_json(config.layout.last_run_key)[0])
+    report = _report_outcome(store.last_run_report())
     from_event = _event_outcome(parsed.trigger) if isinstance(parsed.trigger, EcsTaskStateChange) else None
     status_url = config.http_url + STATUS_HTML_PATH if config.http_url else ""
     for _ in range(STATE_WRITE_ATTEMPTS):
-        doc, etag = store.read_json(store.health_key)
-        previous = HealthState.from_json(doc)
+        previous, etag = store.read_health()
         sync = latest_sync(previous.last_sync, report, from_event)
         assessment = assess(now, config.sync_interval, list(config.endpoints), drift, probes, sync, config.cache_grace)
         notice = decide_notice(previous, assessment, now, config.reminder_interval)
@@ -303,7 +221,7 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
         if report:
             state.last_report_run_id = report.run_id
         try:
-            store.write_json(store.health_key, state.to_json(), etag)
+            store.write_health(state, etag)
             break
         except StateConflictError:
             log.info("health state changed under us (another verify run); recomputing")

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-# Every kind of name DESIGN.md says must round-trip. Newline is separate: moto's server cannot
+# Every kind of name that must round-trip (docs/sync.md). Newline is separate: moto's server cannot
 # route such a key (real S3 can), so tests that go through it opt in explicitly.
 HOSTILE_NAMES = (
     "with space.txt",

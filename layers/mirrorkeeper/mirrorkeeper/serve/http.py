@@ -23,8 +23,8 @@ from typing import Any
 from urllib.parse import quote
 
 from mirrorkeeper.errors import StorageError
-from mirrorkeeper.frontends.routing import route
-from mirrorkeeper.frontends.served import ObjectBody, ObjectChangedError, ObjectInfo, ServedTree
+from mirrorkeeper.serve.routing import route
+from mirrorkeeper.serve.served import ObjectBody, ObjectChangedError, ObjectInfo, ServedTree
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,16 @@ from typing import Any
 
 from mirrorkeeper.aws import RequestCounter, s3_client, service_client
 from mirrorkeeper.config import AwsConfig, SyncConfig, VerifyConfig
-from mirrorkeeper.errors import ConfigError
+from mirrorkeeper.display import table
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.logs import setup_logging
-from mirrorkeeper.report import RunReport, SyncResult
-from mirrorkeeper.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper.sampletree import openvz_like, write_file
-from mirrorkeeper.services import serving
-from mirrorkeeper.summary import print_verify_summary, table
-from mirrorkeeper.sync import SyncRun
-from mirrorkeeper.workflow import Deps, cli_trigger, run_chain
+from mirrorkeeper.state import RunReport, SyncResult
+from mirrorkeeper.sync.run import SyncRun
+from mirrorkeeper.verify.summary import print_verify_summary
+from mirrorkeeper.verify.workflow import Deps, cli_trigger, run_chain
+from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper_dev.sampletree import openvz_like, write_file
+from mirrorkeeper_dev.services import serving
 
 BUCKET = "mirrorkeeper-demo"
 log = logging.getLogger(__name__)
@@ -52,10 +52,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _moto_server(stack: ExitStack) -> str:
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        raise ConfigError("the demo needs moto's server: pip install 'mirrorkeeper[demo]'") from None
+    from moto.server import ThreadedMotoServer  # here: importing moto takes a while, and only the demo needs it
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

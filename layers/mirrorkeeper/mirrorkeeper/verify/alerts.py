@@ -9,9 +9,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mirrorkeeper.aws import aws_errors
-from mirrorkeeper.health import OVERALL, Assessment, Level, human_age
-from mirrorkeeper.healthstate import HealthState, Notice, changed_components
+from mirrorkeeper.display import human_age
+from mirrorkeeper.s3errors import aws_errors
+from mirrorkeeper.state import HealthState, Level
+from mirrorkeeper.verify.health import OVERALL, Assessment
+from mirrorkeeper.verify.history import Notice, changed_components
 
 log = logging.getLogger(__name__)
 SUBJECT_LIMIT = 99  # SNS: ASCII, under 100 characters, no line breaks

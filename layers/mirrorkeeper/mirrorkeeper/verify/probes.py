@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 from mirrorkeeper.manifest import Row
-from mirrorkeeper.planner import late_tier
+from mirrorkeeper.tiers import LateTiers, late_tier
 
 READ_LIMIT = 1 << 20  # root listings and trace files are small; never buffer more than this
 _EPOCH_RE = re.compile(rb"^Epoch:\s*(\d+)\s*$", re.MULTILINE)
@@ -134,7 +134,7 @@ class EndpointReport:
 
 def choose_sample(
     rows: Iterable[Row],
-    late_patterns: tuple[tuple[str, ...], ...],
+    late_patterns: LateTiers,
     random_count: int,
     newest_count: int,
     late_count: int,

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
 from typing import IO, Any
 
-from mirrorkeeper.health import human_age
+from mirrorkeeper.display import human_age, table
 
 MISSING_STATUS = {"http": "404", "ftp": "550"}
-
-
-def table(rows: Sequence[Sequence[object]]) -> str:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
 
 
 def _age(seconds: float | None) -> str:

@@ -17,10 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mirrorkeeper.aws import aws_errors
-from mirrorkeeper.drift import DriftReport
-from mirrorkeeper.health import Assessment, StepFailure, SyncOutcome
-from mirrorkeeper.probes import EndpointReport
+from mirrorkeeper.s3errors import aws_errors
+from mirrorkeeper.state import SyncOutcome
+from mirrorkeeper.verify.drift import DriftReport
+from mirrorkeeper.verify.health import Assessment, StepFailure
+from mirrorkeeper.verify.probes import EndpointReport
 
 NAMESPACE = "Mirrorkeeper"
 

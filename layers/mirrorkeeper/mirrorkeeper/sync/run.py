@@ -28,7 +28,7 @@ from stat import S_ISREG
 from typing import IO, cast
 from urllib.parse import quote
 
-from mirrorkeeper.aws import RequestCounter, S3Client
+from mirrorkeeper.aws import RequestCounter, S3Client, check_bucket
 from mirrorkeeper.config import SyncConfig
 from mirrorkeeper.content import (
     INDEX_CACHE_CONTROL,
@@ -38,34 +38,32 @@ from mirrorkeeper.content import (
     render_redirect,
     render_trace,
 )
-from mirrorkeeper.drift import RepairList
+from mirrorkeeper.display import iso
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.errors import DeletionGuardError, ExitCode, MirrorkeeperError
-from mirrorkeeper.lock import Lease
 from mirrorkeeper.logs import Progress
 from mirrorkeeper.manifest import ManifestHeader
 from mirrorkeeper.names import printable
-from mirrorkeeper.planner import Change, Plan, check_guard, make_plan
-from mirrorkeeper.report import RunReport, SyncResult, new_run_id
-from mirrorkeeper.rsync import ListingRun, RsyncClient
-from mirrorkeeper.statestore import StateStore
-from mirrorkeeper.store import (
-    BYTES_META,
-    ENTRIES_META,
-    LISTING_META,
+from mirrorkeeper.state import (
+    FRESH_CACHE_CONTROL,
     MTIME_META,
-    REPAIR_META,
-    RUN_META,
-    SKIPPED_META,
+    RESERVED_DIR,
     SYMLINK_META,
-    MirrorStore,
+    ManifestMeta,
+    RepairList,
+    RunReport,
+    StateStore,
+    SyncResult,
+    new_run_id,
 )
-from mirrorkeeper.tree import LinkKind, UpstreamTree, build_tree
+from mirrorkeeper.sync.lease import Lease
+from mirrorkeeper.sync.planner import Change, Plan, check_guard, make_plan
+from mirrorkeeper.sync.rsync import ListingRun, RsyncClient
+from mirrorkeeper.sync.store import MirrorStore
+from mirrorkeeper.sync.tree import LinkKind, UpstreamTree, build_tree
 
 log = logging.getLogger(__name__)
 
-RESERVED_DIR = ".mirrorkeeper/"
-TRACE_CACHE_CONTROL = "no-cache, max-age=0"
 REPORT_SKIPPED_LIMIT = 200
 # Files per fetch batch. Without a cap, a tree of small files is one batch under any byte budget,
 # and nothing uploads until rsync has fetched all of it. 1000 files is one rsync session (a
@@ -115,6 +113,7 @@ class SyncRun:
         self.client = client
         self.counter = counter
         self.store = MirrorStore(client, config.layout, config.multipart_threshold)
+        self.state = StateStore(client, config.layout)
         self.rsync = rsync or RsyncClient(config.rsync_command, config.rsync_timeout)
         self.interactive = interactive
         self.out = out or sys.stdout
@@ -139,11 +138,9 @@ class SyncRun:
                     # Started first: rsync lists while we check the bucket and take the lock.
                     self._listing = stack.enter_context(self.rsync.start_list(self.config.upstream))
                 if self.config.dry_run:
-                    self.store.check_bucket()
+                    check_bucket(self.client, self.layout.bucket)
                     return self._dry_run()
-                self.lease = Lease(
-                    self.client, self.layout.bucket, self.layout.lock_key, self.config.lock_ttl, self.clock
-                )
+                self.lease = Lease(self.state, self.config.lock_ttl, self.clock)
                 with self.lease:
                     self._sync()
         except MirrorkeeperError as exc:
@@ -204,7 +201,7 @@ class SyncRun:
         # Published paths whose objects are missing or damaged are planned as never published:
         # fetched and uploaded again, like any new file.
         damaged = set(repair.reupload) if repair else set()
-        with self.store.open_manifest() as published:
+        with self.state.manifest_entries() as published:
             trusted = (entry for entry in published if entry.path not in damaged) if damaged else published
             plan = make_plan(tree, trusted, self.config.late_patterns)
         self.report.plan = plan.counts()
@@ -246,19 +243,12 @@ class SyncRun:
     def _sync(self) -> None:
         self._phase("list")
         # Asked while rsync may still be listing: one HEAD, whatever the size of the tree.
-        published = self.store.manifest_metadata()
+        published = self.state.manifest_meta()
         key = self._listing_key()
-        if (
-            published is not None
-            and key is not None
-            and published.get(LISTING_META) == key
-            and self._unchanged(published)
-        ):
+        if published is not None and key is not None and published.listing_key == key and self._unchanged(published):
             return
         tree = self._build_tree()
-        repair = (
-            StateStore(self.client, self.layout).repair_list() if published and published.get(REPAIR_META) else None
-        )
+        repair = self.state.repair_list() if published is not None and published.repair else None
         plan = self._plan(tree, repair)
         check_guard(plan, tree, self.config.max_delete_percent, self.config.force_delete)
         strays = self._strays(plan, repair)
@@ -266,8 +256,8 @@ class SyncRun:
             self._publish_trace(*_totals(plan.target))
             self._finish(SyncResult.NO_CHANGE, 0, "")
             return
-        header = ManifestHeader(_iso(self.clock()), self.config.upstream, len(tree.entries))
-        self.store.put_manifest(self.layout.listing_key, header, tree.entries)
+        header = ManifestHeader(iso(self.clock()), self.config.upstream, len(tree.entries))
+        self.state.put_manifest(self.state.listing_key, header, tree.entries)
         self._digests = Digests(len(plan.target))
         staging_root = Path(tempfile.mkdtemp(prefix="mirrorkeeper-", dir=self.config.staging_dir))
         try:
@@ -295,23 +285,17 @@ class SyncRun:
         )
         self._phase("manifest")
         count, size = _totals(plan.target)
-        metadata: dict[str, str] = {}
+        meta = None
         if key is not None and tree.complete and self._as_listed:
-            metadata = {
-                LISTING_META: key,
-                ENTRIES_META: str(count),
-                BYTES_META: str(size),
-                SKIPPED_META: str(len(tree.skipped)),
-                RUN_META: self.report.run_id,
-            }
-        self.store.put_manifest(
-            self.layout.manifest_key,
-            ManifestHeader(_iso(self.clock()), self.config.upstream, count),
+            meta = ManifestMeta(key, count, size, len(tree.skipped), self.report.run_id)
+        self.state.put_manifest(
+            self.state.manifest_key,
+            ManifestHeader(iso(self.clock()), self.config.upstream, count),
             self._published(plan),
-            metadata,
+            meta,
         )
         if repair is not None:
-            self.store.delete_keys([self.layout.repair_key])  # done: the manifest now matches S3 again
+            self.state.delete_repair_list()  # done: the manifest now matches S3 again
             self.report.repaired = len(repair.reupload) + len(strays)
         self._publish_trace(count, size)
         self._finish(SyncResult.SUCCESS, 0, "")
@@ -324,7 +308,7 @@ class SyncRun:
         planned = {e.path + "/" if e.type is EntryType.DIR else e.path for e in plan.target if e is not None}
         return [self.layout.served_prefix + key for key in repair.delete if key not in planned]
 
-    def _unchanged(self, published: dict[str, str]) -> bool:
+    def _unchanged(self, published: ManifestMeta) -> bool:
         """Finish as a no-change run without parsing the listing or reading the manifest.
 
         Honest because the plan is a function of the listing, the settings in the listing key and
@@ -332,14 +316,13 @@ class SyncRun:
         these very bytes and published exactly what they list, so comparing them again would find
         nothing to do. False (compare the long way) when the metadata is not what we write.
         """
-        try:
-            entries, size, skipped = (int(published[name]) for name in (ENTRIES_META, BYTES_META, SKIPPED_META))
-        except (KeyError, ValueError):
+        if published.totals is None:
             return False
+        entries, size, skipped = published.totals
         self._phase("plan")
         self.report.plan = Plan(target=[]).counts()
         self.report.skipped_total = skipped  # the names are in the report of run `unchanged_since`
-        self.report.unchanged_since = published.get(RUN_META, "")
+        self.report.unchanged_since = published.run_id
         log.info(
             "upstream lists exactly what the published manifest was made from; nothing to plan",
             extra={"unchanged_since": self.report.unchanged_since},
@@ -500,7 +483,7 @@ class SyncRun:
             body,
             "text/plain; charset=utf-8",
             {MTIME_META: str(int(self.clock()))},
-            TRACE_CACHE_CONTROL,
+            FRESH_CACHE_CONTROL,
         )
 
     def _finish(self, result: SyncResult, exit_code: int, error: str) -> None:
@@ -518,21 +501,9 @@ class SyncRun:
             pending += 1 if self.lease.will_release else 0
         report.s3_requests = self.counter.total + pending
         report.s3_requests_by_operation = dict(self.counter.by_operation)
-        body = report.to_bytes()
         # The two copies of the report and the lease's release all at once: a run with nothing to do
         # is short enough for each round trip to show, and everything the lease protects is published.
-        with ThreadPoolExecutor(2, thread_name_prefix="report") as writer:
-            copies = [
-                writer.submit(self.store.put_bytes, key, body, "application/json")
-                for key in (self.layout.run_report_key(report.run_id), self.layout.last_run_key)
-            ]
-            if self.lease is not None:
-                self.lease.release()
-            for copy in copies:
-                try:
-                    copy.result()
-                except MirrorkeeperError as exc:
-                    log.error("could not store the run report", extra={"error": str(exc)})
+        self.state.write_run_report(report, alongside=self.lease.release if self.lease is not None else None)
 
 
 class Digests:
@@ -614,7 +585,3 @@ def run_bounded[T](pool: ThreadPoolExecutor, work: Callable[[T], None], items: I
 def _ascii_meta(text: str) -> str:
     """S3 user metadata must be ASCII: percent-encode anything else (front ends decode it)."""
     return quote(text, safe="/ -._~+!$&'()*,;=:@")
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -27,7 +27,7 @@ from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.servers import ThreadedFTPServer
 
 from mirrorkeeper.errors import StorageError
-from mirrorkeeper.frontends.served import Node, NodeKind, ObjectBody, ServedTree
+from mirrorkeeper.serve.served import Node, NodeKind, ObjectBody, ServedTree
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,9 @@ from mirrorkeeper.content import parse_index_entries
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.names import MAX_KEY_BYTES
-from mirrorkeeper.store import MTIME_META, SYMLINK_META, s3_errors
+from mirrorkeeper.s3errors import S3Failure, classify, s3_errors
+from mirrorkeeper.state import MTIME_META, SYMLINK_META
 
-_MISSING = ("404", "NoSuchKey", "NotFound")
-_CHANGED = ("412", "PreconditionFailed")
 CHUNK = 64 * 1024
 SMALL_BODY = 1024 * 1024  # bodies up to this size are cached whole; larger ones only their metadata
 CACHE_BYTES = 64 * 1024 * 1024  # the whole cache, bodies and an allowance per entry for metadata
@@ -317,7 +316,7 @@ class ServedTree:
             try:
                 response = self.client.head_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
-                if _code(exc) in _MISSING:
+                if classify(exc) is S3Failure.MISSING:
                     return None
                 raise
         info = ObjectInfo.from_response(dict(response))
@@ -350,9 +349,9 @@ class ServedTree:
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
             except ClientError as exc:
-                if _code(exc) in _MISSING:
+                if classify(exc) is S3Failure.MISSING:
                     return None
-                if _code(exc) in _CHANGED:
+                if classify(exc) is S3Failure.CONFLICT:
                     if self.cache is not None:
                         self.cache.drop(key)  # what we remembered is outdated: the next look asks S3
                     raise ObjectChangedError(f"{key} changed while it was being read") from None
@@ -464,7 +463,3 @@ def _mtime(metadata: dict[str, str], last_modified: Any) -> int:
         return int(metadata[MTIME_META])
     except (KeyError, ValueError):
         return int(last_modified.timestamp()) if last_modified is not None else 0
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,4 @@
+"""What the front ends run: ``serve-http`` (:mod:`.http`, CloudFront + S3 semantics, with
+:mod:`.routing` as the Python twin of ``cloudfront/function.js``) and ``serve-ftp`` (:mod:`.ftp`),
+both reading the served prefix through :mod:`.served`, which builds every key under it, so private
+state is unreachable by construction. Imports only the shared modules below it."""

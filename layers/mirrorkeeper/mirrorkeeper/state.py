@@ -1,0 +1,700 @@
+"""The bucket's private state, and mirrorkeeper's own public files: every key, every schema, and how
+each is read and written. No other module builds one of these keys or parses one of these documents.
+
+::
+
+    <prefix>state/manifest.jsonl.gz          the published manifest (manifest.py's format), with
+                                             ManifestMeta as user metadata       sync writes, all read
+    <prefix>state/upstream-listing.jsonl.gz  the last upstream listing (same format)   sync → verify
+    <prefix>state/lock.json                  LeaseDoc: one sync at a time          sync (verify reads)
+    <prefix>state/runs/<run id>.json         RunReport of each run                   sync → verify,
+    <prefix>state/runs/last.json             and of the latest                       announce, mirrors
+    <prefix>state/repair.json                RepairList: drift for the next sync to undo  verify → sync
+    <prefix>state/health.json                HealthState: levels, last checks, 14 days    verify
+    <prefix>pub/.mirrorkeeper/trace          our trace file (content.render_trace)   sync
+    <prefix>pub/.mirrorkeeper/status.html    the status page, and status.json        verify
+
+Served objects carry two metadata keys (MTIME_META, SYMLINK_META) that the front ends read back.
+docs/architecture.md ("Bucket layout") tells the same story for operators.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mirrorkeeper.aws import S3Client
+from mirrorkeeper.display import iso
+from mirrorkeeper.entries import Entry
+from mirrorkeeper.errors import MirrorkeeperError, StateConflictError, StorageError
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.manifest import ManifestError, ManifestHeader, Row, read_manifest, read_manifest_rows, write_manifest
+from mirrorkeeper.s3errors import S3Failure, classify, is_conflict, is_missing, s3_errors
+
+log = logging.getLogger(__name__)
+
+# -- keys ---------------------------------------------------------------------------------------
+
+MANIFEST = "manifest.jsonl.gz"
+LISTING = "upstream-listing.jsonl.gz"
+LOCK = "lock.json"
+REPAIR = "repair.json"
+HEALTH = "health.json"
+RUNS = "runs/"
+LAST_RUN = RUNS + "last.json"
+
+# Names under this directory of the served tree are ours: upstream files there are not mirrored.
+RESERVED_DIR = ".mirrorkeeper/"
+DEFAULT_TRACE_PATH = RESERVED_DIR + "trace"
+STATUS_HTML_PATH = RESERVED_DIR + "status.html"
+STATUS_JSON_PATH = RESERVED_DIR + "status.json"
+# Our public files are never kept by a cache: a fresh trace is how clients and probes judge freshness.
+FRESH_CACHE_CONTROL = "no-cache, max-age=0"
+
+# -- metadata of served objects -------------------------------------------------------------------
+
+MTIME_META = "mtime"  # x-amz-meta-mtime: upstream mtime, epoch seconds
+SYMLINK_META = "symlink-target"  # x-amz-meta-symlink-target: the link's text, percent-encoded
+
+
+# ManifestMeta's fields as S3 user-metadata names (x-amz-meta-...).
+_META_NAMES = {
+    "listing_key": "listing-sha256",
+    "entries": "mirror-entries",
+    "bytes": "mirror-bytes",
+    "skipped": "skipped-total",
+    "run_id": "run-id",
+    "repair": "repair",
+}
+
+
+@dataclass(frozen=True)
+class ManifestMeta:
+    """User metadata on the published manifest, so the next run can tell "upstream listed exactly
+    what this manifest was made from" without reading it (the listing shortcut, docs/sync.md)."""
+
+    listing_key: str = ""  # empty: the next run must compare the long way
+    entries: int | None = None
+    bytes: int | None = None
+    skipped: int | None = None
+    run_id: str = ""
+    # Set (and listing_key dropped) by the drift check when S3 no longer matches the manifest: the
+    # next sync reads the repair list instead of trusting the shortcut.
+    repair: bool = False
+
+    def to_metadata(self) -> dict[str, str]:
+        values = {
+            "listing_key": self.listing_key,
+            "entries": "" if self.entries is None else str(self.entries),
+            "bytes": "" if self.bytes is None else str(self.bytes),
+            "skipped": "" if self.skipped is None else str(self.skipped),
+            "run_id": self.run_id,
+            "repair": "1" if self.repair else "",
+        }
+        return {_META_NAMES[name]: value for name, value in values.items() if value}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> ManifestMeta:
+        def number(name: str) -> int | None:
+            try:
+                return int(metadata[_META_NAMES[name]])
+            except (KeyError, ValueError):
+                return None
+
+        return cls(
+            listing_key=metadata.get(_META_NAMES["listing_key"], ""),
+            entries=number("entries"),
+            bytes=number("bytes"),
+            skipped=number("skipped"),
+            run_id=metadata.get(_META_NAMES["run_id"], ""),
+            repair=bool(metadata.get(_META_NAMES["repair"])),
+        )
+
+    @property
+    def totals(self) -> tuple[int, int, int] | None:
+        """(entries, bytes, skipped) when the run that published the manifest recorded all three."""
+        if self.entries is None or self.bytes is None or self.skipped is None:
+            return None
+        return self.entries, self.bytes, self.skipped
+
+
+# -- the lease ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeaseDoc:
+    """``state/lock.json``: who holds the sync lease, and until when (sync/lease.py runs the protocol)."""
+
+    owner: str
+    host: str
+    acquired_at: float
+    expires_at: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> LeaseDoc | None:
+        """The lease, or None when the object is not one (damaged: treated as expired)."""
+        try:
+            data = json.loads(body)
+            return cls(
+                str(data["owner"]), str(data.get("host", "?")), float(data["acquired_at"]), float(data["expires_at"])
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+# -- run reports --------------------------------------------------------------------------------
+
+
+class SyncResult(StrEnum):
+    SUCCESS = "success"
+    NO_CHANGE = "no-change"
+    DRY_RUN = "dry-run"
+    FAILED = "failed"
+    REFUSED = "refused"
+    LOCKED = "locked"
+
+
+def new_run_id(now: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class RunReport:
+    """What one sync did: ``state/runs/<run id>.json`` and ``state/runs/last.json``."""
+
+    run_id: str
+    upstream: str
+    started: float
+    finished: float = 0.0
+    result: SyncResult = SyncResult.FAILED
+    exit_code: int = 1
+    error: str = ""
+    phase: str = ""
+    plan: dict[str, int] = field(default_factory=dict)
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    deleted_objects: int = 0
+    repaired: int = 0  # objects uploaded again or deleted because the drift check asked (repair.json)
+    index_pages: int = 0
+    links: int = 0
+    vanished: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped_total: int = 0
+    s3_requests: int = 0
+    s3_requests_by_operation: dict[str, int] = field(default_factory=dict)
+    mirror_entries: int = 0
+    mirror_bytes: int = 0
+    # Set when upstream listed exactly what the published manifest was made from, so this run
+    # neither read the manifest nor planned: the run that published it (its report lists the
+    # skipped names).
+    unchanged_since: str = ""
+
+    @property
+    def duration(self) -> float:
+        return round(max(self.finished - self.started, 0.0), 3)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["duration"] = self.duration
+        doc["started_iso"] = iso(self.started) if self.started else ""
+        doc["finished_iso"] = iso(self.finished) if self.finished else ""
+        return doc
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), indent=2, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RunReport | None:
+        """The report, or None when ``doc`` is not a finished run's report (missing, older, damaged)."""
+        if not isinstance(doc, dict) or not doc.get("finished"):
+            return None
+        try:
+            known = {name: doc[name] for name in cls.__dataclass_fields__ if name in doc}
+            report = cls(**known)
+            report.result = SyncResult(report.result)
+            report.started, report.finished = float(report.started), float(report.finished)
+            report.exit_code = int(report.exit_code)
+            for name in ("uploaded_files", "uploaded_bytes", "deleted_objects", "s3_requests"):
+                setattr(report, name, int(getattr(report, name)))
+        except (TypeError, ValueError):
+            return None
+        return report
+
+
+# -- the repair list ----------------------------------------------------------------------------
+
+REPAIR_LIMIT = 100_000  # paths a repair list holds; a larger drift is repaired over several syncs
+
+
+@dataclass
+class RepairList:
+    """``state/repair.json``: what the next sync must fix besides upstream's changes: published paths
+    whose object is missing or of the wrong size (uploaded again) and served keys the manifest does
+    not know (deleted, unless upstream has them by then)."""
+
+    reupload: list[str] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    complete: bool = True
+
+    def add(self, into: list[str], item: str) -> None:
+        if len(self.reupload) + len(self.delete) < REPAIR_LIMIT:
+            into.append(item)
+        else:
+            self.complete = False
+
+    def __bool__(self) -> bool:
+        return bool(self.reupload or self.delete)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RepairList:
+        doc = doc if isinstance(doc, dict) else {}
+        return cls(
+            [str(p) for p in doc.get("reupload", ()) if isinstance(p, str)],
+            [str(k) for k in doc.get("delete", ()) if isinstance(k, str)],
+            bool(doc.get("complete", True)),
+        )
+
+
+# -- health kept between verify runs ------------------------------------------------------------
+
+HEALTH_VERSION = 1
+
+
+class Level(IntEnum):
+    """Health levels, ordered so that ``max`` is 'the worst'; the value is the HealthLevel metric."""
+
+    OK = 0
+    DEGRADED = 1
+    DOWN = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Level:
+        return cls[text.upper()]
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """How the last sync ended, from its run report or from the ECS task-stopped event."""
+
+    finished: float
+    ok: bool
+    exit_code: int | None
+    reason: str
+    source: str  # "run-report" or "ecs-event"
+    run_id: str = ""
+    duration: float = 0.0
+    uploaded_bytes: int = 0
+    files_changed: int = 0
+    s3_requests: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> SyncOutcome:
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+
+
+@dataclass
+class ProtocolStatus:
+    """The last probe of one protocol, as the status page shows it."""
+
+    url: str
+    level: str
+    trace_epoch: int | None
+    passed: int
+    failed: int
+    missing_check: bool | None
+    latency_ms: float | None
+    reasons: list[str]
+
+
+@dataclass
+class HistoryPoint:
+    t: float
+    overall: str
+    levels: dict[str, str]
+    freshness: dict[str, float | None]
+    completion: float | None
+
+
+@dataclass
+class HealthState:
+    """``state/health.json``: the levels last seen, when people were last told, the last sync's
+    outcome, the last checks (for the status page) and 14 days of history."""
+
+    levels: dict[str, str] = field(default_factory=dict)
+    since: dict[str, float] = field(default_factory=dict)
+    last_notified: float = 0.0
+    last_sync: SyncOutcome | None = None
+    last_report_run_id: str = ""
+    checked_at: float = 0.0
+    protocols: dict[str, ProtocolStatus] = field(default_factory=dict)
+    mirror_reasons: list[str] = field(default_factory=list)
+    completion: float | None = None
+    drift: int | None = None
+    lag: int | None = None
+    history: list[HistoryPoint] = field(default_factory=list)
+
+    def level(self, component: str) -> Level:
+        return Level.parse(self.levels.get(component, "ok"))
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["version"] = HEALTH_VERSION
+        doc["last_sync"] = self.last_sync.to_json() if self.last_sync else None
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> HealthState:
+        """The stored state; an absent, older or damaged document starts afresh (history is a
+        convenience, alerts must keep working)."""
+        if not doc or doc.get("version") != HEALTH_VERSION:
+            return cls()
+        try:
+            return cls(
+                levels=dict(doc.get("levels", {})),
+                since=dict(doc.get("since", {})),
+                last_notified=float(doc.get("last_notified", 0.0)),
+                last_sync=SyncOutcome.from_json(doc["last_sync"]) if doc.get("last_sync") else None,
+                last_report_run_id=str(doc.get("last_report_run_id", "")),
+                checked_at=float(doc.get("checked_at", 0.0)),
+                protocols={k: ProtocolStatus(**v) for k, v in doc.get("protocols", {}).items()},
+                mirror_reasons=list(doc.get("mirror_reasons", [])),
+                completion=doc.get("completion"),
+                drift=doc.get("drift"),
+                lag=doc.get("lag"),
+                history=[HistoryPoint(**p) for p in doc.get("history", [])],
+            )
+        except (TypeError, ValueError, KeyError):
+            return cls()
+
+
+# -- reading and writing ------------------------------------------------------------------------
+
+
+def _json_body(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class StateStore:
+    """Every read and write of the objects above, for one mirror's layout."""
+
+    def __init__(self, client: S3Client, layout: MirrorLayout) -> None:
+        self.client = client
+        self.layout = layout
+        self.bucket = layout.bucket
+
+    # -- keys
+
+    def key(self, name: str) -> str:
+        return self.layout.state_prefix + name
+
+    @property
+    def manifest_key(self) -> str:
+        return self.key(MANIFEST)
+
+    @property
+    def listing_key(self) -> str:
+        return self.key(LISTING)
+
+    @property
+    def lock_key(self) -> str:
+        return self.key(LOCK)
+
+    @property
+    def repair_key(self) -> str:
+        return self.key(REPAIR)
+
+    @property
+    def health_key(self) -> str:
+        return self.key(HEALTH)
+
+    @property
+    def last_run_key(self) -> str:
+        return self.key(LAST_RUN)
+
+    def run_report_key(self, run_id: str) -> str:
+        return self.key(f"{RUNS}{run_id}.json")
+
+    def _url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _get(self, key: str) -> Any:
+        """GetObject's response, or None when the key does not exist; any other failure (after
+        botocore's retries) is a StorageError that says what to check."""
+        with s3_errors(f"read {self._url(key)}"):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if is_missing(exc):
+                    return None
+                raise
+
+    def _read_body(self, key: str) -> bytes | None:
+        response = self._get(key)
+        if response is None:
+            return None
+        with s3_errors(f"read {self._url(key)}"):
+            return bytes(response["Body"].read())
+
+    def _put(self, key: str, body: bytes, content_type: str = "application/json", **extra: Any) -> Any:
+        with s3_errors(f"write {self._url(key)}"):
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra)
+
+    # -- the manifest and the upstream listing
+
+    def manifest_meta(self) -> ManifestMeta | None:
+        """The published manifest's metadata (one HEAD, the body stays unread); None when there is none."""
+        key = self.manifest_key
+        with s3_errors(f"read the manifest {self._url(key)}"):
+            try:
+                response = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if is_missing(exc):
+                    return None
+                raise
+        return ManifestMeta.from_metadata(dict(response.get("Metadata", {})))
+
+    @contextmanager
+    def manifest_entries(self) -> Iterator[Iterator[Entry]]:
+        """Stream the published manifest's entries; empty when none was ever published."""
+        key = self.manifest_key
+        response = self._get(key)
+        if response is None:
+            yield iter(())
+            return
+        body = response["Body"]
+        damaged = (
+            f"the manifest {self._url(key)} is damaged ({{}}); restore it from S3 versioning or delete it to "
+            "force a full comparison"
+        )
+        try:
+            _, entries = read_manifest(body)
+            yield _reraise_damage(entries, damaged)
+        except ManifestError as exc:
+            raise StorageError(damaged.format(exc)) from None
+        finally:
+            body.close()
+
+    @contextmanager
+    def manifest_rows(self, key: str) -> Iterator[tuple[ManifestHeader, Iterator[Row]] | None]:
+        """Stream a manifest-format file's rows (the manifest or the listing); None when it does not exist."""
+        response = self._get(key)
+        if response is None:
+            yield None
+            return
+        body = response["Body"]
+        try:
+            yield read_manifest_rows(body)
+        except ManifestError as exc:
+            raise StorageError(f"{self._url(key)} is damaged ({exc}); the next successful sync rewrites it") from None
+        finally:
+            body.close()
+
+    def put_manifest(
+        self, key: str, header: ManifestHeader, entries: Iterable[Entry], meta: ManifestMeta | None = None
+    ) -> int:
+        """Write a manifest-format file (spooled to disk first: it can be larger than memory)."""
+        with tempfile.TemporaryFile() as spool:
+            count = write_manifest(spool, header, entries)
+            spool.seek(0)
+            with s3_errors(f"write {key}"):
+                self.client.upload_fileobj(
+                    spool,
+                    self.bucket,
+                    key,
+                    ExtraArgs={
+                        "ContentType": "application/gzip",
+                        "ChecksumAlgorithm": "SHA256",
+                        "Metadata": (meta or ManifestMeta()).to_metadata(),
+                    },
+                )
+        return count
+
+    def flag_manifest_for_repair(self) -> None:
+        """Mark the published manifest so the next sync reads the repair list: drop the listing key
+        that lets a sync skip planning, set ``repair``. A copy onto itself, only if the manifest is
+        still the one we diffed against (a sync that publishes meanwhile wins)."""
+        key = self.manifest_key
+        with s3_errors(f"read {self._url(key)}"):
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        meta = ManifestMeta.from_metadata(dict(head.get("Metadata", {})))
+        if meta.repair:
+            return
+        flagged = ManifestMeta(
+            entries=meta.entries, bytes=meta.bytes, skipped=meta.skipped, run_id=meta.run_id, repair=True
+        )
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                CopySourceIfMatch=head["ETag"],
+                MetadataDirective="REPLACE",
+                Metadata=flagged.to_metadata(),
+                ContentType=head.get("ContentType", "application/gzip"),
+            )
+        except ClientError as exc:
+            if not is_conflict(exc):
+                with s3_errors(f"mark {self._url(key)} for repair"):
+                    raise
+
+    # -- the lease
+
+    def read_lease(self) -> tuple[LeaseDoc | None, str] | None:
+        """``(lease, etag)``, the lease None when the object is damaged; None when nobody holds one."""
+        response = self._get(self.lock_key)
+        if response is None:
+            return None
+        with s3_errors(f"read {self._url(self.lock_key)}"):
+            body = response["Body"].read()
+        return LeaseDoc.from_bytes(body), str(response["ETag"])
+
+    def write_lease(self, doc: LeaseDoc, replacing: str | None = None) -> str | None:
+        """Create the lease (``replacing`` None: only if there is none) or replace the version whose
+        ETag is ``replacing``. The new ETag, or None when another run got there first."""
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if replacing is None else {"IfMatch": replacing}
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self.lock_key, Body=doc.to_bytes(), ContentType="application/json", **condition
+            )
+        except ClientError as exc:
+            if is_conflict(exc):
+                return None
+            if classify(exc) is S3Failure.NO_BUCKET:
+                # Taking the lock is a run's first request: it doubles as the bucket check.
+                raise StorageError(
+                    f"bucket {self.bucket!r} is not usable (NoSuchBucket); create it or fix --bucket"
+                ) from None
+            raise StorageError(f"cannot write the sync lock {self._url(self.lock_key)}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot reach S3 to take the sync lock: {exc}") from None
+        return str(response["ETag"])
+
+    def delete_lease(self, etag: str) -> None:
+        """Release the lease we hold; a failure only logs (the lease expires by itself)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.lock_key, IfMatch=etag)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not release the sync lock; it expires by itself", extra={"error": str(exc)})
+
+    # -- run reports
+
+    def write_run_report(self, report: RunReport, alongside: Callable[[], None] | None = None) -> None:
+        """Store the report under its id and as ``last.json``, both at once, running ``alongside``
+        meanwhile (a run with nothing to do is short enough for each round trip to show). A failed
+        write is logged, never raised: the run's outcome stands without its report."""
+        body = report.to_bytes()
+        with ThreadPoolExecutor(2, thread_name_prefix="report") as writer:
+            copies = [
+                writer.submit(self._put, key, body) for key in (self.run_report_key(report.run_id), self.last_run_key)
+            ]
+            if alongside is not None:
+                alongside()
+            for copy in copies:
+                try:
+                    copy.result()
+                except MirrorkeeperError as exc:
+                    log.error("could not store the run report", extra={"error": str(exc)})
+
+    def last_run_report(self) -> RunReport | None:
+        """The latest run's report; None when no run finished yet or the report is unreadable."""
+        body = self._read_body(self.last_run_key)
+        if body is None:
+            return None
+        try:
+            return RunReport.from_json(json.loads(body))
+        except ValueError:
+            return None
+
+    # -- the repair list
+
+    def repair_list(self) -> RepairList:
+        """The drift check's repair list; empty when there is none or it is unreadable (the next
+        drift check writes a new one, and a sync needs none to be correct)."""
+        body = self._read_body(self.repair_key)
+        try:
+            return RepairList.from_json(json.loads(body)) if body is not None else RepairList()
+        except ValueError:
+            return RepairList()
+
+    def write_repair_list(self, repair: RepairList | None) -> None:
+        """Write the repair list, or make sure there is none when ``repair`` is empty or None."""
+        if repair:
+            self._put(self.repair_key, _json_body(repair.to_json()))
+        else:
+            self.delete_repair_list()
+
+    def delete_repair_list(self) -> None:
+        with s3_errors(f"delete {self._url(self.repair_key)}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.repair_key)
+
+    # -- health
+
+    def read_health(self) -> tuple[HealthState, str | None]:
+        """The stored health and its ETag (None when there is none yet), for :meth:`write_health`."""
+        response = self._get(self.health_key)
+        if response is None:
+            return HealthState(), None
+        with s3_errors(f"read {self._url(self.health_key)}"):
+            body = response["Body"].read()
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise StorageError(f"{self._url(self.health_key)} is not JSON ({exc}); delete it to start afresh") from None
+        if not isinstance(doc, dict):
+            raise StorageError(f"{self._url(self.health_key)} is not a JSON object; delete it to start afresh")
+        return HealthState.from_json(doc), str(response.get("ETag", "")) or None
+
+    def write_health(self, state: HealthState, expected_etag: str | None) -> None:
+        """Write only if the stored health is still what we read (None: still absent), so two verify
+        runs at once cannot silently lose each other's history: StateConflictError otherwise."""
+        condition: dict[str, Any] = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.health_key,
+                Body=_json_body(state.to_json()),
+                ContentType="application/json",
+                **condition,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            if is_conflict(exc):
+                raise StateConflictError(f"{self._url(self.health_key)} changed while we worked on it") from None
+            with s3_errors(f"write {self._url(self.health_key)}"):
+                raise
+
+    # -- our public files
+
+    def publish(self, path: str, body: bytes, content_type: str) -> None:
+        """Put a file of ours (the status page) into the served tree, never cached for long."""
+        self._put(self.layout.served_key(path), body, content_type, CacheControl=FRESH_CACHE_CONTROL)
+
+
+def _reraise_damage(entries: Iterator[Entry], message: str) -> Iterator[Entry]:
+    try:
+        yield from entries
+    except ManifestError as exc:
+        raise StorageError(message.format(exc)) from None

@@ -1,0 +1,109 @@
+"""The verify workflow's event shapes: what triggers it, and what each step hands the next.
+
+A malformed event is an :class:`InvalidEventError` naming the field, which the state machine does
+not retry. ``events/*.json`` holds a sample of each trigger and step input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mirrorkeeper.errors import ConfigError
+from mirrorkeeper.verify.drift import DriftReport
+from mirrorkeeper.verify.health import StepFailure
+from mirrorkeeper.verify.probes import EndpointReport
+
+
+class InvalidEventError(ConfigError):
+    """The event does not have the shape this step expects; the message names the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+class EcsContainer(_Model):
+    name: str = ""
+    exitCode: int | None = None  # noqa: N815 - ECS's field name
+    reason: str = ""
+
+
+class EcsTaskDetail(_Model):
+    taskArn: str  # noqa: N815
+    lastStatus: Literal["STOPPED"]  # noqa: N815
+    stoppedReason: str = ""  # noqa: N815
+    stopCode: str = ""  # noqa: N815
+    stoppedAt: datetime | None = None  # noqa: N815
+    containers: list[EcsContainer] = Field(default_factory=list)
+
+
+class EcsTaskStateChange(_Model):
+    """EventBridge's ECS Task State Change event for the sync task, filtered to STOPPED."""
+
+    source: Literal["aws.ecs"]
+    detail_type: Literal["ECS Task State Change"] = Field(alias="detail-type")
+    id: str = ""
+    time: datetime
+    detail: EcsTaskDetail
+
+
+class ScheduledVerify(_Model):
+    """The verify schedule's input (and what ``mirrorkeeper verify`` sends by default)."""
+
+    source: Literal["mirrorkeeper.schedule", "mirrorkeeper.cli"]
+    detail_type: str = Field(alias="detail-type", default="Scheduled verify")
+    id: str = ""
+    time: str = ""
+
+
+Trigger = Annotated[EcsTaskStateChange | ScheduledVerify, Field(discriminator="source")]
+
+
+class StepError(_Model):
+    """What Step Functions' Catch (and the local runner) records for a failed step."""
+
+    Error: str
+    Cause: str = ""
+
+    def failure(self) -> StepFailure:
+        return StepFailure(self.Error, self.Cause[:500])
+
+
+@dataclass
+class ProbeRun:
+    endpoints: list[EndpointReport] = field(default_factory=list)
+    sample: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sample": self.sample, "endpoints": [e.to_json() for e in self.endpoints]}
+
+
+class DiffInput(_Model):
+    trigger: Trigger
+
+
+class ProbeInput(_Model):
+    trigger: Trigger
+
+
+class PublishInput(_Model):
+    trigger: Trigger
+    # StepError first: every DriftReport field has a default, so any object would pass as one.
+    drift: StepError | DriftReport = Field(union_mode="left_to_right")
+    probes: StepError | ProbeRun = Field(union_mode="left_to_right")
+
+
+def parse_event[M: BaseModel](model: type[M], event: Any) -> M:
+    try:
+        return model.model_validate(event)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise InvalidEventError(
+            f"the {model.__name__} event is malformed ({problems}); compare it with the samples in events/"
+        ) from None

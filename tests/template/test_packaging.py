@@ -1,0 +1,45 @@
+"""What ships: the Lambda layer (``make build``: pip installs layers/mirrorkeeper) and the container
+image (layers/mirrorkeeper/Dockerfile: ``pip install '.[ftp]'`` of the same directory) carry the
+runtime package and nothing of the development tools (rsync daemon, service launcher, sample
+trees, the demo)."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from tests.template.cfn import ROOT
+
+PACKAGE_DIR = ROOT / "layers" / "mirrorkeeper"
+DEV_MODULES = {"rsyncd", "services", "sampletree", "demo"}
+
+
+def test_the_shipped_wheel_holds_the_runtime_package_only(tmp_path: Path) -> None:
+    # GIVEN the wheel both the layer build and the image install build from layers/mirrorkeeper
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(PACKAGE_DIR), "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("mirrorkeeper-*.whl")
+    names = [n for n in zipfile.ZipFile(wheel).namelist() if not n.split("/")[0].endswith(".dist-info")]
+    # THEN it holds the mirrorkeeper package, with its deployment units, and no development module
+    assert {n.split("/")[0] for n in names} == {"mirrorkeeper"}
+    modules = {Path(n).stem for n in names if n.endswith(".py")}
+    assert modules & DEV_MODULES == set()
+    assert {"run", "workflow", "served", "state"} <= modules
+    # and the runtime package declares no development extra
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist() if "METADATA" in n))
+    assert b"moto" not in metadata
+
+
+def test_the_image_and_the_layer_are_built_from_the_runtime_package_alone(template: dict[str, Any]) -> None:
+    # The image's build context and the layer's content are the runtime package's directory...
+    assert template["Resources"]["MirrorkeeperLayer"]["Properties"]["ContentUri"].rstrip("/") == "layers/mirrorkeeper"
+    dockerfile = (PACKAGE_DIR / "Dockerfile").read_text()
+    copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert copied == ["pyproject.toml", "mirrorkeeper"]
+    # ...where no development module lives.
+    shipped = {p.stem for p in PACKAGE_DIR.rglob("*.py")}
+    assert shipped & DEV_MODULES == set()
