@@ -17,11 +17,23 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mirrorkeeper.aws import RequestCounter, s3_client, service_client
-from mirrorkeeper.config import AwsConfig, SyncConfig, VerifyConfig
+from mirrorkeeper.config import (
+    AwsConfig,
+    Setting,
+    SyncConfig,
+    VerifyConfig,
+    add_flags,
+    flags_of,
+    parse_bool,
+    parse_upstream,
+    resolve,
+    setting,
+)
 from mirrorkeeper.display import table
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.logs import setup_logging
@@ -37,17 +49,34 @@ BUCKET = "mirrorkeeper-demo"
 log = logging.getLogger(__name__)
 
 
+DEMO = "demo"
+DEMO_SETTINGS = (
+    Setting(
+        "upstream",
+        parse_upstream,
+        "",
+        "mirror this rsync:// URL instead of the generated sample",
+        frozenset({DEMO}),
+        "demo",
+        default_text="a sample tree on a local rsync daemon",
+    ),
+    Setting(
+        "keep_running", parse_bool, False, "leave the services up until Ctrl-C", frozenset({DEMO}), "demo", switch=True
+    ),
+    # A person reads the demo's summary: logs stay quiet unless asked for.
+    replace(setting("log_format"), commands=frozenset({DEMO}), default="text"),
+    replace(setting("log_level"), commands=frozenset({DEMO}), default="WARNING"),
+)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "demo",
+        DEMO,
         help="run the whole pipeline locally: rsync daemon, moto server, sync, HTTP and FTP, verify",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--upstream", help="mirror this rsync:// URL instead of the generated sample")
-    parser.add_argument("--keep-running", action="store_true", help="leave the services up until Ctrl-C")
-    parser.add_argument("--log-format", choices=("auto", "text", "json"), default="text")
-    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_flags(parser, DEMO, DEMO_SETTINGS)
     parser.set_defaults(handler=run)
 
 
@@ -75,14 +104,15 @@ def _sync(upstream: str, aws: AwsConfig, staging: Path) -> RunReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_format, args.log_level)
+    values = resolve(DEMO, flags_of(args), settings=DEMO_SETTINGS)
+    setup_logging(values["log_format"], values["log_level"])
     # The demo's AWS is a moto server on loopback: it takes any key, and real ones must not be sent.
     os.environ.update({"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"})
     os.environ.pop("AWS_SESSION_TOKEN", None)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="mirrorkeeper-demo-") as work:
         root = Path(work)
-        if args.upstream:
-            upstream = args.upstream
+        if values["upstream"]:
+            upstream = values["upstream"]
         else:
             (root / "upstream").mkdir()
             openvz_like(root / "upstream")
@@ -94,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         s3_client(aws).create_bucket(Bucket=BUCKET)
         (root / "staging").mkdir()
         first = _sync(upstream, aws, root / "staging")
-        if not args.upstream:
+        if not values["upstream"]:
             # Upstream moves on: a new release appears; the second run moves only that.
             write_file(
                 root / "upstream/virtuozzo/releases/7.0.22/x86_64/os/Packages/vzctl-7.0.22-1.rpm",
@@ -121,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         )
         state = run_chain(cli_trigger(time.time()), Deps.create(config))
         print_verify_summary(state, config.mirror_name)
-        if args.keep_running:
+        if values["keep_running"]:
             print(
                 f"\nservices are up: HTTP {config.http_url}  FTP {config.ftp_url}  S3 (moto) {endpoint}  "
                 f"bucket {BUCKET}; Ctrl-C to stop",

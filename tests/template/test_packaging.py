@@ -3,6 +3,7 @@ image (layers/mirrorkeeper/Dockerfile: ``pip install '.[ftp]'`` of the same dire
 runtime package and nothing of the development tools (rsync daemon, service launcher, sample
 trees, the demo)."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,8 +18,10 @@ DEV_MODULES = {"rsyncd", "services", "sampletree", "demo"}
 
 def test_the_shipped_wheel_holds_the_runtime_package_only(tmp_path: Path) -> None:
     # GIVEN the wheel both the layer build and the image install build from layers/mirrorkeeper
+    # (built from a copy: setuptools writes its build/ directory beside the sources)
+    source = shutil.copytree(PACKAGE_DIR, tmp_path / "source", ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(PACKAGE_DIR), "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(tmp_path)],
         check=True,
         capture_output=True,
     )

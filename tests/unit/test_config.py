@@ -1,10 +1,13 @@
 """Settings: flag > environment > config file > default, and errors that name their source."""
 
+import argparse
+import json
 from pathlib import Path
 
 import pytest
 
-from mirrorkeeper.config import load_serve_config, load_sync_config, parse_size
+from mirrorkeeper.cli import build_parser
+from mirrorkeeper.config import load_serve_config, load_sync_config, parse_size, plain, resolve, settings_for
 from mirrorkeeper.errors import ConfigError
 
 FLAGS = {"upstream": "rsync://up.example/mod", "bucket": "my-mirror"}
@@ -75,8 +78,101 @@ def test_sizes(text: str, size: int) -> None:
 
 
 def test_the_ftp_servers_one_cpu_setting_can_be_turned_off_and_is_checked() -> None:
-    assert load_serve_config({"bucket": "mirror-test"}, 21, {}).one_cpu is True
-    assert load_serve_config({"bucket": "mirror-test", "one_cpu": "no"}, 21, {}).one_cpu is False
-    assert load_serve_config({"bucket": "mirror-test"}, 21, {"MIRRORKEEPER_ONE_CPU": "false"}).one_cpu is False
+    assert load_serve_config("serve-ftp", {"bucket": "mirror-test"}, {}).one_cpu is True
+    assert load_serve_config("serve-ftp", {"bucket": "mirror-test", "one_cpu": "no"}, {}).one_cpu is False
+    assert load_serve_config("serve-ftp", {"bucket": "mirror-test"}, {"MIRRORKEEPER_ONE_CPU": "false"}).one_cpu is False
     with pytest.raises(ConfigError, match="MIRRORKEEPER_ONE_CPU"):
-        load_serve_config({"bucket": "mirror-test"}, 21, {"MIRRORKEEPER_ONE_CPU": "sometimes"})
+        load_serve_config("serve-ftp", {"bucket": "mirror-test"}, {"MIRRORKEEPER_ONE_CPU": "sometimes"})
+
+
+# -- one declaration per setting -------------------------------------------------------------
+
+COMMANDS = ("sync", "serve-http", "serve-ftp", "verify", "announce")
+NOT_A_VALUE = "../\x01 not a value"
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    parser = build_parser(command)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = subparsers.choices[command]
+    return found
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_is_a_declared_setting_with_its_variable_and_default_in_the_help(command: str) -> None:
+    # GIVEN a command's parser, built from the declarations
+    parser = command_parser(command)
+    flags = {option for action in parser._actions for option in action.option_strings} - {"-h", "--help"}
+    declared = settings_for(command)
+    # THEN every flag is a setting (so it has an environment variable and a config file key), and back
+    assert flags == {s.flag for s in declared.values()}
+    helps = {
+        s.flag: action.help for action in parser._actions for s in declared.values() if s.flag in action.option_strings
+    }
+    for name, setting in declared.items():
+        assert setting.env in helps[setting.flag], name
+        assert "(default: " in helps[setting.flag], name
+        assert setting.env == "MIRRORKEEPER_" + name.upper()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_checked_setting_refuses_a_bad_value_from_each_source_and_names_it(command: str, tmp_path: Path) -> None:
+    # GIVEN every setting of the command whose parser can refuse a value
+    checked = [s for s in settings_for(command).values() if s.parse not in (plain,)]
+    assert checked
+    config_file = tmp_path / "mk.toml"
+    for setting in checked:
+        # WHEN the value comes from the flag, the environment or the config file
+        config_file.write_text(f"{setting.name} = {json.dumps(NOT_A_VALUE)}\n")
+        sources = [
+            ({setting.name: NOT_A_VALUE}, {}, setting.flag),
+            ({}, {setting.env: NOT_A_VALUE}, setting.env),
+            ({"config": str(config_file)}, {}, f"config file key {setting.name!r}"),
+        ]
+        for flags, env, named in sources:
+            # THEN it is a configuration error that names where the value came from
+            with pytest.raises(ConfigError) as refused:
+                resolve(command, flags, env)
+            assert named in str(refused.value), (setting.name, named, str(refused.value))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_setting_is_read_from_the_environment_and_the_file(command: str, tmp_path: Path) -> None:
+    # GIVEN each setting's default written back as text (a valid value whatever the parser)
+    for name, setting in settings_for(command).items():
+        if setting.default_for(command) in (None, "") and not setting.switch:
+            continue
+        raw = "true" if setting.switch else as_text(setting.default_for(command))
+        # WHEN it comes from the environment, or from the config file under either spelling
+        from_env = resolve(command, {}, {setting.env: raw})[name]
+        config_file = tmp_path / "mk.toml"
+        config_file.write_text(f"{name.replace('_', '-')} = {json.dumps(raw)}\n")
+        from_file = resolve(command, {"config": str(config_file)}, {})[name]
+        # THEN it parses to the same value as the flag would give
+        assert from_env == from_file == resolve(command, {name: raw}, {})[name]
+
+
+def as_text(value: object) -> str:
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return ";".join(",".join(tier) for tier in value)
+    return str(value)
+
+
+def test_a_setting_checked_for_sync_is_checked_for_verify_too() -> None:
+    for command, flags in (("sync", FLAGS), ("verify", {"bucket": "my-mirror", "http_url": "http://h/"})):
+        with pytest.raises(ConfigError, match="trace path"):
+            resolve(command, {**flags, "trace_path": "../outside"}, {})
+
+
+def test_an_unknown_config_file_key_is_refused(tmp_path: Path) -> None:
+    config_file = tmp_path / "mk.toml"
+    config_file.write_text("max_delete_procent = 5\n")
+    with pytest.raises(ConfigError, match="unknown key 'max_delete_procent'"):
+        load_sync_config({**FLAGS, "config": str(config_file)}, {})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e400", "0"])
+def test_numbers_no_duration_or_count_can_be_are_refused(value: str) -> None:
+    for name in ("lock_ttl", "upload_concurrency", "rsync_timeout"):
+        with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')}="):
+            load_sync_config({**FLAGS, name: value}, {})

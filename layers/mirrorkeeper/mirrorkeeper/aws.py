@@ -1,6 +1,8 @@
 """AWS clients, built in one place: adaptive retries, a connection pool sized for our
 concurrency, the local endpoint when one is configured, and a count of requests sent."""
 
+from __future__ import annotations
+
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +11,6 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import determine_content_length
 
-from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.s3errors import error_code
 
@@ -25,6 +26,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from mirrorkeeper.config import AwsConfig  # only a type here: config imports this module
 else:
     S3Client = Any
 

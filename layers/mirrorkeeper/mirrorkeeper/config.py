@@ -1,26 +1,41 @@
-"""Configuration, parsed once, in one place.
+"""Every setting, declared once: its name, parser (with its range), default, help and the commands
+that take it. From one :class:`Setting` come the command-line flag (``--max-delete-percent``), the
+environment variable (``MIRRORKEEPER_MAX_DELETE_PERCENT``), the config file key
+(``max_delete_percent`` or ``max-delete-percent``), the help text with its default, and the check.
 
-Every setting is looked up in the same order: command-line flag, then environment variable
-``MIRRORKEEPER_<NAME>``, then the optional TOML config file (``--config`` or
-``MIRRORKEEPER_CONFIG``), then the default. An invalid value is a :class:`ConfigError` that
-names where the value came from, so the operator knows which knob to turn.
+A value is looked up in this order: flag, environment variable, the TOML config file (``--config``
+or ``MIRRORKEEPER_CONFIG``), a command's own fallback source (``announce`` reads a stack's
+outputs), the default. A bad value is a :class:`ConfigError` that names where it came from, so the
+operator knows which knob to turn; the command line turns it into one line and exit 2.
 """
 
+import argparse
+import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from mirrorkeeper.errors import ConfigError
-from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.layout import DEFAULT_TRACE_PATH, MirrorLayout
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS, LateTiers
 
 ENV_PREFIX = "MIRRORKEEPER_"
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+SYNC = "sync"
+SERVE_HTTP = "serve-http"
+SERVE_FTP = "serve-ftp"
+VERIFY = "verify"
+ANNOUNCE = "announce"
+SERVE = frozenset({SERVE_HTTP, SERVE_FTP})
+ALL = frozenset({SYNC, SERVE_HTTP, SERVE_FTP, VERIFY, ANNOUNCE})
+
+# -- parsers: text (or a TOML value as text) → value, ValueError with a sentence otherwise -------
 
 
 def parse_bool(text: str) -> bool:
@@ -32,82 +47,113 @@ def parse_bool(text: str) -> bool:
     raise ValueError("expected true/false")
 
 
-def parse_size(text: str) -> int:
-    """'512M', '2G', '1048576', '1.5g' → bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
-    if not match:
-        raise ValueError("expected a size such as 512M or 2G")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
-
-
-def parse_percent(text: str) -> float:
+def _finite(text: str) -> float:
     value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def count(low: int = 1, high: int = 1_000_000) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    return count(1)(text)
+
+
+def non_negative_int(text: str) -> int:
+    return count(0)(text)
+
+
+def percent(text: str) -> float:
+    value = _finite(text)
     if not 0 <= value <= 100:
         raise ValueError("expected a percentage from 0 to 100")
     return value
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("expected a whole number of at least 1")
-    return value
+parse_percent = percent
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("expected a number above 0")
-    return value
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1048576', '1.5g' → bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not match:
+        raise ValueError("expected a size such as 512M or 2G")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
-@dataclass(frozen=True)
-class Sources:
-    """Where setting values come from, in precedence order."""
+def size(low: int = 0, high: int = 1024**5) -> Callable[[str], int]:
+    """A size in bytes from ``low`` to ``high``, written like 512M or 2G."""
 
-    flags: Mapping[str, Any]
-    environ: Mapping[str, str]
-    file: Mapping[str, Any] = field(default_factory=dict)
+    def parse(text: str) -> int:
+        value = parse_size(text)
+        if not low <= value <= high:
+            raise ValueError(f"expected a size from {_show_size(low)} to {_show_size(high)}")
+        return value
 
-    @classmethod
-    def load(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "Sources":
-        env = os.environ if environ is None else environ
-        config_path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG")
-        return cls(flags=flags, environ=env, file=_read_config_file(config_path) if config_path else {})
-
-    def get[T](self, name: str, parse: Callable[[str], T], default: T) -> T:
-        """The value of setting ``name`` (snake_case): flag, env, file, default."""
-        flag = self.flags.get(name)
-        if flag is not None:
-            return _convert(flag, parse, f"--{name.replace('_', '-')}")
-        env_name = ENV_PREFIX + name.upper()
-        if env_name in self.environ:
-            return _convert(self.environ[env_name], parse, env_name)
-        for key in (name, name.replace("_", "-")):
-            if key in self.file:
-                return _convert(self.file[key], parse, f"config file key {key!r}")
-        return default
+    return parse
 
 
-def _convert[T](raw: Any, parse: Callable[[str], T], source: str) -> T:
-    if not isinstance(raw, str) and not isinstance(raw, list):
-        raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
-    try:
-        return parse(raw)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source}={raw!r} is invalid: {exc}") from None
+def _show_size(value: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if value >= _SIZE_UNITS[unit.lower()] and value % _SIZE_UNITS[unit.lower()] == 0:
+            return f"{value // _SIZE_UNITS[unit.lower()]}{unit}"
+    return str(value)
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
-    import tomllib  # here, not at the top: most runs (the container's) are configured by environment alone
+def parse_duration(text: str) -> float:
+    """'3600', '90s', '45m', '1h', '2d' → seconds, above 0."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text).lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError("expected a duration above 0, such as 3600, 90s, 45m, 1h or 2d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; fix --config / MIRRORKEEPER_CONFIG") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+def duration(low: float = 0.0, high: float = 30 * 86400.0, zero: bool = False) -> Callable[[str], float]:
+    """Seconds (or 90s, 45m, 1h, 2d) above ``low`` and at most ``high``; ``zero`` also allows 0 (off)."""
+
+    def parse(text: str) -> float:
+        if zero and re.fullmatch(r"\s*0+(\.0*)?\s*[smhd]?\s*", str(text).lower()):
+            return 0.0
+        value = parse_duration(text)
+        if not low < value <= high:
+            raise ValueError(f"expected a duration above {low:g} s and at most {high:g} s")
+        return value
+
+    return parse
+
+
+def parse_seconds(text: str) -> float:
+    """A duration that may be 0 (off), such as a cache TTL."""
+    return duration(zero=True)(text)
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = str(text).strip()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    parse.options = options  # type: ignore[attr-defined]  # shown in --help as {a,b,c}
+    return parse
+
+
+def plain(value: str) -> str:
+    return str(value).strip()
 
 
 def parse_upstream(text: str) -> str:
@@ -130,9 +176,10 @@ def parse_upstream(text: str) -> str:
 
 
 def parse_bucket(text: str) -> str:
-    if not _BUCKET_RE.match(text) or ".." in text:
+    value = str(text).strip()
+    if value and (not _BUCKET_RE.match(value) or ".." in value):
         raise ValueError("not a valid S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)")
-    return text
+    return value
 
 
 def parse_late_patterns(text: str | list[Any]) -> LateTiers:
@@ -142,95 +189,35 @@ def parse_late_patterns(text: str | list[Any]) -> LateTiers:
         tuple(p.strip() for p in (tier if isinstance(tier, list) else str(tier).split(",")) if p.strip())
         for tier in tiers
     )
+    for pattern in (p for tier in parsed for p in tier):
+        # Patterns match file names, never paths: one with a '/' would silently match nothing.
+        if "/" in pattern or any(ord(c) < 32 for c in pattern):
+            raise ValueError(f"pattern {pattern!r} must be a file name pattern such as Packages* (no '/')")
     return tuple(tier for tier in parsed if tier)
 
 
-@dataclass(frozen=True)
-class AwsConfig:
-    endpoint_url: str | None
-    region: str
-    max_attempts: int = 10
-
-
-def load_aws_config(sources: Sources) -> AwsConfig:
-    endpoint = sources.get("endpoint_url", str, "") or sources.environ.get("AWS_ENDPOINT_URL") or None
-    region = (
-        sources.get("region", str, "")
-        or sources.environ.get("AWS_REGION")
-        or sources.environ.get("AWS_DEFAULT_REGION")
-        or "us-east-1"
-    )
-    attempts = sources.get("s3_max_attempts", positive_int, AwsConfig.max_attempts)
-    return AwsConfig(endpoint_url=endpoint, region=region, max_attempts=attempts)
-
-
-def load_layout(sources: Sources) -> MirrorLayout:
-    bucket = sources.get("bucket", parse_bucket, "")
-    if not bucket:
-        raise ConfigError("no bucket given: pass --bucket NAME or set MIRRORKEEPER_BUCKET")
-    return MirrorLayout.create(bucket, sources.get("prefix", str, ""))
-
-
-@dataclass(frozen=True)
-class SyncConfig:
-    upstream: str
-    layout: MirrorLayout
-    aws: AwsConfig
-    max_delete_percent: float = 10.0
-    force_delete: bool = False
-    dry_run: bool = False
-    staging_dir: Path | None = None
-    staging_bytes: int = 8 * 1024**3
-    upload_concurrency: int = 16
-    multipart_threshold: int = 64 * 1024**2
-    lock_ttl: float = 900.0
-    late_patterns: LateTiers = DEFAULT_LATE_PATTERNS
-    trace_path: str = ".mirrorkeeper/trace"
-    mirror_name: str = ""
-    rsync_command: str = "rsync"
-    rsync_timeout: int = 300
-
-
-def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SyncConfig:
-    sources = Sources.load(flags, environ)
-    upstream = sources.get("upstream", parse_upstream, "")
-    if not upstream:
-        raise ConfigError("no upstream given: pass --upstream rsync://HOST/MODULE/ or set MIRRORKEEPER_UPSTREAM")
-    layout = load_layout(sources)
-    staging = sources.get("staging_dir", str, "")
-    trace_path = sources.get("trace_path", str, SyncConfig.trace_path).strip("/")
-    if not trace_path or any(part in ("", ".", "..") for part in trace_path.split("/")):
-        raise ConfigError(f"trace path {trace_path!r} must be a relative path such as .mirrorkeeper/trace")
-    return SyncConfig(
-        upstream=upstream,
-        layout=layout,
-        aws=load_aws_config(sources),
-        max_delete_percent=sources.get("max_delete_percent", parse_percent, SyncConfig.max_delete_percent),
-        force_delete=sources.get("force_delete", parse_bool, False),
-        dry_run=sources.get("dry_run", parse_bool, False),
-        staging_dir=Path(staging) if staging else None,
-        staging_bytes=sources.get("staging_bytes", parse_size, SyncConfig.staging_bytes),
-        upload_concurrency=sources.get("upload_concurrency", positive_int, SyncConfig.upload_concurrency),
-        multipart_threshold=sources.get("multipart_threshold", parse_size, SyncConfig.multipart_threshold),
-        lock_ttl=sources.get("lock_ttl", positive_float, SyncConfig.lock_ttl),
-        late_patterns=sources.get("late_patterns", parse_late_patterns, DEFAULT_LATE_PATTERNS),
-        trace_path=trace_path,
-        mirror_name=sources.get("mirror_name", str, "") or layout.bucket,
-        rsync_command=sources.get("rsync_command", str, SyncConfig.rsync_command),
-        rsync_timeout=sources.get("rsync_timeout", positive_int, SyncConfig.rsync_timeout),
-    )
+def parse_trace_path(text: str) -> str:
+    path = str(text).strip().strip("/")
+    if not path or any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError(f"trace path {path!r} must be a relative path such as {DEFAULT_TRACE_PATH}")
+    return path
 
 
 def parse_port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a TCP port from 0 to 65535 (0 picks a free one)") from None
     if not 0 <= value <= 65535:
         raise ValueError("expected a TCP port from 0 to 65535 (0 picks a free one)")
     return value
 
 
-def parse_port_range(text: str) -> tuple[int, int]:
-    """'60000-60099' → (60000, 60099)."""
-    first, sep, last = text.partition("-")
+def parse_port_range(text: str) -> tuple[int, int] | None:
+    """'60000-60099' → (60000, 60099); '' → None (any free port)."""
+    if not str(text).strip():
+        return None
+    first, sep, last = str(text).partition("-")
     if not sep:
         raise ValueError("expected FIRST-LAST, such as 60000-60099")
     low, high = parse_port(first.strip()), parse_port(last.strip())
@@ -239,74 +226,9 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def parse_seconds(text: str) -> float:
-    """A duration that may be 0 (off), such as a cache TTL."""
-    value = float(text)
-    if not value >= 0:  # also refuses NaN
-        raise ValueError("expected a number of seconds, 0 or more")
-    return value
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Settings of ``serve-http`` and ``serve-ftp`` (the FTP-only ones are ignored by HTTP)."""
-
-    layout: MirrorLayout
-    aws: AwsConfig
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_connections: int = 256
-    max_connections_per_ip: int = 16
-    idle_timeout: float = 300.0
-    mirror_name: str = ""
-    passive_ports: tuple[int, int] | None = None
-    masquerade_address: str | None = None
-    # Like CloudFront's default and maximum TTL: short enough that a sync is visible within seconds.
-    cache_ttl: float = 10.0
-    # FTP: keep the server's session threads on one CPU (GIL hand-overs between CPUs cost more than
-    # the work; see commands/serve_ftp.keep_on_one_cpu).
-    one_cpu: bool = True
-
-
-def load_serve_config(
-    flags: Mapping[str, Any], default_port: int, environ: Mapping[str, str] | None = None
-) -> ServeConfig:
-    sources = Sources.load(flags, environ)
-    layout = load_layout(sources)
-    return ServeConfig(
-        layout=layout,
-        aws=load_aws_config(sources),
-        host=sources.get("host", str, ServeConfig.host),
-        port=sources.get("port", parse_port, default_port),
-        max_connections=sources.get("max_connections", positive_int, ServeConfig.max_connections),
-        max_connections_per_ip=sources.get("max_connections_per_ip", positive_int, ServeConfig.max_connections_per_ip),
-        idle_timeout=sources.get("idle_timeout", positive_float, ServeConfig.idle_timeout),
-        mirror_name=sources.get("mirror_name", str, "") or layout.bucket,
-        passive_ports=sources.get("passive_ports", parse_port_range, None),
-        masquerade_address=sources.get("masquerade_address", str, "") or None,
-        cache_ttl=sources.get("cache_ttl", parse_seconds, ServeConfig.cache_ttl),
-        one_cpu=sources.get("one_cpu", parse_bool, ServeConfig.one_cpu),
-    )
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("expected a whole number of at least 0")
-    return value
-
-
-def parse_duration(text: str) -> float:
-    """'3600', '90s', '45m', '1h', '2d' → seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError("expected a duration above 0, such as 3600, 90s, 45m, 1h or 2d")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-
-
 def parse_endpoint_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        url = text.strip()
+        url = str(text).strip()
         if not url:
             return ""
         parts = urlsplit(url)
@@ -321,6 +243,710 @@ def parse_endpoint_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def parse_s3_endpoint(text: str) -> str:
+    """An S3-compatible endpoint such as http://127.0.0.1:5000 (no trailing slash, as boto3 wants it)."""
+    return parse_endpoint_url(("http", "https"))(text).rstrip("/")
+
+
+def parse_topic_arn(text: str) -> str:
+    arn = str(text).strip()
+    if arn and not arn.startswith("arn:"):
+        raise ValueError("not an ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+    return arn
+
+
+# -- the declarations --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting. ``default_text`` is how --help shows the default when ``str(default)`` would not
+    say it well; ``command_defaults`` overrides the default for some commands (serve-ftp's port);
+    ``env_fallbacks`` are standard variables read after ours (AWS_REGION); ``switch`` makes the flag
+    take no value (``--dry-run``)."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    commands: frozenset[str]
+    group: str
+    default_text: str | None = None
+    command_defaults: Mapping[str, Any] = field(default_factory=dict)
+    env_fallbacks: tuple[str, ...] = ()
+    switch: bool = False
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def default_for(self, command: str) -> Any:
+        return self.command_defaults.get(command, self.default)
+
+    def help_for(self, command: str) -> str:
+        if self.switch:
+            shown = "off"
+        elif command in self.command_defaults:
+            shown = str(self.command_defaults[command] if self.command_defaults[command] is not None else "none")
+        else:
+            shown = self.default_text if self.default_text is not None else str(self.default)
+        envs = " or ".join((self.env, *self.env_fallbacks))
+        return f"{self.help} (default: {shown}) [{envs}]"
+
+
+LOCATION = "where the mirror lives"
+OUTPUT = "output"
+SAFETY = "safety"
+TUNING = "tuning"
+LISTENING = "listening"
+FTP = "FTP"
+ENDPOINTS = "endpoints to probe"
+RULES = "health rules and alerts"
+PROBING = "probing"
+ANNOUNCING = "the announcement"
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- where the mirror lives (every command)
+    Setting("bucket", parse_bucket, "", "S3 bucket holding the mirror", ALL, LOCATION, default_text="none"),
+    Setting(
+        "prefix",
+        plain,
+        "",
+        "key prefix inside the bucket; the served tree is PREFIX/pub/, private state PREFIX/state/",
+        ALL,
+        LOCATION,
+        default_text="none",
+    ),
+    Setting(
+        "endpoint_url",
+        parse_s3_endpoint,
+        "",
+        "S3-compatible endpoint, e.g. a local moto server",
+        ALL,
+        LOCATION,
+        default_text="AWS",
+        env_fallbacks=("AWS_ENDPOINT_URL",),
+    ),
+    Setting(
+        "region",
+        plain,
+        "us-east-1",
+        "AWS region",
+        ALL,
+        LOCATION,
+        env_fallbacks=("AWS_REGION", "AWS_DEFAULT_REGION"),
+    ),
+    Setting(
+        "s3_max_attempts",
+        count(1, 100),
+        10,
+        "attempts per S3 request, with adaptive backoff on throttling and 5xx",
+        ALL,
+        LOCATION,
+    ),
+    Setting(
+        "config",
+        plain,
+        "",
+        "TOML file with any of these settings (flags and environment win)",
+        ALL,
+        LOCATION,
+        default_text="none",
+        metavar="FILE",
+    ),
+    Setting(
+        "mirror_name",
+        plain,
+        "",
+        "name shown in the trace file, pages, banners, alerts and metrics",
+        ALL,
+        LOCATION,
+        default_text="the bucket",
+    ),
+    # -- output (every command)
+    Setting(
+        "log_format",
+        choice("auto", "text", "json"),
+        "auto",
+        "log lines as text for people or JSON for machines; auto: text on a terminal, JSON otherwise",
+        ALL,
+        OUTPUT,
+    ),
+    Setting(
+        "log_level",
+        choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "INFO",
+        "the least important log lines shown",
+        ALL,
+        OUTPUT,
+    ),
+    # -- sync
+    Setting(
+        "upstream",
+        parse_upstream,
+        "",
+        "rsync://HOST[:PORT]/MODULE/ to mirror",
+        frozenset({SYNC, ANNOUNCE}),
+        LOCATION,
+        default_text="none",
+    ),
+    Setting(
+        "dry_run",
+        parse_bool,
+        False,
+        "print the plan and change nothing (exit 4 if a real run would be refused)",
+        frozenset({SYNC}),
+        SAFETY,
+        switch=True,
+    ),
+    Setting(
+        "max_delete_percent",
+        percent,
+        10.0,
+        "refuse plans deleting more than this share of files or bytes",
+        frozenset({SYNC}),
+        SAFETY,
+        default_text="10",
+    ),
+    Setting(
+        "force_delete",
+        parse_bool,
+        False,
+        "publish even when the deletion guard objects (upstream really shrank)",
+        frozenset({SYNC}),
+        SAFETY,
+        switch=True,
+    ),
+    Setting(
+        "lock_ttl",
+        duration(0.0, 86400.0),
+        900.0,
+        "seconds a sync lease lasts without renewal",
+        frozenset({SYNC}),
+        SAFETY,
+        default_text="900",
+    ),
+    Setting(
+        "staging_dir",
+        plain,
+        "",
+        "where fetched files wait for upload",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="system temp dir",
+    ),
+    Setting(
+        "staging_bytes",
+        size(1024),
+        8 * 1024**3,
+        "disk budget for staged files, e.g. 8G",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="8G",
+    ),
+    Setting("upload_concurrency", count(1, 256), 16, "parallel uploads", frozenset({SYNC}), TUNING),
+    Setting(
+        "multipart_threshold",
+        size(5 * 1024**2, 5 * 1024**3),
+        64 * 1024**2,
+        "files above this size upload in parts",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="64M",
+    ),
+    Setting(
+        "late_patterns",
+        parse_late_patterns,
+        DEFAULT_LATE_PATTERNS,
+        "index files published after data, as tiers: 'Packages*,Sources*;Release,InRelease,repomd.xml'",
+        frozenset({SYNC, VERIFY}),
+        TUNING,
+        default_text="apt, yum and checksum files",
+    ),
+    Setting(
+        "trace_path",
+        parse_trace_path,
+        DEFAULT_TRACE_PATH,
+        "trace file path inside the mirror",
+        frozenset({SYNC, VERIFY}),
+        TUNING,
+    ),
+    Setting(
+        "rsync_command", plain, "rsync", "rsync program and fixed options", frozenset({SYNC}), TUNING, metavar="CMD"
+    ),
+    Setting(
+        "rsync_timeout",
+        count(1, 86400),
+        300,
+        "seconds the upstream may stay silent (no new listed entry, no fetch I/O) before rsync is stopped and "
+        "the run fails",
+        frozenset({SYNC}),
+        TUNING,
+    ),
+    # -- serve-http and serve-ftp
+    Setting("host", plain, "127.0.0.1", "address to listen on", SERVE, LISTENING),
+    Setting(
+        "port",
+        parse_port,
+        0,
+        "port to listen on; 0 picks a free one",
+        SERVE,
+        LISTENING,
+        command_defaults={SERVE_HTTP: 8080, SERVE_FTP: 2121},
+    ),
+    Setting("max_connections", count(1, 100_000), 256, "connections served at once", SERVE, LISTENING),
+    Setting(
+        "idle_timeout",
+        duration(0.0, 86400.0),
+        300.0,
+        "seconds an idle connection is kept",
+        SERVE,
+        LISTENING,
+        default_text="300",
+    ),
+    Setting(
+        "cache_ttl",
+        duration(zero=True, high=86400.0),
+        10.0,
+        "seconds an object read from S3 may be reused, at most (objects' own Cache-Control can only shorten "
+        "it; the trace file is never reused); 0 turns the cache off",
+        SERVE,
+        LISTENING,
+        default_text="10",
+    ),
+    Setting(
+        "max_connections_per_ip",
+        count(1, 100_000),
+        16,
+        "sessions one client address may hold",
+        frozenset({SERVE_FTP}),
+        FTP,
+    ),
+    Setting(
+        "passive_ports",
+        parse_port_range,
+        None,
+        "passive data port range FIRST-LAST, e.g. 60000-60099",
+        frozenset({SERVE_FTP}),
+        FTP,
+        default_text="any free port",
+    ),
+    Setting(
+        "masquerade_address",
+        plain,
+        "",
+        "address announced in PASV replies (the load balancer's public address)",
+        frozenset({SERVE_FTP}),
+        FTP,
+        default_text="the listening address",
+    ),
+    Setting(
+        "one_cpu",
+        parse_bool,
+        True,
+        "keep the server's session threads on one CPU (faster under the GIL)",
+        frozenset({SERVE_FTP}),
+        FTP,
+        default_text="yes",
+    ),
+    # -- verify (and the announcement's URLs)
+    Setting(
+        "http_url",
+        parse_endpoint_url(("http", "https")),
+        "",
+        "http(s)://HOST[:PORT]/ of the HTTP front end",
+        frozenset({VERIFY, ANNOUNCE}),
+        ENDPOINTS,
+        default_text="none",
+    ),
+    Setting(
+        "ftp_url",
+        parse_endpoint_url(("ftp",)),
+        "",
+        "ftp://HOST[:PORT]/ of the FTP front end",
+        frozenset({VERIFY, ANNOUNCE}),
+        ENDPOINTS,
+        default_text="none",
+    ),
+    Setting(
+        "rsync_url",
+        parse_endpoint_url(("rsync",)),
+        "",
+        "rsync://HOST[:PORT]/MODULE/ if the mirror serves rsync",
+        frozenset({VERIFY, ANNOUNCE}),
+        ENDPOINTS,
+        default_text="none",
+    ),
+    Setting(
+        "sync_interval",
+        duration(high=30 * 86400.0),
+        3600.0,
+        "how often the sync runs, e.g. 1h: stale beyond 2x is degraded, beyond 6x down",
+        frozenset({VERIFY, ANNOUNCE}),
+        RULES,
+        default_text="1h",
+        # The announcement states the frequency: it must come from the operator or the stack, never a guess.
+        command_defaults={ANNOUNCE: None},
+    ),
+    Setting(
+        "topic_arn",
+        parse_topic_arn,
+        "",
+        "SNS topic for alerts",
+        frozenset({VERIFY}),
+        RULES,
+        default_text="alerts only logged",
+    ),
+    Setting(
+        "reminder_interval",
+        duration(),
+        6 * 3600.0,
+        "repeat an alert while a level stays bad",
+        frozenset({VERIFY}),
+        RULES,
+        default_text="6h",
+    ),
+    Setting("metrics_namespace", plain, "Mirrorkeeper", "CloudWatch namespace", frozenset({VERIFY}), RULES),
+    Setting(
+        "metrics",
+        choice("cloudwatch", "emf", "none"),
+        "cloudwatch",
+        "where metrics go: PutMetricData, EMF lines on stdout (as in Lambda), or nowhere",
+        frozenset({VERIFY}),
+        RULES,
+    ),
+    Setting(
+        "probe_timeout",
+        duration(high=600.0),
+        10.0,
+        "seconds each probe may take",
+        frozenset({VERIFY}),
+        PROBING,
+        default_text="10",
+    ),
+    Setting(
+        "probe_concurrency",
+        count(1, 64),
+        8,
+        "parallel probes per endpoint (FTP at most 4)",
+        frozenset({VERIFY}),
+        PROBING,
+    ),
+    Setting("sample_random", count(0, 10_000), 8, "random files checked per endpoint", frozenset({VERIFY}), PROBING),
+    Setting("sample_newest", count(0, 10_000), 4, "newest files checked", frozenset({VERIFY}), PROBING),
+    Setting("sample_late", count(0, 10_000), 4, "index/checksum files checked", frozenset({VERIFY}), PROBING),
+    Setting(
+        "sample_download", count(0, 10_000), 3, "sampled files downloaded and hashed", frozenset({VERIFY}), PROBING
+    ),
+    Setting(
+        "download_max_bytes",
+        size(0, 1024**4),
+        8 * 1024**2,
+        "largest file downloaded for hashing",
+        frozenset({VERIFY}),
+        PROBING,
+        default_text="8M",
+    ),
+    Setting(
+        "cache_grace",
+        duration(),
+        3600.0,
+        "how long a front end may serve a copy older than the last sync (a CDN cache) before it counts as a failure",
+        frozenset({VERIFY}),
+        PROBING,
+        default_text="1h",
+    ),
+    Setting(
+        "event",
+        plain,
+        "",
+        "trigger event JSON file (e.g. events/ecs-task-stopped-failed.json)",
+        frozenset({VERIFY}),
+        OUTPUT,
+        default_text="a manual run",
+        metavar="FILE",
+    ),
+    Setting(
+        "json",
+        parse_bool,
+        False,
+        "print the workflow's final state document as JSON",
+        frozenset({VERIFY}),
+        OUTPUT,
+        switch=True,
+    ),
+    # -- announce
+    Setting(
+        "stack_name",
+        plain,
+        "",
+        "read URLs and schedule from this CloudFormation stack's outputs",
+        frozenset({ANNOUNCE}),
+        ANNOUNCING,
+        default_text="none",
+    ),
+    Setting(
+        "location",
+        plain,
+        "",
+        "physical location: country, state/province, city",
+        frozenset({ANNOUNCE}),
+        ANNOUNCING,
+        default_text="the stack's MirrorLocation",
+    ),
+    Setting(
+        "contact",
+        plain,
+        "",
+        "admin email, ideally a generic address",
+        frozenset({ANNOUNCE}),
+        ANNOUNCING,
+        default_text="the stack's AdminContact",
+    ),
+    Setting(
+        "schedule",
+        plain,
+        "",
+        "the sync schedule's expression, shown beside the update frequency",
+        frozenset({ANNOUNCE}),
+        ANNOUNCING,
+        default_text="the stack's SyncSchedule",
+    ),
+    Setting(
+        "status_url",
+        plain,
+        "",
+        "the status page's URL",
+        frozenset({ANNOUNCE}),
+        ANNOUNCING,
+        default_text="the stack's StatusPageUrl",
+    ),
+    Setting("format", choice("text", "json"), "text", "output format", frozenset({ANNOUNCE}), OUTPUT),
+)
+
+
+def settings_for(command: str, settings: Iterable[Setting] = SETTINGS) -> dict[str, Setting]:
+    """The settings ``command`` takes, by name."""
+    found: dict[str, Setting] = {}
+    for setting in settings:
+        if command in setting.commands:
+            if setting.name in found:
+                raise AssertionError(f"setting {setting.name!r} is declared twice for {command}")
+            found[setting.name] = setting
+    return found
+
+
+def add_flags(parser: argparse.ArgumentParser, command: str, settings: Iterable[Setting] = SETTINGS) -> None:
+    """One flag per setting of ``command``, grouped as declared, its help ending in its default and variable.
+    Every flag defaults to None ("not given"), so the environment, the file and the default can speak."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for setting in settings_for(command, settings).values():
+        group = groups.get(setting.group) or groups.setdefault(setting.group, parser.add_argument_group(setting.group))
+        if setting.switch:
+            group.add_argument(
+                setting.flag, dest=setting.name, action="store_true", default=None, help=setting.help_for(command)
+            )
+            continue
+        options = getattr(setting.parse, "options", None)
+        metavar = setting.metavar or ("{" + ",".join(options) + "}" if options else setting.name.upper())
+        group.add_argument(setting.flag, dest=setting.name, metavar=metavar, help=setting.help_for(command))
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed command line as the settings mapping :func:`resolve` reads (unset flags are None)."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
+
+
+def resolve(
+    command: str,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    fallback: Mapping[str, Any] | None = None,
+    settings: Iterable[Setting] = SETTINGS,
+) -> dict[str, Any]:
+    """Every setting of ``command``: flag, environment, config file, ``fallback``, default; parsed and checked."""
+    env = os.environ if environ is None else environ
+    declared = settings_for(command, settings)
+    config_path = _value(declared["config"], command, flags, env, {}, {}) if "config" in declared else ""
+    file = _read_config_file(config_path, settings) if config_path else {}
+    values: dict[str, Any] = {}
+    for name, setting in declared.items():
+        values[name] = _value(setting, command, flags, env, file, fallback or {})
+    return values
+
+
+def _value(
+    setting: Setting,
+    command: str,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    file: Mapping[str, Any],
+    fallback: Mapping[str, Any],
+) -> Any:
+    given = flags.get(setting.name)
+    if given is not None:
+        return _convert(given, setting, setting.flag)
+    for variable in (setting.env, *setting.env_fallbacks):
+        if variable in env:
+            return _convert(env[variable], setting, variable)
+    for key in (setting.name, setting.name.replace("_", "-")):
+        if key in file:
+            return _convert(file[key], setting, f"config file key {key!r}")
+    if setting.name in fallback:
+        return _convert(fallback[setting.name], setting, f"the stack's output for {setting.name}")
+    return setting.default_for(command)
+
+
+def _convert(raw: Any, setting: Setting, source: str) -> Any:
+    if not isinstance(raw, str | list):
+        raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
+    try:
+        return setting.parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}={raw!r} is invalid: {exc}") from None
+
+
+def _read_config_file(path: str, settings: Iterable[Setting]) -> dict[str, Any]:
+    import tomllib  # here, not at the top: most runs (the container's) are configured by environment alone
+
+    try:
+        with open(path, "rb") as handle:
+            loaded = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; fix --config / MIRRORKEEPER_CONFIG") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; fix --config / MIRRORKEEPER_CONFIG") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable; fix its permissions or --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    known = {s.name for s in SETTINGS} | {s.name for s in settings}
+    for key in loaded:
+        if key.replace("-", "_") not in known:
+            raise ConfigError(f"config file {path}: unknown key {key!r}; see 'mirrorkeeper COMMAND --help'")
+    return loaded
+
+
+def require(values: Mapping[str, Any], name: str, example: str, settings: Iterable[Setting] = SETTINGS) -> Any:
+    """``values[name]``, or a ConfigError saying how to give it."""
+    if values.get(name):
+        return values[name]
+    setting = next(s for s in settings if s.name == name)
+    label = name.replace("_", " ")
+    raise ConfigError(f"no {label} given: pass {setting.flag} {example} or set {setting.env}")
+
+
+def setting(name: str) -> Setting:
+    return next(s for s in SETTINGS if s.name == name)
+
+
+def default(name: str) -> Any:
+    """The declared default of setting ``name``: what the config classes' fields default to."""
+    return setting(name).default
+
+
+def pick[T](cls: type[T], values: Mapping[str, Any], **computed: Any) -> T:
+    """``cls`` (a dataclass) from the settings named like its fields, and ``computed`` ones."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in values.items() if k in names and k not in computed}, **computed)
+
+
+# -- what each command gets -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    endpoint_url: str | None
+    region: str
+    max_attempts: int = default("s3_max_attempts")
+
+
+def load_aws_config(values: Mapping[str, Any]) -> AwsConfig:
+    return AwsConfig(
+        endpoint_url=values["endpoint_url"] or None, region=values["region"], max_attempts=values["s3_max_attempts"]
+    )
+
+
+def load_layout(values: Mapping[str, Any]) -> MirrorLayout:
+    return MirrorLayout.create(require(values, "bucket", "NAME"), values["prefix"])
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    upstream: str
+    layout: MirrorLayout
+    aws: AwsConfig
+    max_delete_percent: float = default("max_delete_percent")
+    force_delete: bool = default("force_delete")
+    dry_run: bool = default("dry_run")
+    staging_dir: Path | None = None
+    staging_bytes: int = default("staging_bytes")
+    upload_concurrency: int = default("upload_concurrency")
+    multipart_threshold: int = default("multipart_threshold")
+    lock_ttl: float = default("lock_ttl")
+    late_patterns: LateTiers = default("late_patterns")  # noqa: RUF009 - a tuple of tuples: immutable
+    trace_path: str = default("trace_path")
+    mirror_name: str = ""
+    rsync_command: str = default("rsync_command")
+    rsync_timeout: int = default("rsync_timeout")
+
+
+def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SyncConfig:
+    return sync_config(resolve(SYNC, flags, environ))
+
+
+def sync_config(values: Mapping[str, Any]) -> SyncConfig:
+    layout = load_layout(values)
+    return pick(
+        SyncConfig,
+        values,
+        upstream=require(values, "upstream", "rsync://HOST/MODULE/"),
+        layout=layout,
+        aws=load_aws_config(values),
+        staging_dir=Path(values["staging_dir"]) if values["staging_dir"] else None,
+        mirror_name=values["mirror_name"] or layout.bucket,
+    )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of ``serve-http`` and ``serve-ftp`` (the FTP-only ones keep their defaults for HTTP)."""
+
+    layout: MirrorLayout
+    aws: AwsConfig
+    host: str = default("host")
+    port: int = 0
+    max_connections: int = default("max_connections")
+    max_connections_per_ip: int = default("max_connections_per_ip")
+    idle_timeout: float = default("idle_timeout")
+    mirror_name: str = ""
+    passive_ports: tuple[int, int] | None = default("passive_ports")
+    masquerade_address: str | None = None
+    cache_ttl: float = default("cache_ttl")
+    one_cpu: bool = default("one_cpu")
+
+
+def load_serve_config(command: str, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServeConfig:
+    return serve_config(resolve(command, flags, environ))
+
+
+def serve_config(values: Mapping[str, Any]) -> ServeConfig:
+    layout = load_layout(values)
+    return pick(
+        ServeConfig,
+        values,
+        layout=layout,
+        aws=load_aws_config(values),
+        mirror_name=values["mirror_name"] or layout.bucket,
+        masquerade_address=values.get("masquerade_address") or None,
+    )
+
+
 @dataclass(frozen=True)
 class VerifyConfig:
     """Settings of ``mirrorkeeper verify`` and of the three verification Lambdas (same names, same
@@ -332,20 +958,20 @@ class VerifyConfig:
     http_url: str = ""
     ftp_url: str = ""
     rsync_url: str = ""
-    sync_interval: float = 3600.0
+    sync_interval: float = default("sync_interval")
     topic_arn: str = ""
-    metrics_namespace: str = "Mirrorkeeper"
-    trace_path: str = SyncConfig.trace_path
-    late_patterns: LateTiers = DEFAULT_LATE_PATTERNS
-    probe_timeout: float = 10.0
-    probe_concurrency: int = 8
-    sample_random: int = 8
-    sample_newest: int = 4
-    sample_late: int = 4
-    sample_download: int = 3
-    download_max_bytes: int = 8 * 1024**2
-    reminder_interval: float = 6 * 3600.0
-    cache_grace: float = 3600.0
+    metrics_namespace: str = default("metrics_namespace")
+    trace_path: str = default("trace_path")
+    late_patterns: LateTiers = default("late_patterns")  # noqa: RUF009 - a tuple of tuples: immutable
+    probe_timeout: float = default("probe_timeout")
+    probe_concurrency: int = default("probe_concurrency")
+    sample_random: int = default("sample_random")
+    sample_newest: int = default("sample_newest")
+    sample_late: int = default("sample_late")
+    sample_download: int = default("sample_download")
+    download_max_bytes: int = default("download_max_bytes")
+    reminder_interval: float = default("reminder_interval")
+    cache_grace: float = default("cache_grace")
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -355,35 +981,21 @@ class VerifyConfig:
 
 
 def load_verify_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> VerifyConfig:
-    sources = Sources.load(flags, environ)
-    layout = load_layout(sources)
-    config = VerifyConfig(
+    return verify_config(resolve(VERIFY, flags, environ))
+
+
+def verify_config(values: Mapping[str, Any]) -> VerifyConfig:
+    layout = load_layout(values)
+    config = pick(
+        VerifyConfig,
+        values,
         layout=layout,
-        aws=load_aws_config(sources),
-        mirror_name=sources.get("mirror_name", str, "") or layout.bucket,
-        http_url=sources.get("http_url", parse_endpoint_url(("http", "https")), ""),
-        ftp_url=sources.get("ftp_url", parse_endpoint_url(("ftp",)), ""),
-        rsync_url=sources.get("rsync_url", parse_endpoint_url(("rsync",)), ""),
-        sync_interval=sources.get("sync_interval", parse_duration, VerifyConfig.sync_interval),
-        topic_arn=sources.get("topic_arn", str, "").strip(),
-        metrics_namespace=sources.get("metrics_namespace", str, VerifyConfig.metrics_namespace),
-        trace_path=sources.get("trace_path", str, VerifyConfig.trace_path).strip("/"),
-        late_patterns=sources.get("late_patterns", parse_late_patterns, DEFAULT_LATE_PATTERNS),
-        probe_timeout=sources.get("probe_timeout", parse_duration, VerifyConfig.probe_timeout),
-        probe_concurrency=sources.get("probe_concurrency", positive_int, VerifyConfig.probe_concurrency),
-        sample_random=sources.get("sample_random", non_negative_int, VerifyConfig.sample_random),
-        sample_newest=sources.get("sample_newest", non_negative_int, VerifyConfig.sample_newest),
-        sample_late=sources.get("sample_late", non_negative_int, VerifyConfig.sample_late),
-        sample_download=sources.get("sample_download", non_negative_int, VerifyConfig.sample_download),
-        download_max_bytes=sources.get("download_max_bytes", parse_size, VerifyConfig.download_max_bytes),
-        reminder_interval=sources.get("reminder_interval", parse_duration, VerifyConfig.reminder_interval),
-        cache_grace=sources.get("cache_grace", parse_duration, VerifyConfig.cache_grace),
+        aws=load_aws_config(values),
+        mirror_name=values["mirror_name"] or layout.bucket,
     )
     if not config.endpoints:
         raise ConfigError(
             "no endpoint to probe: pass --http-url and/or --ftp-url (or set MIRRORKEEPER_HTTP_URL / "
             "MIRRORKEEPER_FTP_URL)"
         )
-    if config.topic_arn and not config.topic_arn.startswith("arn:"):
-        raise ConfigError(f"topic ARN {config.topic_arn!r} is not an ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
     return config

@@ -19,6 +19,10 @@ from mirrorkeeper.errors import ConfigError
 
 SERVED_DIR = "pub/"
 STATE_DIR = "state/"
+# Names under this directory of the served tree are ours (trace, status page): upstream files there
+# are not mirrored. What each object is and how it is written: mirrorkeeper.state.
+RESERVED_DIR = ".mirrorkeeper/"
+DEFAULT_TRACE_PATH = RESERVED_DIR + "trace"
 
 
 def normalize_prefix(prefix: str) -> str:

@@ -11,7 +11,8 @@ each is read and written. No other module builds one of these keys or parses one
     <prefix>state/runs/last.json             and of the latest                       announce, mirrors
     <prefix>state/repair.json                RepairList: drift for the next sync to undo  verify → sync
     <prefix>state/health.json                HealthState: levels, last checks, 14 days    verify
-    <prefix>pub/.mirrorkeeper/trace          our trace file (content.render_trace)   sync
+    <prefix>pub/.mirrorkeeper/trace          our trace file (content.render_trace; its path is the
+                                             trace_path setting, layout.DEFAULT_TRACE_PATH)   sync
     <prefix>pub/.mirrorkeeper/status.html    the status page, and status.json        verify
 
 Served objects carry two metadata keys (MTIME_META, SYMLINK_META) that the front ends read back.
@@ -30,17 +31,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mirrorkeeper.aws import S3Client
 from mirrorkeeper.display import iso
 from mirrorkeeper.entries import Entry
 from mirrorkeeper.errors import MirrorkeeperError, StateConflictError, StorageError
-from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.layout import RESERVED_DIR, MirrorLayout
 from mirrorkeeper.manifest import ManifestError, ManifestHeader, Row, read_manifest, read_manifest_rows, write_manifest
 from mirrorkeeper.s3errors import S3Failure, classify, is_conflict, is_missing, s3_errors
+
+if TYPE_CHECKING:
+    from mirrorkeeper.aws import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,6 @@ HEALTH = "health.json"
 RUNS = "runs/"
 LAST_RUN = RUNS + "last.json"
 
-# Names under this directory of the served tree are ours: upstream files there are not mirrored.
-RESERVED_DIR = ".mirrorkeeper/"
-DEFAULT_TRACE_PATH = RESERVED_DIR + "trace"
 STATUS_HTML_PATH = RESERVED_DIR + "status.html"
 STATUS_JSON_PATH = RESERVED_DIR + "status.json"
 # Our public files are never kept by a cache: a fresh trace is how clients and probes judge freshness.

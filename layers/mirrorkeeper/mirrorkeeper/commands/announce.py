@@ -16,15 +16,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mirrorkeeper.aws import s3_client
-from mirrorkeeper.commands.common import add_location_flags, flags_of
-from mirrorkeeper.config import (
-    Sources,
-    load_aws_config,
-    parse_bucket,
-    parse_duration,
-    parse_endpoint_url,
-    parse_upstream,
-)
+from mirrorkeeper.config import ANNOUNCE, add_flags, flags_of, load_aws_config, load_layout, resolve
 from mirrorkeeper.display import human_size
 from mirrorkeeper.errors import ConfigError, MirrorkeeperError
 from mirrorkeeper.layout import MirrorLayout
@@ -93,16 +85,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--stack-name", help="read URLs and schedule from this CloudFormation stack's outputs")
-    parser.add_argument("--location", help="physical location: country, state/province, city [MIRRORKEEPER_LOCATION]")
-    parser.add_argument("--contact", help="admin email, ideally a generic address [MIRRORKEEPER_CONTACT]")
-    parser.add_argument("--mirror-name", help="the mirror's name [MIRRORKEEPER_MIRROR_NAME]")
-    parser.add_argument("--http-url", help="HTTP URL of the mirror [MIRRORKEEPER_HTTP_URL]")
-    parser.add_argument("--ftp-url", help="FTP URL of the mirror [MIRRORKEEPER_FTP_URL]")
-    parser.add_argument("--rsync-url", help="rsync URL of the mirror, if it offers one [MIRRORKEEPER_RSYNC_URL]")
-    parser.add_argument("--sync-interval", help="time between syncs, such as 3600 or 1h [MIRRORKEEPER_SYNC_INTERVAL]")
-    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
-    add_location_flags(parser)
+    add_flags(parser, ANNOUNCE)
     parser.set_defaults(handler=run)
 
 
@@ -144,61 +127,48 @@ def describe_interval(seconds: float) -> str:
 
 
 def build_announcement(flags: dict[str, Any], environ: dict[str, str] | None = None, cfn: Any = None) -> Announcement:
-    explicit = Sources.load(flags, environ)
-    aws = load_aws_config(explicit)
-    stack = stack_outputs(flags["stack_name"], aws.region, aws.endpoint_url, cfn) if flags.get("stack_name") else {}
-
-    def get(name: str, parse: Any = str, default: Any = "") -> Any:
+    values = resolve(ANNOUNCE, flags, environ)
+    aws = load_aws_config(values)
+    if values["stack_name"]:
         # Flags, environment and config file first; the stack's outputs fill what they leave unset.
-        value = explicit.get(name, parse, None)
-        if value is None and name in stack:
-            value = Sources(flags={name: stack[name]}, environ={}).get(name, parse, default)
-        return default if value is None else value
-
+        stack = stack_outputs(values["stack_name"], aws.region, aws.endpoint_url, cfn)
+        values = resolve(ANNOUNCE, flags, environ, fallback=stack)
     missing = []
-    location, contact = get("location"), get("contact")
-    http_url = get("http_url", parse_endpoint_url(("http", "https")))
-    ftp_url = get("ftp_url", parse_endpoint_url(("ftp",)))
-    rsync_url = get("rsync_url", parse_endpoint_url(("rsync",)))
-    interval = get("sync_interval", parse_duration, None)
-    bucket = get("bucket", parse_bucket)
-    if not location:
+    if not values["location"]:
         missing.append("the location (--location, MIRRORKEEPER_LOCATION or the stack's MirrorLocation)")
-    if not contact:
+    if not values["contact"]:
         missing.append("the admin contact (--contact, MIRRORKEEPER_CONTACT or the stack's AdminContact)")
-    if not (http_url or ftp_url or rsync_url):
+    if not (values["http_url"] or values["ftp_url"] or values["rsync_url"]):
         missing.append("a URL (--http-url / --ftp-url / --rsync-url, or --stack-name)")
-    if interval is None:
+    if values["sync_interval"] is None:
         missing.append("the update frequency (--sync-interval or --stack-name)")
-    if not bucket:
+    if not values["bucket"]:
         missing.append("the bucket, for the mirror's size (--bucket or --stack-name)")
     if missing:
         raise ConfigError("the announcement needs " + "; ".join(missing))
-    layout = MirrorLayout.create(bucket, get("prefix"))
+    layout = load_layout(values)
     size, files, last_sync = mirror_size(s3_client(aws), layout)
-    upstream = get("upstream", parse_upstream)
     return Announcement(
-        mirror_name=get("mirror_name") or bucket,
-        upstream=upstream,
-        location=location,
-        update_frequency=describe_interval(interval),
-        schedule=get("schedule"),
-        http_url=http_url,
-        ftp_url=ftp_url,
-        rsync_url=rsync_url,
-        contact=contact,
+        mirror_name=values["mirror_name"] or layout.bucket,
+        upstream=values["upstream"],
+        location=values["location"],
+        update_frequency=describe_interval(values["sync_interval"]),
+        schedule=values["schedule"],
+        http_url=values["http_url"],
+        ftp_url=values["ftp_url"],
+        rsync_url=values["rsync_url"],
+        contact=values["contact"],
         size_bytes=size,
         files=files,
         last_sync=last_sync or "unknown",
-        status_url=get("status_url"),
+        status_url=values["status_url"],
     )
 
 
 def run(args: argparse.Namespace) -> int:
     flags = flags_of(args)
-    output_format = flags.pop("format")
     announcement = build_announcement(flags)
-    if output_format == "json":
+    if resolve(ANNOUNCE, flags)["format"] == "json":
         print(json.dumps(asdict(announcement), indent=2))
     else:
         print(announcement.text())

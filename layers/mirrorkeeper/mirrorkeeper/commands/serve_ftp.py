@@ -6,11 +6,10 @@ import argparse
 import logging
 import os
 
-from mirrorkeeper.commands.common import add_location_flags, add_logging_flags
-from mirrorkeeper.commands.serve_common import add_serve_flags, start_serving
+from mirrorkeeper.commands.serve_common import start_serving
+from mirrorkeeper.config import SERVE_FTP, add_flags
 from mirrorkeeper.serve.ftp import make_server
 
-DEFAULT_PORT = 2121
 log = logging.getLogger(__name__)
 
 
@@ -21,35 +20,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Serve the mirror's served tree over FTP: users 'anonymous' and 'ftp', read-only, upstream "
         "mtimes in LIST/MLSD/MDTM, REST for resumed downloads, 550 for missing paths. Runs until interrupted.",
     )
-    add_location_flags(parser)
-    add_serve_flags(parser, DEFAULT_PORT)
-    ftp = parser.add_argument_group("FTP")
-    ftp.add_argument(
-        "--max-connections-per-ip",
-        help="sessions one client address may hold (default: 16) [MIRRORKEEPER_MAX_CONNECTIONS_PER_IP]",
-    )
-    ftp.add_argument(
-        "--passive-ports",
-        help="passive data port range FIRST-LAST, e.g. 60000-60099 (default: any free port) "
-        "[MIRRORKEEPER_PASSIVE_PORTS]",
-    )
-    ftp.add_argument(
-        "--masquerade-address",
-        help="public IP address announced in PASV replies, needed behind NAT or a load balancer "
-        "[MIRRORKEEPER_MASQUERADE_ADDRESS]",
-    )
-    ftp.add_argument(
-        "--one-cpu",
-        choices=("yes", "no"),
-        help="keep the session threads on one CPU: faster for many small transfers, where GIL hand-overs "
-        "between CPUs cost more than the work (default: yes) [MIRRORKEEPER_ONE_CPU]",
-    )
-    add_logging_flags(parser)
+    add_flags(parser, SERVE_FTP)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config, tree = start_serving(args, DEFAULT_PORT)
+    config, tree = start_serving(SERVE_FTP, args)
     if config.one_cpu:
         keep_on_one_cpu()
     server = make_server(

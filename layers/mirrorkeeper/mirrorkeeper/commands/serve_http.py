@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mirrorkeeper.commands.common import add_location_flags, add_logging_flags
-from mirrorkeeper.commands.serve_common import add_serve_flags, start_serving
+from mirrorkeeper.commands.serve_common import start_serving
+from mirrorkeeper.config import SERVE_HTTP, add_flags
 from mirrorkeeper.serve.http import MirrorHTTPServer
 
-DEFAULT_PORT = 8080
 log = logging.getLogger(__name__)
 
 
@@ -21,14 +20,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "ranges, upstream mtimes as Last-Modified, 304s, directory index pages, 404 for missing paths. "
         "Private state is never reachable. Runs until interrupted.",
     )
-    add_location_flags(parser)
-    add_serve_flags(parser, DEFAULT_PORT)
-    add_logging_flags(parser)
+    add_flags(parser, SERVE_HTTP)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config, tree = start_serving(args, DEFAULT_PORT)
+    config, tree = start_serving(SERVE_HTTP, args)
     with MirrorHTTPServer((config.host, config.port), tree, config.max_connections, config.idle_timeout) as server:
         url = f"http://{config.host}:{server.server_port}/"
         log.info("serving HTTP", extra={"url": url, "bucket": config.layout.bucket})

@@ -8,8 +8,7 @@ import json
 import sys
 from contextlib import ExitStack
 
-from mirrorkeeper.commands.common import add_location_flags, add_logging_flags, flags_of
-from mirrorkeeper.config import load_sync_config
+from mirrorkeeper.config import SYNC, add_flags, flags_of, resolve, sync_config
 from mirrorkeeper.errors import UpstreamError
 from mirrorkeeper.sync.rsync import ListingRun, RsyncClient
 
@@ -43,50 +42,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--upstream", help="rsync://HOST[:PORT]/MODULE/ to mirror [MIRRORKEEPER_UPSTREAM]")
-    add_location_flags(parser)
-    guard = parser.add_argument_group("safety")
-    guard.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=None,
-        help="print the plan and change nothing (exit 4 if a real run would be refused)",
-    )
-    guard.add_argument(
-        "--max-delete-percent", help="refuse plans deleting more than this share of files or bytes (default: 10)"
-    )
-    guard.add_argument(
-        "--force-delete",
-        action="store_true",
-        default=None,
-        help="publish even when the deletion guard objects (upstream really shrank)",
-    )
-    guard.add_argument("--lock-ttl", help="seconds a sync lease lasts without renewal (default: 900)")
-    tuning = parser.add_argument_group("tuning")
-    tuning.add_argument("--staging-dir", help="where fetched files wait for upload (default: system temp dir)")
-    tuning.add_argument("--staging-bytes", help="disk budget for staged files, e.g. 8G (default: 8G)")
-    tuning.add_argument("--upload-concurrency", help="parallel uploads (default: 16)")
-    tuning.add_argument("--multipart-threshold", help="files above this size upload in parts (default: 64M)")
-    tuning.add_argument(
-        "--late-patterns",
-        help="index files published after data, as tiers: "
-        "'Packages*,Sources*;Release,InRelease,repomd.xml' (default: apt, yum "
-        "and checksum files)",
-    )
-    tuning.add_argument("--trace-path", help="trace file path inside the mirror (default: .mirrorkeeper/trace)")
-    tuning.add_argument("--mirror-name", help="name shown in the trace file and index pages (default: the bucket)")
-    tuning.add_argument("--rsync-command", help="rsync program and fixed options (default: rsync)")
-    tuning.add_argument(
-        "--rsync-timeout",
-        help="seconds the upstream may stay silent (no new listed entry, no fetch I/O) before rsync is stopped "
-        "and the run fails (default: 300)",
-    )
-    add_logging_flags(parser)
+    add_flags(parser, SYNC)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_sync_config(flags_of(args))
+    values = resolve(SYNC, flags_of(args))
+    config = sync_config(values)
     rsync = RsyncClient(config.rsync_command, config.rsync_timeout)
     with ExitStack() as stack:
         # Listing upstream takes about as long as importing boto3 and building its client: start
@@ -98,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             listing = None  # rsync cannot start: the run tries again and records the failure in its report
         from mirrorkeeper.logs import setup_logging
 
-        interactive = setup_logging(args.log_format, args.log_level)
+        interactive = setup_logging(values["log_format"], values["log_level"])
         # What follows allocates a lot and frees nothing (modules, boto3's models): collecting
         # while it runs is wasted time (about 25 ms), and frozen afterwards it is skipped by every
         # later collection, the ones at interpreter exit included (about 60 ms with boto3 loaded).

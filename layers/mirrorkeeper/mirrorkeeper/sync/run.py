@@ -41,13 +41,13 @@ from mirrorkeeper.content import (
 from mirrorkeeper.display import iso
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.errors import DeletionGuardError, ExitCode, MirrorkeeperError
+from mirrorkeeper.layout import RESERVED_DIR
 from mirrorkeeper.logs import Progress
 from mirrorkeeper.manifest import ManifestHeader
 from mirrorkeeper.names import printable
 from mirrorkeeper.state import (
     FRESH_CACHE_CONTROL,
     MTIME_META,
-    RESERVED_DIR,
     SYMLINK_META,
     ManifestMeta,
     RepairList,

@@ -22,8 +22,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mirrorkeeper.layout import RESERVED_DIR
 from mirrorkeeper.manifest import Row
-from mirrorkeeper.state import RESERVED_DIR, RepairList
+from mirrorkeeper.state import RepairList
 
 EXAMPLES = 10
 _DIR = "d"
