@@ -97,3 +97,23 @@ def test_malformed_events_name_the_field(event: Any, field: str) -> None:
     with pytest.raises(InvalidEventError) as caught:
         parse_event(model, event)
     assert field in str(caught.value) and "events/" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("sample", "change", "where"),
+    [
+        ("ecs-task-stopped-failed.json", {"time": "yesterday"}, "trigger.time"),
+        ("ecs-task-stopped-failed.json", {"detail-type": "ECS Container Instance State Change"}, "trigger.detail-type"),
+        (
+            "ecs-task-stopped-failed.json",
+            {"detail": {"taskArn": "arn", "lastStatus": "RUNNING"}},
+            "trigger.detail.lastStatus",
+        ),
+    ],
+)
+def test_a_malformed_envelope_field_is_named_where_it_sits_in_the_event(
+    sample: str, change: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        parse_event(DiffInput, {"trigger": load_event(sample) | change})
+    assert f"({where}: " in str(caught.value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -97,13 +97,24 @@ class PublishInput(_Model):
     probes: StepError | ProbeRun = Field(union_mode="left_to_right")
 
 
+# Pydantic puts the discriminator's value in an error's location (trigger.aws.ecs.detail...), a
+# key no event has; the message names fields as they are written in the event.
+_TRIGGER_TAGS = frozenset(
+    tag
+    for member in (EcsTaskStateChange, ScheduledVerify)
+    for tag in get_args(member.model_fields["source"].annotation)
+)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc if part not in _TRIGGER_TAGS) or "event"
+
+
 def parse_event[M: BaseModel](model: type[M], event: Any) -> M:
     try:
         return model.model_validate(event)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
         raise InvalidEventError(
             f"the {model.__name__} event is malformed ({problems}); compare it with the samples in events/"
         ) from None
