@@ -18,7 +18,7 @@ from mirrorkeeper.verify.events import (
     StepError,
     parse_event,
 )
-from mirrorkeeper.verify.workflow import STEPS
+from mirrorkeeper.verify.workflow import STEPS, cli_trigger
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = json.loads((REPO / "statemachine" / "verify.asl.json").read_text())
@@ -157,3 +157,11 @@ def test_the_schedules_event_validates_with_what_it_does_not_carry_filled_in() -
     parsed = parse_event(DiffInput, {"trigger": event}).trigger
     assert isinstance(parsed, ScheduledVerify) and parsed.id == event["id"]
     assert (parsed.version, parsed.account, parsed.region, parsed.resources, parsed.detail) == ("0", "", "", [], {})
+
+
+def test_the_command_lines_trigger_is_a_complete_scheduled_verify_event() -> None:
+    event = cli_trigger(1795634644.5)
+    assert set(event) == ENVELOPE
+    parsed = parse_event(ScheduledVerify, event)
+    assert parsed.source == "mirrorkeeper.cli" and parsed.time.timestamp() == 1795634644
+    assert parse_event(ScheduledVerify, cli_trigger(1795634644.5)).id != parsed.id
