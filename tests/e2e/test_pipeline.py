@@ -94,7 +94,7 @@ def test_verify_reports_each_protocol_and_exits_by_health(tmp_path: Path, moto_p
     bad.write_text(json.dumps({"source": "aws.ecs", "detail-type": "ECS Task State Change"}))
     refused = run_cli(["verify", "--bucket", BUCKET, *urls, "--event", str(bad)], moto_process)
     assert refused.returncode == 2
-    assert refused.stderr.count("\n") == 1 and "trigger.aws.ecs.time" in refused.stderr, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "trigger.time" in refused.stderr, refused.stderr
 
 
 def test_demo_keep_running_stops_every_service_on_sigterm() -> None:

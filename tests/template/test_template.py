@@ -109,9 +109,19 @@ def test_verify_schedule_sends_the_scheduled_verify_event(template: dict[str, An
     target = props(template, "VerifySchedule")["Target"]
     assert target["Arn"] == {"Ref": "VerifyStateMachine"}
     event = json.loads(target["Input"])
-    # the workflow's own model accepts it, and each execution gets its own id (the logs' correlation id)
-    trigger = parse_event(DiffInput, {"trigger": event}).trigger
-    assert isinstance(trigger, ScheduledVerify) and trigger.id == "<aws.scheduler.execution-id>"
+    # each execution gets its own id (the logs' correlation id) and the time it was scheduled for
+    assert event["id"] == "<aws.scheduler.execution-id>" and event["time"] == "<aws.scheduler.scheduled-time>"
+    # Scheduler fills both in as it starts the workflow; what arrives is the sample in events/, and
+    # the workflow's own model accepts it
+    sample = json.loads((ROOT / "events" / "scheduled-verify.json").read_text())
+    sent = json.loads(
+        target["Input"]
+        .replace("<aws.scheduler.execution-id>", sample["id"])
+        .replace("<aws.scheduler.scheduled-time>", sample["time"])
+    )
+    assert sent == sample
+    trigger = parse_event(DiffInput, {"trigger": sent}).trigger
+    assert isinstance(trigger, ScheduledVerify) and trigger.id == sample["id"]
     assert props(template, "VerifySchedule")["ScheduleExpression"] == {"Fn::Sub": "cron(${VerifyMinute} * * * ? *)"}
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 
 from mirrorkeeper.verify.events import (
     DiffInput,
@@ -17,7 +18,7 @@ from mirrorkeeper.verify.events import (
     StepError,
     parse_event,
 )
-from mirrorkeeper.verify.workflow import STEPS
+from mirrorkeeper.verify.workflow import STEPS, cli_trigger
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = json.loads((REPO / "statemachine" / "verify.asl.json").read_text())
@@ -97,3 +98,70 @@ def test_malformed_events_name_the_field(event: Any, field: str) -> None:
     with pytest.raises(InvalidEventError) as caught:
         parse_event(model, event)
     assert field in str(caught.value) and "events/" in str(caught.value)
+
+
+# Every field of an EventBridge event as EventBridge writes it (replay-name only on a replay).
+ENVELOPE = {f.alias or name for name, f in EventBridgeModel.model_fields.items()} - {"replay-name"}
+
+
+def test_both_triggers_are_powertools_eventbridge_models() -> None:
+    assert issubclass(EcsTaskStateChange, EventBridgeModel) and issubclass(ScheduledVerify, EventBridgeModel)
+
+
+def test_a_real_ecs_event_keeps_every_envelope_field() -> None:
+    event = load_event("ecs-task-stopped-success.json") | {"replay-name": "after-outage"}
+    assert set(event) >= ENVELOPE
+    parsed = parse_event(DiffInput, {"trigger": event}).trigger
+    assert isinstance(parsed, EcsTaskStateChange)
+    assert (parsed.version, parsed.account, parsed.region) == ("0", "123456789012", "us-east-1")
+    assert parsed.resources == [parsed.detail.taskArn] and parsed.replay_name == "after-outage"
+    assert parsed.time.isoformat() == "2026-11-25T14:07:41+00:00"
+
+
+@pytest.mark.parametrize("name", sorted(ENVELOPE - {"source"}))  # without source, no trigger matches
+def test_the_ecs_event_needs_every_envelope_field(name: str) -> None:
+    event = {k: v for k, v in load_event("ecs-task-stopped-success.json").items() if k != name}
+    with pytest.raises(InvalidEventError, match=rf"\(trigger\.{name}: Field required\)"):
+        parse_event(DiffInput, {"trigger": event})
+
+
+@pytest.mark.parametrize(
+    ("sample", "change", "where"),
+    [
+        ("ecs-task-stopped-failed.json", {"time": "yesterday"}, "trigger.time"),
+        ("ecs-task-stopped-failed.json", {"detail-type": "ECS Container Instance State Change"}, "trigger.detail-type"),
+        (
+            "ecs-task-stopped-failed.json",
+            {"resources": "arn:aws:ecs:us-east-1:123456789012:task/x"},
+            "trigger.resources",
+        ),
+        (
+            "ecs-task-stopped-failed.json",
+            {"detail": {"taskArn": "arn", "lastStatus": "RUNNING"}},
+            "trigger.detail.lastStatus",
+        ),
+        ("scheduled-verify.json", {"time": "<aws.scheduler.scheduled-time>"}, "trigger.time"),
+        ("scheduled-verify.json", {"detail": "{}"}, "trigger.detail"),
+    ],
+)
+def test_a_malformed_envelope_field_is_named_where_it_sits_in_the_event(
+    sample: str, change: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        parse_event(DiffInput, {"trigger": load_event(sample) | change})
+    assert f"({where}: " in str(caught.value)
+
+
+def test_the_schedules_event_validates_with_what_it_does_not_carry_filled_in() -> None:
+    event = load_event("scheduled-verify.json")
+    parsed = parse_event(DiffInput, {"trigger": event}).trigger
+    assert isinstance(parsed, ScheduledVerify) and parsed.id == event["id"]
+    assert (parsed.version, parsed.account, parsed.region, parsed.resources, parsed.detail) == ("0", "", "", [], {})
+
+
+def test_the_command_lines_trigger_is_a_complete_scheduled_verify_event() -> None:
+    event = cli_trigger(1795634644.5)
+    assert set(event) == ENVELOPE
+    parsed = parse_event(ScheduledVerify, event)
+    assert parsed.source == "mirrorkeeper.cli" and parsed.time.timestamp() == 1795634644
+    assert parse_event(ScheduledVerify, cli_trigger(1795634644.5)).id != parsed.id

@@ -1,16 +1,19 @@
 """The verify workflow's event shapes: what triggers it, and what each step hands the next.
 
-A malformed event is an :class:`InvalidEventError` naming the field, which the state machine does
-not retry. ``events/*.json`` holds a sample of each trigger and step input.
+Both triggers are EventBridge events, modelled on Powertools' ``EventBridgeModel`` with their own
+``detail``. A malformed event is an :class:`InvalidEventError` naming the field, which the state
+machine does not retry. ``events/*.json`` holds a sample of each trigger and step input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from aws_lambda_powertools.utilities.parser import ValidationError, parse
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from mirrorkeeper.errors import ConfigError
 from mirrorkeeper.verify.drift import DriftReport
@@ -22,8 +25,11 @@ class InvalidEventError(ConfigError):
     """The event does not have the shape this step expects; the message names the field."""
 
 
+_CONFIG = ConfigDict(populate_by_name=True, extra="ignore")
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    model_config = _CONFIG
 
 
 class EcsContainer(_Model):
@@ -41,23 +47,29 @@ class EcsTaskDetail(_Model):
     containers: list[EcsContainer] = Field(default_factory=list)
 
 
-class EcsTaskStateChange(_Model):
+class EcsTaskStateChange(EventBridgeModel):
     """EventBridge's ECS Task State Change event for the sync task, filtered to STOPPED."""
 
+    model_config = _CONFIG
     source: Literal["aws.ecs"]
     detail_type: Literal["ECS Task State Change"] = Field(alias="detail-type")
-    id: str = ""
-    time: datetime
     detail: EcsTaskDetail
 
 
-class ScheduledVerify(_Model):
-    """The verify schedule's input (and what ``mirrorkeeper verify`` sends by default)."""
+class ScheduledVerify(EventBridgeModel):
+    """The verify schedule's input (and what ``mirrorkeeper verify`` sends by default).
 
+    The schedule's input in template.yaml carries only source, detail-type, id and time; the
+    defaults stand in for the rest, so a deployed schedule's event validates as it is.
+    """
+
+    model_config = _CONFIG
     source: Literal["mirrorkeeper.schedule", "mirrorkeeper.cli"]
-    detail_type: str = Field(alias="detail-type", default="Scheduled verify")
-    id: str = ""
-    time: str = ""
+    version: str = "0"
+    account: str = ""
+    region: str = ""
+    resources: list[str] = Field(default_factory=list)
+    detail: dict[str, Any] = Field(default_factory=dict)
 
 
 Trigger = Annotated[EcsTaskStateChange | ScheduledVerify, Field(discriminator="source")]
@@ -97,13 +109,26 @@ class PublishInput(_Model):
     probes: StepError | ProbeRun = Field(union_mode="left_to_right")
 
 
+# Pydantic puts the discriminator's value in an error's location (trigger.aws.ecs.detail...), a
+# key no event has; the message names fields as they are written in the event.
+_TRIGGER_TAGS = frozenset(
+    tag
+    for member in (EcsTaskStateChange, ScheduledVerify)
+    for tag in get_args(member.model_fields["source"].annotation)
+)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc if part not in _TRIGGER_TAGS) or "event"
+
+
 def parse_event[M: BaseModel](model: type[M], event: Any) -> M:
+    # A bad event reaches us from parse() as pydantic's ValidationError; Powertools' own
+    # InvalidModelTypeError means one of the models here is broken, not the event, so it propagates.
     try:
-        return model.model_validate(event)
+        return parse(event, model)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
         raise InvalidEventError(
             f"the {model.__name__} event is malformed ({problems}); compare it with the samples in events/"
         ) from None

@@ -290,9 +290,17 @@ def run_chain(trigger: dict[str, Any], deps: Deps) -> dict[str, Any]:
 
 
 def cli_trigger(now: float) -> dict[str, Any]:
+    """The scheduled-verify event ``mirrorkeeper verify`` starts the chain with: every EventBridge
+    field, account and region empty because the command line is not an AWS service and would need an
+    STS call to learn the account."""
     return {
-        "source": "mirrorkeeper.cli",
-        "detail-type": "Scheduled verify",
+        "version": "0",
         "id": f"cli-{int(now)}-{random.getrandbits(32):08x}",
+        "detail-type": "Scheduled verify",
+        "source": "mirrorkeeper.cli",
+        "account": "",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "region": "",
+        "resources": [],
+        "detail": {},
     }
