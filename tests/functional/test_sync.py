@@ -115,7 +115,7 @@ def test_one_changed_file_is_one_upload_and_deletions_follow(
     assert mirror_files(s3) == {k: v[0] for k, v in tree_files(upstream).items()}
 
 
-def test_deletion_guard_exits_4_and_deletes_nothing_until_forced(
+def test_deletion_guard_holds_only_the_deletions_and_exits_4_until_forced(
     upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
 ) -> None:
     paths = generate_tree(upstream, TreeSpec(files=40, total_bytes=40_000))
@@ -125,12 +125,44 @@ def test_deletion_guard_exits_4_and_deletes_nothing_until_forced(
     for rel in paths[:10]:
         (upstream / rel).unlink()
     write_file(upstream / "added.bin", b"added", 1_800_000_000)
-    code, _, stderr = sync(daemon, endpoint)
+    write_file(upstream / paths[20], b"a security fix", 1_800_000_000)
+    # WHEN a plan deletes a quarter of the files, above a floor of 5
+    code, summary, stderr = sync(daemon, endpoint, "--min-delete-guard", "5")
+    # THEN it exits 4 and says so, holds the deletions, and publishes the addition and the fix
+    assert code == 4, stderr
+    assert "deletion guard held 10 deletions" in stderr and "--force-delete" in stderr
+    served = mirror_files(s3)
+    assert served["added.bin"] == b"added" and served[paths[20]] == b"a security fix"
+    assert all(served[rel] == published[rel] for rel in paths[:10])
+    assert summary["held_deletions"] == 10
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key="state/runs/last.json")["Body"].read())
+    assert report["result"] == "deletions-held" and len(report["held_deletion_examples"]) == 10
+    # AND the held deletions stay in the manifest, so the next run finds them again
+    code, _, _ = sync(daemon, endpoint, "--min-delete-guard", "5")
     assert code == 4
-    assert "deletion guard refused" in stderr and "--force-delete" in stderr
-    assert mirror_files(s3) == published  # nothing deleted, nothing added
-    code, summary, _ = sync(daemon, endpoint, "--max-delete-percent", "30")
+    # AND --force-delete lets them go
+    code, summary, _ = sync(daemon, endpoint, "--force-delete")
     assert code == 0 and summary["deleted_objects"] >= 10
+    assert mirror_files(s3) == {k: v[0] for k, v in tree_files(upstream).items()}
+
+
+def test_routine_churn_below_the_floor_is_published_and_max_delete_caps_any_share(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
+) -> None:
+    paths = generate_tree(upstream, TreeSpec(files=20, total_bytes=20_000))
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint)[0] == 0
+    for rel in paths[:8]:
+        (upstream / rel).unlink()
+    # GIVEN a small repository losing 40 % of its files, fewer than the default floor of 100
+    dry = run_cli(["sync", "--upstream", daemon.url, "--bucket", BUCKET, "--max-delete", "8", "--dry-run"], endpoint)
+    # THEN the share does not count below the floor, and --max-delete 8 lets 8 through
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("delete  ") == 8
+    code, _, stderr = sync(daemon, endpoint, "--max-delete", "7")
+    assert code == 4 and "above --max-delete 7" in stderr
+    code, _, stderr = sync(daemon, endpoint)
+    assert code == 0, stderr
     assert mirror_files(s3) == {k: v[0] for k, v in tree_files(upstream).items()}
 
 
@@ -157,9 +189,10 @@ def test_second_sync_exits_3_while_a_lease_is_live_and_takes_over_an_expired_one
     code, _, stderr = sync(daemon, endpoint)
     assert code == 3 and "holds the lock" in stderr
     assert mirror_files(s3) == {}
-    s3.put_object(
-        Bucket=BUCKET, Key="state/lock.json", Body=json.dumps({**lease, "expires_at": time.time() - 1}).encode()
-    )
+    # A holder that died: its lease (time to live 1 s) is expired once S3's clock, in whole seconds, has
+    # moved more than its ttl and a second of grace past when it was written.
+    s3.put_object(Bucket=BUCKET, Key="state/lock.json", Body=json.dumps({**lease, "ttl": 1}).encode())
+    time.sleep(3.5)
     code, _, stderr = sync(daemon, endpoint)
     assert code == 0, stderr
     assert "took over an expired sync lock" in stderr
@@ -170,10 +203,10 @@ def test_dry_run_prints_the_plan_and_touches_nothing(
     upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
 ) -> None:
     generate_tree(upstream, TreeSpec(files=5, total_bytes=500))
-    write_file(upstream / "odd\nname", b"x", 1_700_000_000)
+    write_file(upstream / "odd\tname", b"x", 1_700_000_000)
     result = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET, "--dry-run"], endpoint)
     assert result.returncode == 0, result.stderr
-    assert "upload  odd\\#012name" in result.stdout
+    assert "upload  odd\\#011name" in result.stdout
     assert "plan: upload_files=6" in result.stdout
     assert etags(s3, "") == {}
 

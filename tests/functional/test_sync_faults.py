@@ -189,19 +189,32 @@ def test_throttling_and_5xx_are_retried_until_the_sync_succeeds(
     assert mirror_files(s3) == contents(upstream)
 
 
-def test_persistent_s3_failure_exits_1_and_publishes_nothing_half_way(moved: Moved, s3: Any, endpoint: str) -> None:
+def test_an_object_s3_keeps_refusing_is_skipped_and_everything_else_is_published(
+    moved: Moved, s3: Any, endpoint: str
+) -> None:
     daemon, v1, v2 = moved.daemon, moved.v1, moved.v2
 
     def fail_index_uploads(method: str, path: str, number: int) -> tuple[int, str] | None:
         return (500, "InternalError") if method == "PUT" and "Release" in path else None
 
+    # WHEN S3 keeps refusing one index file, after every retry
     with fault_proxy(endpoint, fail_index_uploads) as proxy:
         code, _, stderr = sync(daemon, str(proxy["url"]), "--s3-max-attempts", "2")
-    assert code == 1
+    # THEN the run publishes everything else, keeps that file's published copy and says so: exit 5
+    assert code == 5, stderr
     last = stderr.strip().splitlines()[-1]
-    assert "dists/stable/Release" in last and "InternalError" in last
+    assert "dists/stable/Release" in last and "skipped" in last and "next run retries" in last
+    served = mirror_files(s3)
+    assert served["dists/stable/Release"] == v1["dists/stable/Release"]
+    assert all(served[k] == v2[k] for k in v2 if k != "dists/stable/Release")
+    # AND the index it could not replace still names what it named: that tree loses nothing this run
     check_invariants(s3, v1, v2)
-    assert all(f"old/x{n}" in mirror_files(s3) for n in range(2))  # nothing deleted
+    assert all(f"old/x{n}" in served for n in range(2))
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key="state/runs/last.json")["Body"].read())
+    assert report["result"] == "partial" and report["exit_code"] == 5
+    assert [f["path"] for f in report["failed"]] == ["dists/stable/Release"]
+    assert "InternalError" in report["failed"][0]["reason"] and report["held_deletions"] == 2
+    # AND the next run, with S3 well again, converges
     assert sync(daemon, endpoint)[0] == 0
     assert mirror_files(s3) == v2
 

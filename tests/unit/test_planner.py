@@ -3,19 +3,19 @@
 import pytest
 
 from mirrorkeeper.entries import Entry, EntryType
-from mirrorkeeper.errors import DeletionGuardError
-from mirrorkeeper.sync.planner import ChangeKind, check_guard, make_plan
+from mirrorkeeper.sync.planner import ChangeKind, GuardLimits, check_guard, make_plan
 from mirrorkeeper.sync.tree import UpstreamTree, resolve_link
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS, late_tier
 
 F, D, L = EntryType.FILE, EntryType.DIR, EntryType.SYMLINK
 
 
-def tree(*entries: Entry, complete: bool = True) -> UpstreamTree:
+def tree(*entries: Entry, complete: bool = True, unreadable: dict[str, str] | None = None) -> UpstreamTree:
     ordered = sorted(entries, key=lambda e: e.path)
     by_path = {e.path: e for e in ordered}
     links = {e.path: resolve_link(e.path, by_path) for e in ordered if e.type is L}
-    return UpstreamTree(ordered, links, complete=complete, problem="" if complete else "rsync exited 23")
+    problem = "" if complete else "rsync exited 23"
+    return UpstreamTree(ordered, links, complete=complete, problem=problem, unreadable=unreadable or {})
 
 
 def f(path: str, size: int = 10, mtime: int = 100, sha: str | None = None) -> Entry:
@@ -65,14 +65,16 @@ def test_deleted_upstream_is_deleted_and_parent_page_rebuilt() -> None:
 
 def test_file_becoming_directory_deletes_the_file_key_and_adds_the_directory() -> None:
     plan = make_plan(tree(d("x"), f("x/inner")), [f("x")], DEFAULT_LATE_PATTERNS)
-    assert [(e.path, e.type) for e in plan.deletes] == [("x", F)]
+    # THEN the old file's key goes as part of the change, not as a deletion the guard weighs
+    assert [(e.path, e.type) for e in plan.replaced] == [("x", F)] and plan.deletes == []
     assert [c.new.path for c in plan.data] == ["x/inner"]
     assert {"", "x"} <= plan.dirty_dirs
 
 
 def test_directory_becoming_file_deletes_marker_and_children() -> None:
     plan = make_plan(tree(f("x")), [d("x"), f("x/inner")], DEFAULT_LATE_PATTERNS)
-    assert sorted((e.path, e.type) for e in plan.deletes) == [("x", D), ("x/inner", F)]
+    assert [(e.path, e.type) for e in plan.replaced] == [("x", D)]
+    assert [(e.path, e.type) for e in plan.deletes] == [("x/inner", F)]
     assert [(c.new.path, c.kind) for c in plan.data] == [("x", ChangeKind.RETYPE)]
 
 
@@ -131,38 +133,76 @@ def published_mirror(files: int) -> list[Entry]:
     return [f(f"f{i:03d}", size=100) for i in range(files)]
 
 
-def test_guard_refuses_deleting_more_than_the_share_of_files() -> None:
+def limits(percent: float = 10, max_delete: int | None = None, floor: int = 0) -> GuardLimits:
+    return GuardLimits(max_delete_percent=percent, max_delete=max_delete, min_delete_guard=floor)
+
+
+def test_guard_objects_to_deleting_more_than_the_share_of_files() -> None:
     plan = make_plan(tree(*published_mirror(100)[:85]), published_mirror(100), DEFAULT_LATE_PATTERNS)
-    with pytest.raises(DeletionGuardError, match=r"deletes 15 of 100 files \(15.0%\)"):
-        check_guard(plan, tree(*published_mirror(85)), 10, force=False)
-    assert check_guard(plan, tree(*published_mirror(85)), 20, force=False) == []
+    (reason,) = check_guard(plan, tree(*published_mirror(85)), limits(10))
+    assert "deletes 15 of 100 files (15.0%)" in reason
+    assert check_guard(plan, tree(*published_mirror(85)), limits(20)) == []
+
+
+def test_below_the_floor_the_share_never_trips() -> None:
+    # GIVEN a small repository whose routine churn deletes 15 of its 100 files (15 %)
+    plan = make_plan(tree(*published_mirror(100)[:85]), published_mirror(100), DEFAULT_LATE_PATTERNS)
+    upstream = tree(*published_mirror(85))
+    # THEN a floor of 100 files lets it through, a floor of 14 does not
+    assert check_guard(plan, upstream, limits(10, floor=100)) == []
+    assert check_guard(plan, upstream, limits(10, floor=15)) == []
+    assert check_guard(plan, upstream, limits(10, floor=14))
+
+
+def test_max_delete_trips_above_its_count_whatever_the_share() -> None:
+    plan = make_plan(tree(*published_mirror(100)[:85]), published_mirror(100), DEFAULT_LATE_PATTERNS)
+    upstream = tree(*published_mirror(85))
+    (reason,) = check_guard(plan, upstream, limits(100, max_delete=14, floor=1000))
+    assert "above --max-delete 14" in reason
+    assert check_guard(plan, upstream, limits(100, max_delete=15, floor=1000)) == []
 
 
 def test_guard_counts_bytes_too() -> None:
     published = [f("big", size=10_000), *published_mirror(20)]
     upstream = tree(*published_mirror(20))
     plan = make_plan(upstream, published, DEFAULT_LATE_PATTERNS)
-    with pytest.raises(DeletionGuardError, match="bytes"):
-        check_guard(plan, upstream, 10, force=False)
+    assert any("bytes" in reason for reason in check_guard(plan, upstream, limits(10)))
 
 
-def test_guard_refuses_empty_listing_even_below_share_and_force_overrides() -> None:
+def test_guard_objects_to_an_empty_listing_whatever_the_limits() -> None:
     plan = make_plan(tree(), published_mirror(3), DEFAULT_LATE_PATTERNS)
-    with pytest.raises(DeletionGuardError, match="listing is empty"):
-        check_guard(plan, tree(), 100, force=False)
-    assert check_guard(plan, tree(), 100, force=True)
+    assert any("listing is empty" in r for r in check_guard(plan, tree(), limits(100, floor=1000)))
 
 
-def test_guard_refuses_incomplete_listing() -> None:
-    upstream = tree(*published_mirror(10), complete=False)
+def test_guard_objects_to_deleting_after_an_incomplete_listing() -> None:
+    upstream = tree(*published_mirror(9), complete=False)
     plan = make_plan(upstream, published_mirror(10), DEFAULT_LATE_PATTERNS)
-    with pytest.raises(DeletionGuardError, match="incomplete"):
-        check_guard(plan, upstream, 10, force=False)
+    assert any("incomplete" in r for r in check_guard(plan, upstream, limits(100, floor=1000)))
 
 
-def test_first_sync_is_never_guarded() -> None:
-    upstream = tree(*published_mirror(10))
-    assert check_guard(make_plan(upstream, [], DEFAULT_LATE_PATTERNS), upstream, 0, force=False) == []
+def test_first_sync_is_never_guarded_whatever_the_listing() -> None:
+    upstream = tree(*published_mirror(10), complete=False)
+    assert check_guard(make_plan(upstream, [], DEFAULT_LATE_PATTERNS), upstream, limits(0)) == []
+
+
+def test_held_deletions_stay_published_in_order() -> None:
+    # GIVEN a plan that deletes two files and adds one
+    plan = make_plan(tree(f("a"), f("c")), [f("a"), f("b"), f("d")], DEFAULT_LATE_PATTERNS)
+    # WHEN its deletions are held
+    held = plan.hold(lambda _: True)
+    # THEN nothing is deleted and the published tree keeps them, in path order
+    assert [e.path for e in held] == ["b", "d"] and plan.deletes == []
+    assert [e.path for e in plan.published()] == ["a", "b", "c", "d"]
+
+
+def test_contents_of_a_directory_upstream_would_not_list_are_kept() -> None:
+    # GIVEN a published directory whose listing upstream refused this run
+    published = [d("locked"), f("locked/a"), f("locked/b"), f("open")]
+    upstream = tree(d("locked"), unreadable={"locked": "Permission denied"})
+    # THEN its contents are kept as published, not deleted; what vanished elsewhere is deleted
+    plan = make_plan(upstream, published, DEFAULT_LATE_PATTERNS)
+    assert [e.path for e in plan.deletes] == ["open"]
+    assert [e.path for e in plan.published()] == ["locked", "locked/a", "locked/b"]
 
 
 def test_a_changed_link_target_republishes_the_link_and_a_tree_without_links_has_none() -> None:

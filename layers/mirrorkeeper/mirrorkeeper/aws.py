@@ -4,14 +4,15 @@ concurrency, the local endpoint when one is configured, and a count of requests 
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
 from botocore.utils import determine_content_length
 
-from mirrorkeeper.errors import StorageError
+from mirrorkeeper.errors import StorageError, StoreUnreachableError
 from mirrorkeeper.s3errors import error_code
 
 __all__ = [
@@ -36,6 +37,12 @@ else:
 # small mirrored file). Waiting is worth it only when a refused body would waste real transfer
 # time; the AWS SDK for Kotlin and the JavaScript SDK draw the line at 2 MB and 1 MB.
 CONTINUE_THRESHOLD = 2 * 1024 * 1024
+# An endpoint that refuses connections, does not resolve or never answers a SYN will not start
+# working within a run: give up on it after this long (or this many attempts) instead of spending
+# every one of the adaptive retries, which throttling and 5xx answers keep.
+CONNECT_TIMEOUT = 4
+UNREACHABLE_AFTER_SECONDS = 9.0
+UNREACHABLE_AFTER_ATTEMPTS = 2
 
 
 class RequestCounter:
@@ -67,6 +74,7 @@ def s3_client(aws: AwsConfig, counter: RequestCounter | None = None, pool_size: 
     client = boto3.session.Session().client("s3", endpoint_url=aws.endpoint_url, config=config)
     # Last among the handlers of "before-call.s3", where botocore adds the header.
     client.meta.events.register_last("before-call.s3", expect_continue_only_for_large_bodies)
+    _give_up_on_unreachable(client)
     if counter is not None:
         counter.attach(client)
     return client  # type: ignore[no-any-return]
@@ -81,19 +89,41 @@ def expect_continue_only_for_large_bodies(params: dict[str, Any], **_: Any) -> N
             del headers["Expect"]
 
 
+def _give_up_on_unreachable(client: Any) -> None:
+    client.meta.events.register_first("needs-retry", _unreachable_check)
+
+
+def _unreachable_check(
+    attempts: int, caught_exception: BaseException | None, request_dict: dict[str, Any], **_: Any
+) -> None:
+    """A needs-retry handler: raising here ends the request at once, with a sentence (returning None lets
+    botocore's own retry logic decide, as it does for every other failure)."""
+    if not isinstance(caught_exception, EndpointConnectionError | ConnectTimeoutError):
+        return
+    context = request_dict.setdefault("context", {})
+    first = context.setdefault("mirrorkeeper_first_connect_failure", time.monotonic())
+    if attempts >= UNREACHABLE_AFTER_ATTEMPTS or time.monotonic() - first >= UNREACHABLE_AFTER_SECONDS:
+        raise StoreUnreachableError(
+            f"cannot reach the AWS endpoint ({caught_exception}); check --endpoint-url / AWS_ENDPOINT_URL, the "
+            "region, DNS and the network. What the mirror serves stays as the last complete step left it"
+        )
+
+
 def client_config(aws: AwsConfig, pool_size: int = 10) -> Config:
     return Config(
         region_name=aws.region,
         retries={"mode": "adaptive", "max_attempts": aws.max_attempts},
         max_pool_connections=pool_size,
-        connect_timeout=10,
+        connect_timeout=CONNECT_TIMEOUT,
         read_timeout=60,
     )
 
 
 def service_client(service: str, aws: AwsConfig) -> Any:
     """A client for CloudWatch, SNS and the like, with the same retries and endpoint as S3's."""
-    return boto3.session.Session().client(service, endpoint_url=aws.endpoint_url, config=client_config(aws))
+    client = boto3.session.Session().client(service, endpoint_url=aws.endpoint_url, config=client_config(aws))
+    _give_up_on_unreachable(client)
+    return client
 
 
 def check_bucket(client: S3Client, bucket: str) -> None:

@@ -248,6 +248,39 @@ def parse_s3_endpoint(text: str) -> str:
     return parse_endpoint_url(("http", "https"))(text).rstrip("/")
 
 
+def optional_count(low: int = 0, high: int = 1_000_000_000) -> Callable[[str], int | None]:
+    """A whole number, or '' / 'none' for no limit."""
+
+    def parse(text: str) -> int | None:
+        return None if str(text).strip().lower() in ("", "none") else count(low, high)(text)
+
+    return parse
+
+
+def parse_region(text: str) -> str:
+    region = str(text).strip()
+    if not re.fullmatch(r"[a-z]{2,}(-[a-z0-9]+)*-\d+", region):
+        raise ValueError("not an AWS region name such as us-east-1 or eu-central-2")
+    return region
+
+
+def parse_command(text: str) -> str:
+    command = str(text).strip()
+    if not command:
+        raise ValueError("the command is empty")
+    return command
+
+
+def parse_directory(text: str) -> str:
+    """A directory that exists and that we can write to ('' for the system's temporary directory)."""
+    path = str(text).strip()
+    if path and not os.path.isdir(path):
+        raise ValueError("no such directory: create it or point at another")
+    if path and not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError("the directory is not writable by this user")
+    return path
+
+
 def parse_topic_arn(text: str) -> str:
     arn = str(text).strip()
     if arn and not arn.startswith("arn:"):
@@ -334,7 +367,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "region",
-        plain,
+        parse_region,
         "us-east-1",
         "AWS region",
         ALL,
@@ -408,16 +441,43 @@ SETTINGS: tuple[Setting, ...] = (
         "max_delete_percent",
         percent,
         10.0,
-        "refuse plans deleting more than this share of files or bytes",
+        "hold the deletions of a plan that deletes more than this share of the files or of the bytes (above "
+        "--min-delete-guard files); additions and changes are published regardless",
         frozenset({SYNC}),
         SAFETY,
         default_text="10",
     ),
     Setting(
+        "max_delete",
+        optional_count(0),
+        None,
+        "hold the deletions of a plan that deletes more than this many files, whatever their share",
+        frozenset({SYNC}),
+        SAFETY,
+        default_text="no limit",
+    ),
+    Setting(
+        "min_delete_guard",
+        count(0, 1_000_000_000),
+        100,
+        "a plan deleting this many files or fewer is never held for its share (the routine churn of a small "
+        "repository)",
+        frozenset({SYNC}),
+        SAFETY,
+    ),
+    Setting(
+        "quarantine_after",
+        count(1, 1000),
+        3,
+        "runs in a row a path may fail the same way before it is quarantined (retried daily, alerted once)",
+        frozenset({SYNC}),
+        SAFETY,
+    ),
+    Setting(
         "force_delete",
         parse_bool,
         False,
-        "publish even when the deletion guard objects (upstream really shrank)",
+        "delete even what the deletion guard would hold (upstream really shrank)",
         frozenset({SYNC}),
         SAFETY,
         switch=True,
@@ -425,15 +485,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "lock_ttl",
         duration(0.0, 86400.0),
-        900.0,
-        "seconds a sync lease lasts without renewal",
+        120.0,
+        "seconds a sync lease lasts without renewal (renewed every third of it): how long a crashed sync "
+        "blocks the next",
         frozenset({SYNC}),
         SAFETY,
-        default_text="900",
+        default_text="120",
     ),
     Setting(
         "staging_dir",
-        plain,
+        parse_directory,
         "",
         "where fetched files wait for upload",
         frozenset({SYNC}),
@@ -477,7 +538,13 @@ SETTINGS: tuple[Setting, ...] = (
         TUNING,
     ),
     Setting(
-        "rsync_command", plain, "rsync", "rsync program and fixed options", frozenset({SYNC}), TUNING, metavar="CMD"
+        "rsync_command",
+        parse_command,
+        "rsync",
+        "rsync program and fixed options",
+        frozenset({SYNC}),
+        TUNING,
+        metavar="CMD",
     ),
     Setting(
         "rsync_timeout",
@@ -882,6 +949,9 @@ class SyncConfig:
     layout: MirrorLayout
     aws: AwsConfig
     max_delete_percent: float = default("max_delete_percent")
+    max_delete: int | None = default("max_delete")
+    min_delete_guard: int = default("min_delete_guard")
+    quarantine_after: int = default("quarantine_after")
     force_delete: bool = default("force_delete")
     dry_run: bool = default("dry_run")
     staging_dir: Path | None = None

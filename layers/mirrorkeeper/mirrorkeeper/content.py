@@ -12,6 +12,7 @@ from urllib.parse import quote
 from mirrorkeeper import __version__
 from mirrorkeeper.display import human_size
 from mirrorkeeper.entries import Entry, EntryType
+from mirrorkeeper.names import printable
 
 _EXTRA_TYPES = {
     ".rpm": "application/x-rpm",
@@ -87,8 +88,9 @@ def content_type(name: str) -> str:
 def render_index(directory: str, children: Iterable[Entry], mirror_name: str) -> bytes:
     """An Apache-autoindex-like page: parent link, then name, last modified (UTC), size; sorted by name,
     directories marked with a trailing slash. Links are percent-encoded relative URLs, so every name
-    (spaces, '+', '%', '#', '?', unicode) reaches the right key."""
-    title = "/" + (directory + "/" if directory else "")
+    (spaces, '+', '%', '#', '?', unicode) reaches the right key; control characters in a shown name
+    are written as rsync writes them (``\\#033``), never raw."""
+    title = printable("/" + (directory + "/" if directory else ""))
     rows = []
     if directory:
         rows.append('<tr><td><a href="../">Parent Directory</a></td><td>&nbsp;</td><td class="s">-</td></tr>')
@@ -101,12 +103,12 @@ def render_index(directory: str, children: Iterable[Entry], mirror_name: str) ->
         stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(child.mtime))
         size = "-" if is_dir else human_size(child.size, compact=True)
         link = (
-            f' <span class="l">-&gt; {html.escape(child.target or "")}</span>'
+            f' <span class="l">-&gt; {html.escape(printable(child.target or ""))}</span>'
             if child.type is EntryType.SYMLINK
             else ""
         )
         rows.append(
-            f'<tr><td><a href="{html.escape(href)}">{html.escape(name)}</a>{link}</td>'
+            f'<tr><td><a href="{html.escape(href)}">{html.escape(printable(name))}</a>{link}</td>'
             f'<td>{stamp}</td><td class="s">{size}</td></tr>'
         )
     page = f"""<!DOCTYPE html>

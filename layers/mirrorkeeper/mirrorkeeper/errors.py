@@ -12,8 +12,34 @@ class ExitCode(IntEnum):
     FAILURE = 1
     USAGE = 2
     LOCKED = 3
-    DELETION_GUARD = 4
+    DELETION_GUARD = 4  # deletions held back; everything else was published
+    PARTIAL = 5  # published, but some paths were skipped (the report lists them)
+    UPSTREAM_BUSY = 6  # upstream is mid-update: nothing beyond data was published
     INTERRUPTED = 130  # Ctrl-C or SIGTERM, as shells report SIGINT
+
+    @property
+    def severity(self) -> int:
+        """How serious, for reporting the worst of several runs (``sync --all``): a failure outranks a
+        misconfiguration, which outranks held deletions, skipped paths, a busy upstream and a held lease."""
+        return _SEVERITY.index(self)
+
+
+_SEVERITY = [
+    ExitCode.OK,
+    ExitCode.LOCKED,
+    ExitCode.UPSTREAM_BUSY,
+    ExitCode.PARTIAL,
+    ExitCode.DELETION_GUARD,
+    ExitCode.INTERRUPTED,
+    ExitCode.USAGE,
+    ExitCode.FAILURE,
+]
+
+
+def worst(codes: "list[int]") -> int:
+    """The most serious of several exit codes (0 for none); unknown codes count as failures."""
+    known = [ExitCode(c) if c in ExitCode._value2member_map_ else ExitCode.FAILURE for c in codes]
+    return int(max(known, key=lambda c: c.severity, default=ExitCode.OK))
 
 
 class MirrorkeeperError(Exception):
@@ -37,7 +63,19 @@ class StagingFullError(MirrorkeeperError):
 
 
 class StorageError(MirrorkeeperError):
-    """S3 refused or kept failing a request after retries."""
+    """S3 refused or kept failing a request after retries. ``per_object`` when the refusal concerns
+    that one object (a key S3 will not take) rather than the store as a whole (unreachable, no
+    bucket, no permission): the sync then skips the object and goes on."""
+
+    per_object: bool = False
+
+    def __init__(self, message: str, per_object: bool = False) -> None:
+        super().__init__(message)
+        self.per_object = per_object
+
+
+class StoreUnreachableError(StorageError):
+    """The S3 endpoint refused connections or did not resolve: no amount of retrying will help soon."""
 
 
 class LockHeldError(MirrorkeeperError):

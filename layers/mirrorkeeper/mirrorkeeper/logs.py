@@ -11,6 +11,8 @@ import threading
 import time
 from typing import IO, Any
 
+from mirrorkeeper.names import printable
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -38,7 +40,8 @@ class TextFormatter(logging.Formatter):
         line = (
             f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} {record.getMessage()}"
         )
-        line = f"{line}  {extras}" if extras else line
+        # A name from upstream may carry terminal escapes: shown, never obeyed.
+        line = printable(f"{line}  {extras}" if extras else line)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -21,6 +21,8 @@ def refusal_reason(path_bytes: bytes, layout: MirrorLayout, reserved: tuple[str,
         return "name is not valid UTF-8, which S3 keys require"
     if "\x00" in path:
         return "name contains a NUL byte"
+    if "\n" in path or "\r" in path:
+        return "name contains a line break (CR or LF), which no line-based protocol (FTP, rsync listings) can carry"
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
         return "name has an empty, '.' or '..' segment"

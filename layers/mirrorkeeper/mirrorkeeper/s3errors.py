@@ -54,6 +54,11 @@ def classify(exc: BaseException) -> S3Failure:
     return S3Failure.OTHER
 
 
+# Failures that concern one object (a key S3 will not take, a body it rejects, an error that stayed on
+# that request): a sync skips the object and goes on. The others concern the whole store.
+PER_OBJECT = frozenset({S3Failure.MISSING, S3Failure.CONFLICT, S3Failure.OTHER})
+
+
 def is_missing(exc: BaseException) -> bool:
     return classify(exc) is S3Failure.MISSING
 
@@ -68,8 +73,10 @@ def s3_errors(action: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
+        failure = classify(exc)
         raise StorageError(
-            f"S3 refused to {action}: {error_code(exc)}: {exc}; {_hint(classify(exc))}, then rerun"
+            f"S3 refused to {action}: {error_code(exc)}: {exc}; {_hint(failure)}, then rerun",
+            per_object=failure in PER_OBJECT,
         ) from None
     except BotoCoreError as exc:
         raise StorageError(

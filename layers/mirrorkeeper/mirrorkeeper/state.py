@@ -10,6 +10,7 @@ each is read and written. No other module builds one of these keys or parses one
     <prefix>state/runs/<run id>.json         RunReport of each run                   sync → verify,
     <prefix>state/runs/last.json             and of the latest                       announce, mirrors
     <prefix>state/repair.json                RepairList: drift for the next sync to undo  verify → sync
+    <prefix>state/failures.json              FailureLog: paths failing run after run, quarantine  sync
     <prefix>state/health.json                HealthState: levels, last checks, 14 days    verify
     <prefix>pub/.mirrorkeeper/trace          our trace file (content.render_trace; its path is the
                                              trace_path setting, layout.DEFAULT_TRACE_PATH)   sync
@@ -21,6 +22,7 @@ docs/architecture.md ("Bucket layout") tells the same story for operators.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import tempfile
@@ -53,6 +55,7 @@ MANIFEST = "manifest.jsonl.gz"
 LISTING = "upstream-listing.jsonl.gz"
 LOCK = "lock.json"
 REPAIR = "repair.json"
+FAILURES = "failures.json"
 HEALTH = "health.json"
 RUNS = "runs/"
 LAST_RUN = RUNS + "last.json"
@@ -134,12 +137,16 @@ class ManifestMeta:
 
 @dataclass(frozen=True)
 class LeaseDoc:
-    """``state/lock.json``: who holds the sync lease, and until when (sync/lease.py runs the protocol)."""
+    """``state/lock.json``: who holds the sync lease (sync/lease.py runs the protocol). ``expires_at``
+    is the holder's own clock, for people; whether the lease has expired is judged by S3's clock:
+    ``ttl`` seconds after the object was last written (its LastModified), against the Date of the
+    answer that read it, so a holder or a reader with a skewed clock cannot stretch or cut it."""
 
     owner: str
     host: str
     acquired_at: float
     expires_at: float
+    ttl: float
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -149,11 +156,34 @@ class LeaseDoc:
         """The lease, or None when the object is not one (damaged: treated as expired)."""
         try:
             data = json.loads(body)
-            return cls(
-                str(data["owner"]), str(data.get("host", "?")), float(data["acquired_at"]), float(data["expires_at"])
-            )
+            acquired, expires = float(data["acquired_at"]), float(data["expires_at"])
+            ttl = float(data.get("ttl", expires - acquired))
+            return cls(str(data["owner"]), str(data.get("host", "?")), acquired, expires, ttl)
         except (ValueError, KeyError, TypeError):
             return None
+
+
+CLOCK_RESOLUTION = 1.0
+
+
+@dataclass(frozen=True)
+class StoredLease:
+    """The lease object as read: its document (None when damaged), ETag, and S3's view of time."""
+
+    doc: LeaseDoc | None
+    etag: str
+    written: float  # LastModified: S3's clock when the holder last wrote (took or renewed) it
+    now: float  # the Date of S3's answer
+
+    @property
+    def expired(self) -> bool:
+        # HTTP dates have whole seconds: a second of grace, so a lease is never cut short by rounding.
+        return self.doc is None or self.now - self.written > self.doc.ttl + CLOCK_RESOLUTION
+
+    @property
+    def expires(self) -> float:
+        """When it expires, by S3's clock."""
+        return self.written + (self.doc.ttl + CLOCK_RESOLUTION if self.doc else 0.0)
 
 
 # -- run reports --------------------------------------------------------------------------------
@@ -162,6 +192,9 @@ class LeaseDoc:
 class SyncResult(StrEnum):
     SUCCESS = "success"
     NO_CHANGE = "no-change"
+    PARTIAL = "partial"  # published; some paths skipped (exit 5)
+    DELETIONS_HELD = "deletions-held"  # published; the deletion guard held the deletions (exit 4)
+    UPSTREAM_BUSY = "upstream-busy"  # upstream mid-update: nothing beyond data published (exit 6)
     DRY_RUN = "dry-run"
     FAILED = "failed"
     REFUSED = "refused"
@@ -192,8 +225,20 @@ class RunReport:
     index_pages: int = 0
     links: int = 0
     vanished: list[str] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # names that cannot be mirrored at all
     skipped_total: int = 0
+    # Paths that could not be fetched or stored this run ({path, reason}): kept as published before,
+    # retried by the next run (quarantined ones daily).
+    failed: list[dict[str, str]] = field(default_factory=list)
+    failed_total: int = 0
+    held_indexes: list[dict[str, str]] = field(default_factory=list)  # {path, because}: index files kept back
+    held_deletions: int = 0  # deletions the guard (or a held index) kept back: still published
+    held_deletion_examples: list[str] = field(default_factory=list)
+    held_because: str = ""
+    quarantined: list[dict[str, Any]] = field(default_factory=list)  # {path, reason, since}
+    newly_quarantined: list[str] = field(default_factory=list)
+    streamed_files: int = 0  # files larger than the staging budget, uploaded as they arrived
+    lease_renewals: int = 0
     s3_requests: int = 0
     s3_requests_by_operation: dict[str, int] = field(default_factory=dict)
     mirror_entries: int = 0
@@ -270,6 +315,67 @@ class RepairList:
             [str(k) for k in doc.get("delete", ()) if isinstance(k, str)],
             bool(doc.get("complete", True)),
         )
+
+
+# -- paths that keep failing -------------------------------------------------------------------
+
+FAILURE_LOG_LIMIT = 10_000  # paths tracked; a larger failure is reported by count, not tracked by path
+
+
+@dataclass
+class PathFailure:
+    reason: str
+    count: int  # runs in a row that failed this way
+    first: float
+    last: float
+    quarantined: float | None = None  # since when it is only retried daily
+    tried: float = 0.0  # the last run that tried it
+
+
+@dataclass
+class FailureLog:
+    """``state/failures.json``: paths that failed to be fetched or stored, run after run. A path that
+    fails the same way ``quarantine_after`` runs in a row is quarantined: not retried every run,
+    reported, alerted once, retried daily. A path that succeeds (or leaves upstream) is forgotten."""
+
+    paths: dict[str, PathFailure] = field(default_factory=dict)
+
+    def skip_now(self, path: str, now: float, retry_every: float) -> bool:
+        """True for a quarantined path whose daily retry is not due: this run leaves it alone."""
+        found = self.paths.get(path)
+        return found is not None and found.quarantined is not None and now - found.tried < retry_every
+
+    def record(self, path: str, reason: str, now: float, quarantine_after: int) -> bool:
+        """Note a failure; True when it puts the path in quarantine."""
+        found = self.paths.get(path)
+        if found is None or found.reason != reason:
+            if found is None and len(self.paths) >= FAILURE_LOG_LIMIT:
+                return False
+            found = self.paths[path] = PathFailure(reason, 0, now, now)
+        found.count += 1
+        found.last = found.tried = now
+        if found.quarantined is None and found.count >= quarantine_after:
+            found.quarantined = now
+            return True
+        return False
+
+    def forget(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            self.paths.pop(path, None)
+
+    def quarantined(self) -> dict[str, PathFailure]:
+        return {p: f for p, f in self.paths.items() if f.quarantined is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "paths": {p: asdict(f) for p, f in sorted(self.paths.items())}}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> FailureLog:
+        """The stored log; a damaged one starts afresh (it only delays quarantine)."""
+        try:
+            return cls({str(p): PathFailure(**f) for p, f in doc["paths"].items()})
+        except (TypeError, KeyError, AttributeError):
+            return cls()
 
 
 # -- health kept between verify runs ------------------------------------------------------------
@@ -563,14 +669,20 @@ class StateStore:
 
     # -- the lease
 
-    def read_lease(self) -> tuple[LeaseDoc | None, str] | None:
-        """``(lease, etag)``, the lease None when the object is damaged; None when nobody holds one."""
+    def read_lease(self) -> StoredLease | None:
+        """The lease as stored, or None when nobody holds one."""
         response = self._get(self.lock_key)
         if response is None:
             return None
         with s3_errors(f"read {self._url(self.lock_key)}"):
             body = response["Body"].read()
-        return LeaseDoc.from_bytes(body), str(response["ETag"])
+        written = response["LastModified"].timestamp()
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
+        except (TypeError, ValueError):
+            now = time.time()
+        return StoredLease(LeaseDoc.from_bytes(body), str(response["ETag"]), written, now)
 
     def write_lease(self, doc: LeaseDoc, replacing: str | None = None) -> str | None:
         """Create the lease (``replacing`` None: only if there is none) or replace the version whose
@@ -650,6 +762,22 @@ class StateStore:
     def delete_repair_list(self) -> None:
         with s3_errors(f"delete {self._url(self.repair_key)}"):
             self.client.delete_object(Bucket=self.bucket, Key=self.repair_key)
+
+    # -- failing paths
+
+    def read_failures(self) -> FailureLog:
+        body = self._read_body(self.key(FAILURES))
+        try:
+            return FailureLog.from_json(json.loads(body)) if body is not None else FailureLog()
+        except ValueError:
+            return FailureLog()
+
+    def write_failures(self, failures: FailureLog) -> None:
+        if failures.paths:
+            self._put(self.key(FAILURES), _json_body(failures.to_json()))
+        else:
+            with s3_errors(f"delete {self._url(self.key(FAILURES))}"):
+                self.client.delete_object(Bucket=self.bucket, Key=self.key(FAILURES))
 
     # -- health
 

@@ -23,13 +23,25 @@ Release, repomd.xml, checksums), symlinks, directory pages, deletions, manifest,
 Every flag can also be set as MIRRORKEEPER_<FLAG> (e.g. MIRRORKEEPER_UPSTREAM) or in the
 --config TOML file; flags win over the environment, which wins over the file.
 
+Nothing one path does can stop the mirror: a file upstream will not send (unreadable, vanished)
+or S3 will not store is skipped for this run and keeps its published copy, an index file that
+names it is held back with it, everything else is published (exit 5). A path that fails the same
+way --quarantine-after runs in a row is quarantined: retried daily, reported, alerted once. A
+file larger than half of --staging-bytes is streamed into S3 as it arrives.
+
+The deletion guard holds deletions, never the rest: when a plan deletes more than
+--max-delete-percent of the files or bytes (and more than --min-delete-guard files), or more than
+--max-delete files, or the listing is incomplete or empty, the deletions wait (still served, still
+in the manifest) and everything else is published (exit 4). --force-delete deletes anyway.
+
 exit codes:
   0  synced (or nothing to do, or --dry-run with an acceptable plan)
   1  failed: upstream unreachable, rsync died, S3 kept failing, staging disk full
      (the served mirror is unchanged or consistent; the next run converges)
   2  usage or configuration error
   3  another sync holds the lock (this run did nothing)
-  4  the deletion guard refused the plan (nothing was changed; see --force-delete)
+  4  published, but the deletion guard held the deletions (see --force-delete)
+  5  published, but some paths were skipped (the run report lists them; the next run retries)
   130  stopped by SIGTERM (ECS stopping the task) or Ctrl-C: the lease is released and the
        report written; the served mirror is consistent, the next run completes the job
 """
@@ -88,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
             "deleted_objects",
             "s3_requests",
             "skipped_total",
+            "failed_total",
+            "held_deletions",
         )
     }
     print(json.dumps(summary), file=sys.stdout if not config.dry_run else sys.stderr)
+    if report.exit_code:
+        # Held deletions (4) and skipped paths (5) end a run that published: say so in one line.
+        print(f"mirrorkeeper sync: {report.error}", file=sys.stderr)
     return report.exit_code

@@ -4,6 +4,11 @@ Taking the lease is ``PutObject If-None-Match: *`` (only one writer can create i
 and taking over an expired one are ``PutObject If-Match: <etag we read>``, so of two runs that
 both see an expired lease, only one wins. A background thread renews the lease every third of
 its time to live; if a renewal finds the lease taken, the run stops before publishing more.
+
+Whether a lease has expired is judged by S3's clock (the object's LastModified against the Date of
+the answer), never the caller's: a holder or a newcomer with a wrong clock cannot stretch or cut
+it. A holder killed with SIGKILL blocks the next run for at most its time to live (--lock-ttl,
+two minutes by default); each renewal is one PutObject, counted in the run report.
 """
 
 import logging
@@ -29,9 +34,10 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._released = False
         self.lost: str | None = None
+        self.renewals = 0
 
     def _doc(self, acquired_at: float) -> LeaseDoc:
-        return LeaseDoc(self.owner, socket.gethostname(), acquired_at, self.clock() + self.ttl)
+        return LeaseDoc(self.owner, socket.gethostname(), acquired_at, self.clock() + self.ttl, self.ttl)
 
     def _put(self, acquired_at: float, if_match: str | None = None) -> bool:
         """Create the lease (no ``if_match``) or replace the version we read (``if_match`` = its ETag)."""
@@ -50,15 +56,15 @@ class Lease:
             if self._put(self._acquired_at):
                 return
             raise LockHeldError("another sync took the lock just now; this run did nothing, the next one will sync")
-        info, etag = current
-        if info is not None and info.expires_at > self.clock():
+        info = current.doc
+        if not current.expired and info is not None:
             raise LockHeldError(
                 f"another sync (owner {info.owner[:8]} on {info.host}) holds the lock until "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(info.expires_at))}; this run did nothing. "
-                f"If that sync is dead, wait for the lease to expire or delete s3://{self.store.bucket}/"
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(current.expires))} (S3's clock); this run did "
+                f"nothing. If that sync is dead, its lease expires by then; or delete s3://{self.store.bucket}/"
                 f"{self.store.lock_key}"
             )
-        if not self._put(self._acquired_at, if_match=etag):
+        if not self._put(self._acquired_at, if_match=current.etag):
             raise LockHeldError("another sync took over the expired lock first; this run did nothing")
         log.warning("took over an expired sync lock", extra={"previous_owner": info.owner if info else "unreadable"})
 
@@ -72,6 +78,7 @@ class Lease:
                 if not self._put(self._acquired_at, if_match=self._etag or ""):
                     self.lost = "another process replaced our sync lock (our lease had expired)"
                     return
+                self.renewals += 1
             except StorageError as exc:
                 log.warning("lease renewal failed; will retry", extra={"error": str(exc)})
 

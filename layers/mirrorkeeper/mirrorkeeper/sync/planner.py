@@ -3,14 +3,18 @@
 A merge of two sorted streams: the upstream tree (in memory, already sorted) and the manifest
 (streamed). The plan's ``target`` is the manifest this run publishes if every change lands:
 unchanged entries keep their recorded SHA-256, changed ones get theirs when uploaded.
+
+The deletion guard (:func:`check_guard`) never stops the run: deletions it objects to are *held*
+(still published, still in the manifest, deleted by a later run that passes the guard or is
+forced), and everything else in the plan is published.
 """
 
-from collections.abc import Iterable, Iterator
+import heapq
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from mirrorkeeper.entries import Entry, EntryType
-from mirrorkeeper.errors import DeletionGuardError
+from mirrorkeeper.entries import Entry, EntryType, ancestors
 from mirrorkeeper.sync.tree import UpstreamTree
 from mirrorkeeper.tiers import LateTiers, late_tier
 
@@ -37,7 +41,10 @@ class Plan:
     late_tiers: list[list[Change]] = field(default_factory=list)
     links: list[int] = field(default_factory=list)  # indexes into target of symlinks to (re)publish
     dirty_dirs: set[str] = field(default_factory=set)
-    deletes: list[Entry] = field(default_factory=list)
+    deletes: list[Entry] = field(default_factory=list)  # gone upstream: the guard decides when
+    # Objects a type change (file <-> directory) leaves behind under the other key: part of a change.
+    replaced: list[Entry] = field(default_factory=list)
+    held: list[Entry] = field(default_factory=list)  # deletions kept back: still published
     old_files: int = 0
     old_bytes: int = 0
 
@@ -64,7 +71,19 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.data or any(self.late_tiers) or self.links or self.dirty_dirs or self.deletes)
+        return not (self.data or any(self.late_tiers) or self.links or self.dirty_dirs or self.deletes or self.replaced)
+
+    def hold(self, keep: Callable[[Entry], bool]) -> list[Entry]:
+        """Move the deletions ``keep`` picks to ``held``; returns the ones newly held."""
+        moved = [e for e in self.deletes if keep(e)]
+        if moved:
+            self.deletes = [e for e in self.deletes if not keep(e)]
+            self.held = sorted([*self.held, *moved], key=lambda e: e.path)
+        return moved
+
+    def published(self) -> Iterator[Entry]:
+        """What the mirror holds once this plan is published: the target and the held deletions, in order."""
+        return heapq.merge((e for e in self.target if e is not None), self.held, key=lambda e: e.path)
 
     def counts(self) -> dict[str, int]:
         uploads = list(self.uploads)
@@ -77,6 +96,7 @@ class Plan:
             "delete_files": self.deleted_files,
             "delete_dirs": len(self.deletes) - self.deleted_files,
             "delete_bytes": self.deleted_bytes,
+            "held_deletions": len(self.held),
         }
 
 
@@ -114,12 +134,18 @@ def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: Lat
         if previous is not None and kind is ChangeKind.RETYPE and EntryType.DIR in (previous.type, new.type):
             # A directory's marker key ("x/") differs from a file's ("x"): the old one must go.
             # File and symlink share a key, so the upload itself replaces the old object.
-            plan.deletes.append(previous)
+            plan.replaced.append(previous)
+
+    def gone(old: Entry) -> None:
+        _count_old(plan, old)
+        if _unreadable(old.path, tree.unreadable):
+            plan.target.append(old)  # upstream would not show it this run: unknown, not gone
+        else:
+            plan.deletes.append(old)
 
     for new in tree.entries:
         while old is not None and old.path < new.path:
-            _count_old(plan, old)
-            plan.deletes.append(old)
+            gone(old)
             old = next(old_iter, None)
         if old is not None and old.path == new.path:
             _count_old(plan, old)
@@ -128,11 +154,10 @@ def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: Lat
         else:
             record(new, None)
     while old is not None:
-        _count_old(plan, old)
-        plan.deletes.append(old)
+        gone(old)
         old = next(old_iter, None)
 
-    for deleted in plan.deletes:
+    for deleted in [*plan.deletes, *plan.replaced]:
         plan.dirty_dirs.add(deleted.parent)
     live_dirs = {e.path for e in plan.target if e is not None and e.type is EntryType.DIR} | {""}
     plan.dirty_dirs &= live_dirs
@@ -154,27 +179,39 @@ def _count_old(plan: Plan, old: Entry) -> None:
         plan.old_bytes += old.size
 
 
-def check_guard(plan: Plan, tree: UpstreamTree, max_delete_percent: float, force: bool) -> list[str]:
-    """Reasons the deletion guard refuses the plan ([] when it passes). Raises unless ``force``."""
+def _unreadable(path: str, unreadable: dict[str, str]) -> bool:
+    return bool(unreadable) and (path in unreadable or any(parent in unreadable for parent in ancestors(path)))
+
+
+@dataclass(frozen=True)
+class GuardLimits:
+    """When the deletion guard holds a plan's deletions (docs/sync.md, "Deletion guard")."""
+
+    max_delete_percent: float  # of the mirror's files or of its bytes
+    max_delete: int | None  # files, whatever the share; None: no absolute limit
+    min_delete_guard: int  # files: at or below this many, the share never trips
+
+
+def check_guard(plan: Plan, tree: UpstreamTree, limits: GuardLimits) -> list[str]:
+    """Why the plan's deletions should be held ([] when they may go). A first sync (nothing
+    published) deletes nothing, so it is never guarded, whatever the listing's errors."""
+    if not plan.old_files or not plan.deletes:
+        return []
     reasons = []
     if not tree.complete:
         reasons.append(f"the upstream listing is incomplete ({tree.problem or 'rsync reported errors'})")
-    elif not tree.entries and plan.old_files:
+    elif not tree.entries:
         reasons.append("the upstream listing is empty but the mirror holds files")
-    if plan.old_files and plan.deletes:
-        file_pct = 100.0 * plan.deleted_files / plan.old_files
-        byte_pct = 100.0 * plan.deleted_bytes / plan.old_bytes if plan.old_bytes else 0.0
-        if file_pct > max_delete_percent or byte_pct > max_delete_percent:
+    files, size = plan.deleted_files, plan.deleted_bytes
+    if limits.max_delete is not None and files > limits.max_delete:
+        reasons.append(f"the plan deletes {files} files, above --max-delete {limits.max_delete}")
+    if files > limits.min_delete_guard:
+        file_pct = 100.0 * files / plan.old_files
+        byte_pct = 100.0 * size / plan.old_bytes if plan.old_bytes else 0.0
+        if file_pct > limits.max_delete_percent or byte_pct > limits.max_delete_percent:
             reasons.append(
-                f"the plan deletes {plan.deleted_files} of {plan.old_files} files ({file_pct:.1f}%) and "
-                f"{plan.deleted_bytes} of {plan.old_bytes} bytes ({byte_pct:.1f}%), above the "
-                f"{max_delete_percent:g}% limit"
+                f"the plan deletes {files} of {plan.old_files} files ({file_pct:.1f}%) and "
+                f"{size} of {plan.old_bytes} bytes ({byte_pct:.1f}%), above the "
+                f"{limits.max_delete_percent:g}% limit"
             )
-    if reasons and not force:
-        raise DeletionGuardError(
-            "deletion guard refused the sync: "
-            + "; ".join(reasons)
-            + ". Nothing was changed. If upstream really shrank, rerun with --force-delete "
-            "(or raise --max-delete-percent)."
-        )
     return reasons

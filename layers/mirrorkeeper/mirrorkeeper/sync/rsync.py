@@ -5,6 +5,8 @@ byte outside printable ASCII is escaped as ``\\#ooo`` and decoded back here), ``
 thousands separators) and ``--no-motd`` (a daemon's greeting is not a file).
 """
 
+from __future__ import annotations
+
 import calendar
 import hashlib
 import os
@@ -35,6 +37,43 @@ _UNREACHABLE = {
 # Some files failed or vanished, the rest arrived: the caller publishes what it got.
 PARTIAL_CODES = {23, 24}
 _RSYNC_ENV = {"TZ": "UTC", "LC_ALL": "C"}
+# The sender's complaints about one path, with the path quoted as rsync prints names (\#ooo escapes):
+#   rsync: [sender] send_files failed to open "a/b.iso" (in mirror): Permission denied (13)
+#   rsync: [sender] opendir "locked" (in mirror) failed: Permission denied (13)
+#   rsync: [sender] link_stat "gone" (in mirror) failed: No such file or directory (2)
+#   file has vanished: "a/b.iso" (in mirror)
+_PATH_COMPLAINT = re.compile(
+    rb'^rsync: (?:\[sender\] )?(?P<what>[a-z_ ]+?) "(?P<path>.*)"(?: \(in [^)]*\))?(?: failed)?: (?P<why>.*)$'
+    rb'|^file has vanished: "(?P<gone>.*)"(?: \(in [^)]*\))?$'
+)
+# rsync's closing summary ("rsync error: some files/attrs were not transferred ... (code 23)"): no news.
+_SUMMARY = re.compile(
+    rb"^rsync error: some files(/attrs)? (were not transferred|vanished before they could be transferred)"
+)
+_STDERR_LIMIT = 16 * 1024 * 1024
+
+
+def path_complaints(stderr: bytes) -> tuple[dict[str, str], list[str]]:
+    """What rsync said about single paths (``{path: reason}``), and every other line it complained with."""
+    found: dict[str, str] = {}
+    other: list[str] = []
+    for raw in stderr.splitlines():
+        line = raw.rstrip(b"\r")
+        if not line.strip() or _SUMMARY.match(line):
+            continue
+        match = _PATH_COMPLAINT.match(line)
+        if match is None:
+            other.append(line.decode("utf-8", errors="replace"))
+            continue
+        quoted = match.group("gone") if match.group("gone") is not None else match.group("path")
+        path = decode_rsync_name(quoted).decode("utf-8", errors="replace").lstrip("/")
+        path = path[2:] if path.startswith("./") else path
+        if match.group("gone") is not None:
+            found[path] = "vanished upstream during the run"
+        else:
+            what, why = match.group("what").decode(), match.group("why").decode("utf-8", errors="replace")
+            found[path] = f"upstream refused it: {why.strip()} (rsync {what.strip()})"
+    return found, other
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +93,15 @@ class Listing:
     skipped: list[tuple[bytes, str]] = field(default_factory=list)
     complete: bool = True
     problem: str = ""
+    # Directories upstream listed but would not let us read ({path: reason}): their contents are
+    # unknown this run, not gone.
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    code: int
+    failed: dict[str, str]  # paths rsync could not send, with its reason
 
 
 def parse_listing_line(line: bytes) -> RawEntry | tuple[bytes, str] | None:
@@ -100,7 +148,7 @@ class RsyncClient:
         # quarter of the time it takes to list a 20,000-file module on a fast link.
         return [*self.command.split(), "--no-motd", "--no-h", "--contimeout=30", "--sockopts=TCP_NODELAY"]
 
-    def start_list(self, url: str) -> "ListingRun":
+    def start_list(self, url: str) -> ListingRun:
         """Start listing ``url`` recursively in the background; ``ListingRun.listing()`` collects it.
 
         The listing watches its own output for silence instead of passing ``--timeout``: rsync
@@ -113,30 +161,22 @@ class RsyncClient:
         with self.start_list(url) as run:
             return run.listing()
 
-    def fetch(self, url: str, paths: Iterable[str], dest: Path) -> int:
+    def fetch(self, url: str, paths: Iterable[str], dest: Path) -> FetchResult:
         """Copy ``paths`` (relative to ``url``) into ``dest``, keeping mtimes. Returns rsync's exit code
-        when it is 0 or partial (some files vanished); raises on anything worse."""
+        and the paths it could not send, when the code is 0 or partial (some files unreadable or
+        vanished); raises on anything worse."""
         dest.mkdir(parents=True, exist_ok=True)
         with (
             tempfile.NamedTemporaryFile(prefix="files-from-", dir=dest.parent) as files_from,
             tempfile.TemporaryFile() as err,
         ):
-            for path in paths:
-                files_from.write(path.encode() + b"\0")
-            files_from.flush()
-            args = [
-                *self._base_args(),
-                f"--timeout={self.timeout}",
-                "-t",
-                f"--files-from={files_from.name}",
-                "--from0",
-                url,
-                str(dest) + "/",
-            ]
+            args = _fetch_args([*self._base_args(), f"--timeout={self.timeout}"], url, paths, files_from, dest)
             code = _start(args, stdout=subprocess.DEVNULL, stderr=err).wait()
             message = _read_tail(err)
+            err.seek(0)
+            failed, _ = path_complaints(err.read(_STDERR_LIMIT))
         if code == 0 or code in PARTIAL_CODES:
-            return code
+            return FetchResult(code, failed)
         if "No space left on device" in message or _disk_full(dest):
             raise StagingFullError(
                 f"the staging directory {dest.parent} ran out of space while fetching; "
@@ -146,6 +186,44 @@ class RsyncClient:
             f"fetching from {url} failed: rsync exited {code}: {message}; nothing was published from this batch, "
             "the next run retries it"
         )
+
+    def start_streaming(
+        self, url: str, path: str, dest: Path, files_from: IO[bytes], out: IO[bytes], err: IO[bytes]
+    ) -> subprocess.Popen[bytes]:
+        """Start copying the one file ``path`` into ``dest`` in place (written front to back at its final
+        name, no temporary copy), in a process group of its own so the caller can pause all of rsync's
+        processes (it forks a receiver) while it uploads what has arrived. rsync prints the file's
+        upstream mtime to ``out`` (see :func:`streamed_mtime`): the file's own is not to be trusted once
+        the caller has punched holes in it."""
+        dest.mkdir(parents=True, exist_ok=True)
+        base = [*self._base_args(), f"--timeout={self.timeout}"]
+        args = _fetch_args(base, url, [path], files_from, dest, "--inplace", f"--out-format={_MTIME_FORMAT}")
+        return _start(args, stdout=out, stderr=err, new_session=True)
+
+
+_MTIME_FORMAT = "mtime %M"
+
+
+def streamed_mtime(out: bytes) -> int | None:
+    """The upstream mtime rsync reported for the file it streamed (``--out-format``, UTC), if any."""
+    for line in reversed(out.splitlines()):
+        if line.startswith(b"mtime "):
+            try:
+                return calendar.timegm(time.strptime(line[6:].decode(), "%Y/%m/%d-%H:%M:%S"))
+            except ValueError:
+                return None
+    return None
+
+
+def _fetch_args(
+    base: list[str], url: str, paths: Iterable[str], files_from: IO[bytes], dest: Path, *extra: str
+) -> list[str]:
+    """rsync's arguments to copy ``paths`` into ``dest``, the paths written to ``files_from`` (NUL-separated:
+    any name rsync can carry, and no wildcard expansion on the daemon's side)."""
+    for path in paths:
+        files_from.write(path.encode() + b"\0")
+    files_from.flush()
+    return [*base, "-t", *extra, f"--files-from={files_from.name}", "--from0", url, str(dest) + "/"]
 
 
 class ListingRun:
@@ -238,6 +316,14 @@ class ListingRun:
                 listing.entries.append(parsed)
             elif parsed is not None:
                 listing.skipped.append(parsed)
+        if code in PARTIAL_CODES and listing.complete:
+            # Unreadable directories upstream are reported by name: the listing is whole but for them.
+            self._err.seek(0)
+            complaints, other = path_complaints(self._err.read(_STDERR_LIMIT))
+            listing.unreadable = complaints
+            if complaints and not other:
+                listing.problem = ""
+                return listing
         if code != 0:
             message = _read_tail(self._err)
             listing.complete = False
@@ -260,7 +346,7 @@ class ListingRun:
         self._out.close()
         self._err.close()
 
-    def __enter__(self) -> "ListingRun":
+    def __enter__(self) -> ListingRun:
         return self
 
     def __exit__(
@@ -269,10 +355,17 @@ class ListingRun:
         self.close()
 
 
-def _start(args: list[str], stdout: int | IO[bytes], stderr: int | IO[bytes]) -> subprocess.Popen[bytes]:
+def _start(
+    args: list[str], stdout: int | IO[bytes], stderr: int | IO[bytes], new_session: bool = False
+) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
-            args, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env={**os.environ, **_RSYNC_ENV}
+            args,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **_RSYNC_ENV},
+            start_new_session=new_session,
         )
     except FileNotFoundError:
         raise UpstreamError(

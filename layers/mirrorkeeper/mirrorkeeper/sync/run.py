@@ -10,9 +10,16 @@ Publishing order is what keeps the mirror usable at every instant: data before t
 that name it, deletions only after everything new is in place, the manifest after the tree it
 describes, the trace file last. A run killed anywhere leaves a tree clients can use, and the
 next run's plan (made against the last *published* manifest) redoes whatever did not finish.
+
+No single path can stop the mirror: one that upstream will not send or S3 will not take is
+skipped for this run (its published copy stays), an index file naming it is held back, and
+everything else is published (exit 5, "partial"); the deletion guard holds deletions, never the
+additions and fixes that come with them (exit 4). A file larger than the staging budget is
+streamed from rsync into a multipart upload (sync/stream.py).
 """
 
 import hashlib
+import heapq
 import logging
 import shutil
 import sys
@@ -40,7 +47,7 @@ from mirrorkeeper.content import (
 )
 from mirrorkeeper.display import iso
 from mirrorkeeper.entries import Entry, EntryType
-from mirrorkeeper.errors import DeletionGuardError, ExitCode, MirrorkeeperError
+from mirrorkeeper.errors import DeletionGuardError, ExitCode, MirrorkeeperError, StorageError, StoreUnreachableError
 from mirrorkeeper.layout import RESERVED_DIR
 from mirrorkeeper.logs import Progress
 from mirrorkeeper.manifest import ManifestHeader
@@ -56,10 +63,13 @@ from mirrorkeeper.state import (
     SyncResult,
     new_run_id,
 )
+from mirrorkeeper.sync.failures import RunFailures
+from mirrorkeeper.sync.indexes import holding_scope, named_files, names_failed
 from mirrorkeeper.sync.lease import Lease
-from mirrorkeeper.sync.planner import Change, Plan, check_guard, make_plan
+from mirrorkeeper.sync.planner import Change, GuardLimits, Plan, check_guard, make_plan
 from mirrorkeeper.sync.rsync import ListingRun, RsyncClient
 from mirrorkeeper.sync.store import MirrorStore
+from mirrorkeeper.sync.stream import NotStreamed, stream_file
 from mirrorkeeper.sync.tree import LinkKind, UpstreamTree, build_tree
 
 log = logging.getLogger(__name__)
@@ -128,6 +138,8 @@ class SyncRun:
         # then compare, so the listing key is not recorded.
         self._as_listed = True
         self._digests = Digests(0)
+        self.failures: RunFailures | None = None  # from the plan on
+        self._guard_reasons: list[str] = []
 
     # -- entry point ----------------------------------------------------------------------------
 
@@ -150,6 +162,8 @@ class SyncRun:
                 else (SyncResult.LOCKED if exc.exit_code is ExitCode.LOCKED else SyncResult.FAILED),
                 int(exc.exit_code),
                 str(exc),
+                # A store we cannot reach will not take the report either: say so now, not after more waiting.
+                store_reachable=not isinstance(exc, StoreUnreachableError),
             )
             raise
         except KeyboardInterrupt:
@@ -208,15 +222,23 @@ class SyncRun:
         log.info("plan made", extra={"upstream_entries": len(tree.entries), **self.report.plan})
         return plan
 
+    @property
+    def _limits(self) -> GuardLimits:
+        config = self.config
+        return GuardLimits(config.max_delete_percent, config.max_delete, config.min_delete_guard)
+
     def _dry_run(self) -> RunReport:
         self._phase("list")
         tree = self._build_tree()
         plan = self._plan(tree)
-        reasons = check_guard(plan, tree, self.config.max_delete_percent, force=True)
+        reasons = check_guard(plan, tree, self._limits)
         self._print_plan(plan)
         if reasons and not self.config.force_delete:
             self._finish(
-                SyncResult.REFUSED, 4, "a real run would be refused by the deletion guard: " + "; ".join(reasons)
+                SyncResult.REFUSED,
+                4,
+                f"a real run would hold its {len(plan.deletes)} deletions (and publish the rest): "
+                + "; ".join(reasons),
             )
             raise DeletionGuardError(self.report.error + ". Rerun with --force-delete if upstream really shrank.")
         self._finish(SyncResult.DRY_RUN, 0, "")
@@ -233,7 +255,7 @@ class SyncRun:
             write(f"link    {printable(link.path)} -> {printable(link.target or '')}\n")
         for directory in sorted(plan.dirty_dirs):
             write(f"index   {printable(directory)}/\n")
-        for entry in plan.deletes:
+        for entry in [*plan.deletes, *plan.replaced]:
             write(f"delete  {printable(entry.path)}{'/' if entry.type is EntryType.DIR else ''}\n")
         counts = ", ".join(f"{k}={v}" for k, v in plan.counts().items())
         write(f"plan: {counts}\n")
@@ -250,25 +272,44 @@ class SyncRun:
         tree = self._build_tree()
         repair = self.state.repair_list() if published is not None and published.repair else None
         plan = self._plan(tree, repair)
-        check_guard(plan, tree, self.config.max_delete_percent, self.config.force_delete)
+        failures = self.failures = RunFailures(self.state.read_failures(), self.clock(), self.config.quarantine_after)
+        self._leave_quarantined(plan)
+        for path, reason in sorted(tree.unreadable.items()):
+            failures.add(path, reason)
+        self._guard(plan, tree)
         strays = self._strays(plan, repair)
-        if plan.is_empty and repair is None:
-            self._publish_trace(*_totals(plan.target))
+        if not (plan.is_empty and repair is None):
+            self._publish(plan, tree, strays)
+        if repair is not None:
+            self.state.delete_repair_list()  # done: the manifest now matches S3 again
+            self.report.repaired = len(repair.reupload) + len(strays)
+        self._settle(plan, tree)
+        self.report.held_deletions = len(plan.held)
+        self.report.held_deletion_examples = [e.path for e in plan.held[:REPORT_SKIPPED_LIMIT]]
+        count, size = _totals(plan.published())
+        if plan.is_empty and repair is None and not self._guard_reasons and not failures.partial:
+            self._publish_trace(count, size)
             self._finish(SyncResult.NO_CHANGE, 0, "")
             return
+        self._publish_trace(count, size)
+        self._finish(*self._outcome())
+
+    def _publish(self, plan: Plan, tree: UpstreamTree, strays: list[str]) -> None:
+        """Everything after the plan, in the publishing order (module docstring)."""
         header = ManifestHeader(iso(self.clock()), self.config.upstream, len(tree.entries))
         self.state.put_manifest(self.state.listing_key, header, tree.entries)
         self._digests = Digests(len(plan.target))
-        staging_root = Path(tempfile.mkdtemp(prefix="mirrorkeeper-", dir=self.config.staging_dir))
+        staging_root = self._staging_root()
         try:
             with ThreadPoolExecutor(self.config.upload_concurrency, thread_name_prefix="upload") as pool:
                 self._phase("data")
                 self._transfer(plan, plan.data, staging_root, pool, "data")
                 for number, tier in enumerate(plan.late_tiers, 1):
                     self._phase(f"late-{number}")
-                    self._transfer(plan, tier, staging_root, pool, f"late-{number}")
+                    self._transfer(plan, tier, staging_root, pool, f"late-{number}", indexes=True)
                 self._phase("links")
                 self._publish_links(plan, tree, pool)
+                self._hold_deletions_named_by_held_indexes(plan)
                 self._phase("index")
                 self._publish_indexes(plan, pool)
         finally:
@@ -278,27 +319,110 @@ class SyncRun:
             [
                 *(
                     self.layout.directory_key(e.path) if e.type is EntryType.DIR else self.layout.served_key(e.path)
-                    for e in plan.deletes
+                    for e in [*plan.deletes, *plan.replaced]
                 ),
                 *strays,
             ]
         )
         self._phase("manifest")
-        count, size = _totals(plan.target)
-        meta = None
-        if key is not None and tree.complete and self._as_listed:
-            meta = ManifestMeta(key, count, size, len(tree.skipped), self.report.run_id)
+        count, size = _totals(plan.published())
+        listing_key = self._listing_key()
+        clean = tree.complete and not tree.unreadable and self._as_listed and not plan.held
+        meta = ManifestMeta(
+            listing_key if clean and listing_key else "", count, size, len(tree.skipped), self.report.run_id
+        )
         self.state.put_manifest(
             self.state.manifest_key,
             ManifestHeader(iso(self.clock()), self.config.upstream, count),
             self._published(plan),
             meta,
         )
-        if repair is not None:
-            self.state.delete_repair_list()  # done: the manifest now matches S3 again
-            self.report.repaired = len(repair.reupload) + len(strays)
-        self._publish_trace(count, size)
-        self._finish(SyncResult.SUCCESS, 0, "")
+
+    def _staging_root(self) -> Path:
+        """A fresh staging directory for this run. Those of this mirror's earlier runs go first: we
+        hold the lease, so none of those runs is alive (one killed with SIGKILL leaves its files)."""
+        base = Path(self.config.staging_dir or tempfile.gettempdir())
+        # The same bucket name on two endpoints (two local test servers) is two mirrors.
+        where = f"{self.config.aws.endpoint_url or ''} {self.layout.bucket}/{self.layout.prefix}"
+        mirror = hashlib.sha256(where.encode()).hexdigest()[:10]
+        prefix = f"mirrorkeeper-{mirror}-"
+        for stale in base.glob(prefix + "*"):
+            log.info("removing the staging directory of a run that died", extra={"path": str(stale)})
+            shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+    def _leave_quarantined(self, plan: Plan) -> None:
+        """Quarantined paths whose daily retry is not due keep their published copy, untouched."""
+        failures = self.failures
+        assert failures is not None
+        if not failures.log.quarantined():
+            return
+
+        def keep(change: Change) -> bool:
+            if failures.skip_quarantined(change.new.path):
+                plan.target[change.index] = change.old
+                self._as_listed = False
+                return False
+            return True
+
+        plan.data = [c for c in plan.data if keep(c)]
+        plan.late_tiers = [[c for c in tier if keep(c)] for tier in plan.late_tiers]
+
+    def _guard(self, plan: Plan, tree: UpstreamTree) -> None:
+        reasons = check_guard(plan, tree, self._limits)
+        if not reasons:
+            return
+        if self.config.force_delete:
+            log.warning("deletion guard overridden by --force-delete", extra={"reasons": reasons})
+            return
+        held = plan.hold(lambda _: True)
+        self._guard_reasons = reasons
+        self.report.held_because = "; ".join(reasons)
+        log.warning("deletion guard: holding %d deletions, publishing the rest", len(held), extra={"reasons": reasons})
+
+    def _hold_deletions_named_by_held_indexes(self, plan: Plan) -> None:
+        """An index kept back (held, or not stored) still names the data it named: its tree loses
+        nothing this run."""
+        failures = self.failures
+        assert failures is not None
+        kept_back = {
+            *failures.held,
+            *(c.new.path for tier in plan.late_tiers for c in tier if c.new.path in failures.failed),
+        }
+        if not kept_back:
+            return
+        prefixes = tuple(scope + "/" if scope else "" for scope in {holding_scope(path) for path in kept_back})
+        held = plan.hold(lambda entry: entry.path.startswith(prefixes))
+        if held and not self.report.held_because:
+            self.report.held_because = "index files were kept back, so the files they name stay"
+
+    def _settle(self, plan: Plan, tree: UpstreamTree) -> None:
+        """The failure log after this run, and the report's account of what was skipped."""
+        failures = self.failures
+        assert failures is not None
+        attempted = {c.new.path for c in plan.uploads} - set(failures.failed)
+        upstream = {e.path for e in tree.entries} if failures.log.paths else set()
+        gone = [path for path in failures.log.paths if path not in upstream and path not in tree.unreadable]
+        newly = failures.settle(attempted, gone)
+        if failures.log.paths or attempted or gone or newly:
+            self.state.write_failures(failures.log)
+        failures.report(self.report, newly)
+
+    def _outcome(self) -> tuple[SyncResult, int, str]:
+        failures = self.failures
+        assert failures is not None
+        if self._guard_reasons:
+            return (
+                SyncResult.DELETIONS_HELD,
+                int(ExitCode.DELETION_GUARD),
+                f"published, but the deletion guard held {self.report.held_deletions} deletions: "
+                + "; ".join(self._guard_reasons)
+                + ". Check upstream; if it really shrank, run once with --force-delete (or raise --max-delete-percent "
+                "/ --max-delete)",
+            )
+        if failures.partial:
+            return SyncResult.PARTIAL, int(ExitCode.PARTIAL), failures.summary()
+        return SyncResult.SUCCESS, 0, ""
 
     def _strays(self, plan: Plan, repair: RepairList | None) -> list[str]:
         """Served keys the drift check found that nobody published, unless this plan publishes them.
@@ -332,45 +456,137 @@ class SyncRun:
         return True
 
     def _published(self, plan: Plan) -> Iterator[Entry]:
-        """The manifest's entries: the plan's target, with the digests of this run's uploads."""
-        for index, entry in enumerate(plan.target):
-            if entry is not None:
-                digest = self._digests.hex(index)
-                yield entry if digest is None else replace(entry, sha256=digest)
+        """The manifest's entries: the plan's target with the digests of this run's uploads, and the
+        held deletions (still published)."""
+
+        def target() -> Iterator[Entry]:
+            for index, entry in enumerate(plan.target):
+                if entry is not None:
+                    digest = self._digests.hex(index)
+                    yield entry if digest is None else replace(entry, sha256=digest)
+
+        return heapq.merge(target(), plan.held, key=lambda e: e.path)
 
     def _transfer(
-        self, plan: Plan, changes: list[Change], staging_root: Path, pool: ThreadPoolExecutor, label: str
+        self,
+        plan: Plan,
+        changes: list[Change],
+        staging_root: Path,
+        pool: ThreadPoolExecutor,
+        label: str,
+        indexes: bool = False,
     ) -> None:
         if not changes:
             return
-        batches = make_batches(changes, max(self.config.staging_bytes // 2, 1), self.batch_files)
+        budget = max(self.config.staging_bytes // 2, 1)
         progress = Progress(label, len(changes), sum(c.new.size for c in changes), self.interactive)
-        with ThreadPoolExecutor(1, thread_name_prefix="fetch") as fetcher:
+        batches = make_batches([c for c in changes if c.new.size <= budget], budget, self.batch_files)
+        if batches:
+            with ThreadPoolExecutor(1, thread_name_prefix="fetch") as fetcher:
 
-            def fetch(number: int) -> Future[Path]:
-                dest = staging_root / f"{label}-{number}"
-                return fetcher.submit(self._fetch, batches[number], dest)
+                def fetch(number: int) -> Future[tuple[Path, dict[str, str]]]:
+                    dest = staging_root / f"{label}-{number}"
+                    return fetcher.submit(self._fetch, batches[number], dest)
 
-            pending = fetch(0)
-            for number, batch in enumerate(batches):
-                staged = pending.result()
-                if number + 1 < len(batches):
-                    pending = fetch(number + 1)  # overlaps with the upload below
-                try:
-                    self._upload_batch(plan, batch, staged, pool, progress)
-                finally:
-                    shutil.rmtree(staged, ignore_errors=True)
-                if self.lease is not None:
-                    self.lease.check()
+                pending = fetch(0)
+                for number, batch in enumerate(batches):
+                    staged, refused = pending.result()
+                    if number + 1 < len(batches):
+                        pending = fetch(number + 1)  # overlaps with the upload below
+                    try:
+                        self._upload_batch(plan, batch, staged, refused, pool, progress, indexes)
+                    finally:
+                        shutil.rmtree(staged, ignore_errors=True)
+                    if self.lease is not None:
+                        self.lease.check()
+        for change in (c for c in changes if c.new.size > budget):
+            self._stream(plan, change, staging_root / f"{label}-stream", budget)
+            progress.advance(1, change.new.size)
         progress.finish()
 
-    def _fetch(self, batch: list[Change], dest: Path) -> Path:
-        self.rsync.fetch(self.config.upstream, (c.new.path for c in batch), dest)
-        return dest
+    def _fetch(self, batch: list[Change], dest: Path) -> tuple[Path, dict[str, str]]:
+        result = self.rsync.fetch(self.config.upstream, (c.new.path for c in batch), dest)
+        return dest, result.failed
+
+    def _stream(self, plan: Plan, change: Change, staging: Path, budget: int) -> None:
+        """A file larger than the staging budget: uploaded while rsync fetches it, alone."""
+        new = change.new
+        try:
+            outcome = stream_file(
+                self.rsync,
+                self.config.upstream,
+                new.path,
+                new.size,
+                staging,
+                self.store,
+                self.layout.served_key(new.path),
+                content_type(new.name),
+                {MTIME_META: str(new.mtime)},
+                backlog=budget,
+            )
+        except StorageError as exc:
+            self._not_published(plan, change, str(exc), by_store=True, error=exc)
+            return
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(outcome, NotStreamed):
+            self._not_published(plan, change, outcome.reason)
+            return
+        if outcome.mtime != new.mtime:
+            # Changed upstream since the listing: the object carries the listed mtime until set right.
+            self.store.copy(
+                self.layout.served_key(new.path),
+                self.layout.served_key(new.path),
+                content_type(new.name),
+                {MTIME_META: str(outcome.mtime)},
+            )
+        self._uploaded(plan, change, outcome.digest, outcome.size, outcome.mtime)
+        self.report.streamed_files += 1
+
+    def _not_published(
+        self, plan: Plan, change: Change, reason: str, by_store: bool = False, error: StorageError | None = None
+    ) -> None:
+        """``change`` did not land: its published copy (if any) stays, and the run goes on unless the
+        store is failing as a whole."""
+        assert self.failures is not None
+        if error is not None and not error.per_object:
+            raise error
+        plan.target[change.index] = change.old
+        self._as_listed = False
+        if not self.failures.add(change.new.path, reason, by_store):
+            raise StorageError(
+                f"S3 refused {self.failures.store_refusals} objects in this run (last: {reason}); that is the store "
+                "failing, not the objects: stopped. What is served stays consistent; check the bucket and the role"
+            )
+
+    def _uploaded(self, plan: Plan, change: Change, digest: bytes, size: int, mtime: int) -> None:
+        new = change.new
+        self._digests.put(change.index, digest)
+        if size != new.size or mtime != new.mtime:
+            # Changed upstream since the listing: record what was uploaded.
+            self._as_listed = False
+            plan.target[change.index] = replace(new, size=size, mtime=mtime)
+        with self._report_lock:
+            self.report.uploaded_files += 1
+            self.report.uploaded_bytes += size
 
     def _upload_batch(
-        self, plan: Plan, batch: list[Change], staged: Path, pool: ThreadPoolExecutor, progress: Progress
+        self,
+        plan: Plan,
+        batch: list[Change],
+        staged: Path,
+        refused: dict[str, str],
+        pool: ThreadPoolExecutor,
+        progress: Progress,
+        indexes: bool,
     ) -> None:
+        assert self.failures is not None
+        failures = self.failures
+        quarantined = failures.log.quarantined()
+        # An index is held back when it names a path that did not land this run; a quarantined one
+        # (already alerted) does not hold anything back, or one bad file would freeze its repository.
+        blocking = {p for p in failures.blocking() if p not in quarantined} if indexes else set()
+
         def upload(change: Change) -> None:
             new = change.new
             local = staged / new.path
@@ -379,27 +595,29 @@ class SyncRun:
             except FileNotFoundError:
                 stat = None
             if stat is None or not S_ISREG(stat.st_mode):
-                # Vanished or changed type since the listing: keep what is published, retry next run.
-                plan.target[change.index] = change.old
-                self._as_listed = False
-                with self._report_lock:
-                    self.report.vanished.append(new.path)
-                log.warning(
-                    "vanished upstream during the run; kept the published copy", extra={"path": printable(new.path)}
-                )
+                # Not sent (unreadable, vanished) or changed type since the listing: retried next run.
+                reason = refused.get(new.path, "vanished upstream during the run")
+                if reason.startswith("vanished"):
+                    with self._report_lock:
+                        self.report.vanished.append(new.path)
+                self._not_published(plan, change, reason)
                 return
+            if blocking:
+                because = names_failed(named_files(new.path, local), new.path, blocking)
+                if because is not None:
+                    plan.target[change.index] = change.old
+                    self._as_listed = False
+                    failures.hold_index(new.path, because)
+                    return
             mtime = int(stat.st_mtime)
-            digest = self.store.upload_file(
-                self.layout.served_key(new.path), local, content_type(new.name), {MTIME_META: str(mtime)}
-            )
-            self._digests.put(change.index, digest)
-            if stat.st_size != new.size or mtime != new.mtime:
-                # Changed upstream since the listing: record what was uploaded.
-                self._as_listed = False
-                plan.target[change.index] = replace(new, size=stat.st_size, mtime=mtime)
-            with self._report_lock:
-                self.report.uploaded_files += 1
-                self.report.uploaded_bytes += stat.st_size
+            try:
+                digest = self.store.upload_file(
+                    self.layout.served_key(new.path), local, content_type(new.name), {MTIME_META: str(mtime)}
+                )
+            except StorageError as exc:
+                self._not_published(plan, change, f"S3 would not store it: {exc}", by_store=True, error=exc)
+                return
+            self._uploaded(plan, change, digest, stat.st_size, mtime)
             progress.advance(1, stat.st_size)
 
         run_bounded(pool, upload, batch, self._queue_limit)
@@ -450,9 +668,7 @@ class SyncRun:
     def _publish_indexes(self, plan: Plan, pool: ThreadPoolExecutor) -> None:
         children: dict[str, list[Entry]] = {d: [] for d in plan.dirty_dirs}
         mtimes: dict[str, int] = {}
-        for entry in plan.target:
-            if entry is None:
-                continue
+        for entry in plan.published():
             if entry.parent in children:
                 children[entry.parent].append(entry)
             if entry.path in children:
@@ -486,11 +702,11 @@ class SyncRun:
             FRESH_CACHE_CONTROL,
         )
 
-    def _finish(self, result: SyncResult, exit_code: int, error: str) -> None:
+    def _finish(self, result: SyncResult, exit_code: int, error: str, store_reachable: bool = True) -> None:
         report = self.report
         report.result, report.exit_code, report.error = result, exit_code, error
         report.finished = self.clock()
-        if self.config.dry_run or result is SyncResult.LOCKED:
+        if self.config.dry_run or result is SyncResult.LOCKED or not store_reachable:
             report.s3_requests = self.counter.total
             return  # touches nothing; a locked run must not overwrite the holder's report
         # The report counts the requests still to come: its own two writes below and, when we still
@@ -499,6 +715,7 @@ class SyncRun:
         if self.lease is not None:
             self.lease.stop_renewing()  # so no renewal slips in between this count and the release
             pending += 1 if self.lease.will_release else 0
+            report.lease_renewals = self.lease.renewals
         report.s3_requests = self.counter.total + pending
         report.s3_requests_by_operation = dict(self.counter.by_operation)
         # The two copies of the report and the lease's release all at once: a run with nothing to do

@@ -5,6 +5,7 @@ Private state (manifest, reports, lease) is read and written by :mod:`mirrorkeep
 
 import base64
 import hashlib
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.s3errors import s3_errors
 
 HASH_CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> tuple[bytes, bytes | None, int]:
@@ -90,6 +92,42 @@ class MirrorStore:
                     ExtraArgs={"ContentType": content_type, "Metadata": metadata, "ChecksumAlgorithm": "SHA256"},
                 )
         return digest
+
+    # -- one file in parts, as it arrives (sync/stream.py)
+
+    def start_parts(self, key: str, content_type: str, metadata: dict[str, str]) -> str:
+        with s3_errors(f"start uploading {key} in parts"):
+            response = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata, ChecksumAlgorithm="SHA256"
+            )
+        return str(response["UploadId"])
+
+    def put_part(self, key: str, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
+        checksum = _b64_sha256(body)
+        with s3_errors(f"upload part {number} of {key}"):
+            response = self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body, ChecksumSHA256=checksum
+            )
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+    def finish_parts(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        with s3_errors(f"complete the upload of {key}"):
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            )
+
+    def abandon_parts(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished upload (its parts cost storage until then); failures only log."""
+        try:
+            with s3_errors(f"abort the upload of {key}"):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except StorageError as exc:
+            log.warning(
+                "could not abort a multipart upload; the bucket's lifecycle rule removes it", extra={"error": str(exc)}
+            )
 
     def copy(self, source_key: str, key: str, content_type: str, metadata: dict[str, str]) -> None:
         with s3_errors(f"copy {source_key} to {key}"):

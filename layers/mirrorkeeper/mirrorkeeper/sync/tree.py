@@ -42,6 +42,9 @@ class UpstreamTree:
     skipped: list[Skipped] = field(default_factory=list)
     complete: bool = True
     problem: str = ""
+    # Paths upstream would not let us read this run ({path: reason}): what is published at or under
+    # them stays as it is.
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def build_tree(listing: Listing, layout: MirrorLayout, reserved: tuple[str, ...]) -> UpstreamTree:
@@ -85,7 +88,7 @@ def build_tree(listing: Listing, layout: MirrorLayout, reserved: tuple[str, ...]
             kept.append(entry)
         entries = kept
     skipped.sort(key=lambda s: s.path)
-    return UpstreamTree(entries, links, skipped, listing.complete, listing.problem)
+    return UpstreamTree(entries, links, skipped, listing.complete, listing.problem, listing.unreadable)
 
 
 class UnresolvableLinkError(Exception):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkeeper.display import human_age, human_size, iso
+from mirrorkeeper.names import printable
 from mirrorkeeper.state import HealthState, HistoryPoint, Level, ProtocolStatus
 from mirrorkeeper.verify.health import DEGRADED_AFTER, DOWN_AFTER, HISTORY_SECONDS, MIRROR, OVERALL
 
@@ -253,7 +254,8 @@ def _css() -> str:
 
 
 def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    # Control characters (a name from upstream in a reason) are shown escaped, never raw.
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _badge(label: str) -> str:

@@ -105,7 +105,7 @@ def diff_manifests(event: Any, deps: Deps) -> dict[str, Any]:
     report, repair = DriftReport(), RepairList()
     lease = store.read_lease()
     # A running sync has uploaded objects its manifest does not list yet: not drift.
-    report.sync_in_progress = lease is not None and lease[0] is not None and lease[0].expires_at > deps.clock()
+    report.sync_in_progress = lease is not None and not lease.expired
     with store.manifest_rows(store.listing_key) as listing, store.manifest_rows(store.manifest_key) as manifest:
         report.listing_generated = listing[0].generated if listing else ""
         report.manifest_generated = manifest[0].generated if manifest else ""
