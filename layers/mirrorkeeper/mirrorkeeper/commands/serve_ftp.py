@@ -8,7 +8,7 @@ import os
 
 from mirrorkeeper.commands.common import add_location_flags, add_logging_flags
 from mirrorkeeper.commands.serve_common import add_serve_flags, start_serving
-from mirrorkeeper.serve.ftp import make_server
+from mirrorkeeper.serve.ftp import MirrorView, make_server, s3_filesystem
 
 DEFAULT_PORT = 2121
 log = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    config, tree = start_serving(args, DEFAULT_PORT)
+    config, _ = start_serving(args, DEFAULT_PORT)
     if config.one_cpu:
         keep_on_one_cpu()
+    fs = s3_filesystem(config.aws, config.cache_ttl, config.max_connections)
     server = make_server(
-        tree,
+        MirrorView(fs, config.layout),
         (config.host, config.port),
         config.mirror_name,
         config.max_connections,
