@@ -16,25 +16,24 @@ from typing import Any
 
 import pytest
 
-from mirrorkeeper.aws import RequestCounter
+from mirrorkeeper.aws import RequestCounter, s3_client
 from mirrorkeeper.commands.serve_ftp import keep_on_one_cpu
 from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.content import render_index
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.serve.ftp import BLOCK_SIZE, MirrorView, make_server, s3_filesystem
+from mirrorkeeper.serve.ftp import make_server
+from mirrorkeeper.serve.served import ServedTree
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import write_file
 from tests.support import BUCKET, run_cli, serve_cli, tree_files
 
 
 @contextmanager
-def ftp_server(
-    endpoint: str, counter: RequestCounter | None = None, cache_ttl: float = 10.0, **options: Any
-) -> Iterator[int]:
+def ftp_server(endpoint: str, counter: RequestCounter | None = None, **options: Any) -> Iterator[int]:
     """The FTP front end in a thread of this process (so tests can count its S3 requests and size its limits)."""
-    fs = s3_filesystem(AwsConfig(endpoint_url=endpoint, region="us-east-1"), cache_ttl, 32, counter)
-    server = make_server(MirrorView(fs, MirrorLayout.create(BUCKET)), ("127.0.0.1", 0), "test-mirror", **options)
+    client = s3_client(AwsConfig(endpoint_url=endpoint, region="us-east-1"), counter)
+    server = make_server(ServedTree(client, MirrorLayout.create(BUCKET)), ("127.0.0.1", 0), "test-mirror", **options)
     stop = threading.Event()
 
     def loop() -> None:
@@ -113,71 +112,6 @@ def test_resumed_downloads_start_at_the_rest_offset(s3: Any, endpoint: str) -> N
             retr(ftp, "big.iso", rest=len(data) + 1)
 
 
-def test_rest_in_the_middle_of_a_file_bigger_than_a_read_block_sends_the_right_bytes(s3: Any, endpoint: str) -> None:
-    # GIVEN a file spanning several of the server's read blocks (and S3 reads), different everywhere
-    data = os.urandom(3 * BLOCK_SIZE + 12_345)
-    put(s3, "pub/big.iso", data)
-    with ftp_server(endpoint) as port, session(port) as ftp:
-        # WHEN downloads resume inside the second block, on a block edge and in the last partial block
-        for offset in (BLOCK_SIZE + 777, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE + 1):
-            # THEN exactly the bytes from there to the end come back
-            assert retr(ftp, "/big.iso", rest=offset) == data[offset:], offset
-        assert retr(ftp, "/big.iso") == data
-
-
-def test_a_file_added_after_a_listing_shows_once_the_listing_expires(s3: Any, endpoint: str) -> None:
-    put(s3, "pub/dir/", b"<html></html>")
-    put(s3, "pub/dir/old.txt", b"old")
-    with ftp_server(endpoint, cache_ttl=1.0) as port, session(port) as ftp:
-        # GIVEN a listing the server keeps
-        assert ftp.nlst("/dir") == ["old.txt"]
-        # WHEN the sync adds a file, and the listing's time is up
-        put(s3, "pub/dir/new.txt", b"new file")
-        time.sleep(1.2)
-        # THEN it is listed, sized and served
-        assert ftp.nlst("/dir") == ["new.txt", "old.txt"]
-        ftp.voidcmd("TYPE I")  # SIZE is refused in ASCII mode, which NLST set
-        assert ftp.size("/dir/new.txt") == len(b"new file")
-        assert retr(ftp, "/dir/new.txt") == b"new file"
-
-
-def test_a_file_replaced_after_it_was_listed_is_sent_whole_at_its_new_length(s3: Any, endpoint: str) -> None:
-    put(s3, "pub/grows.txt", b"short")
-    put(s3, "pub/shrinks.txt", b"a long first version " * 100)
-    with ftp_server(endpoint) as port, session(port) as ftp:
-        # GIVEN the sizes a listing showed (and the server still keeps)
-        ftp.voidcmd("TYPE I")
-        assert ftp.size("/grows.txt") == 5 and ftp.size("/shrinks.txt") == 2100
-        # WHEN a sync replaces both files before they are fetched
-        longer, shorter = b"a much longer second version " * 400, b"short now"
-        put(s3, "pub/grows.txt", longer)
-        put(s3, "pub/shrinks.txt", shorter)
-        # THEN each is sent whole, as it is now: never cut at, or padded to, the old length
-        assert retr(ftp, "/grows.txt") == longer
-        assert retr(ftp, "/shrinks.txt") == shorter
-
-
-def test_a_file_replaced_while_it_is_sent_is_never_spliced(s3: Any, endpoint: str) -> None:
-    # GIVEN a download that has received its first bytes of a file several read blocks long
-    old = b"o" * (3 * BLOCK_SIZE)
-    put(s3, "pub/moving.iso", old)
-    with ftp_server(endpoint) as port, session(port) as ftp:
-        ftp.voidcmd("TYPE I")
-        connection = ftp.transfercmd("RETR /moving.iso")
-        received = bytearray(connection.recv(65536))
-        # WHEN a sync replaces the file mid-transfer
-        put(s3, "pub/moving.iso", b"n" * (3 * BLOCK_SIZE))
-        while chunk := connection.recv(1 << 20):
-            received += chunk
-        connection.close()
-        # THEN the client got the old version whole or a failed transfer, never a mix of both
-        try:
-            ftp.voidresp()
-            assert bytes(received) == old
-        except ftplib.error_temp:
-            assert b"n" not in received
-
-
 def test_missing_paths_are_550(s3: Any, endpoint: str) -> None:
     put(s3, "pub/dir/", b"<html></html>")
     with ftp_server(endpoint) as port, session(port) as ftp:
@@ -253,9 +187,9 @@ def test_a_listing_costs_one_list_request_not_one_per_entry(s3: Any, endpoint: s
             # WHEN the directory is listed
             lines: list[str] = []
             ftp.retrlines(listing, lines.append)
-            # THEN it took one ListObjectsV2 (none once s3fs's dircache holds it) and a constant number of others
+            # THEN it took one ListObjectsV2 and a constant number of other requests
             assert len(lines) == 65, listing
-            assert counter.by_operation.get("ListObjectsV2", 0) == (1 if listing == "MLSD" else 0), listing
+            assert counter.by_operation.get("ListObjectsV2") == 1, listing
             assert sum(counter.by_operation.values()) <= 4, (listing, counter.by_operation)
         # and the times are upstream's, from the index page, not the upload times
         facts = dict(ftp.mlsd())
@@ -303,10 +237,8 @@ def test_a_directory_of_more_than_a_thousand_entries_is_listed_whole_from_one_pa
             # THEN every entry is there, once
             names = [_listed_name(listing, line) for line in lines]
             assert sorted(names) == sorted(expected), listing
-            # from one listing that S3 paginated (2 pages), plus a constant number of other requests (the
-            # root's listing answers whether /huge exists); then from s3fs's dircache
-            expected_lists = 2 + 1 if listing == "NLST" else 0
-            assert counter.by_operation.get("ListObjectsV2", 0) == expected_lists, (listing, counter.by_operation)
+            # from one listing that S3 paginated (2 pages), plus a constant number of other requests
+            assert counter.by_operation.get("ListObjectsV2") == 2, (listing, counter.by_operation)
             assert sum(counter.by_operation.values()) <= 5, (listing, counter.by_operation)
         # the last page's entries carry their upstream times too
         assert dict(ftp.mlsd("/huge"))["f1004"]["modify"] == time.strftime("%Y%m%d%H%M%S", time.gmtime(1_600_001_004))

@@ -20,7 +20,6 @@ __all__ = [
     "check_bucket",
     "client_config",
     "s3_client",
-    "s3fs_options",
     "service_client",
 ]
 
@@ -80,28 +79,13 @@ def expect_continue_only_for_large_bodies(params: dict[str, Any], **_: Any) -> N
 
 
 def client_config(aws: AwsConfig, pool_size: int = 10) -> Config:
-    return Config(region_name=aws.region, **_config_options(aws, pool_size))
-
-
-def s3fs_options(aws: AwsConfig, pool_size: int) -> dict[str, Any]:
-    """Keyword arguments for ``s3fs.S3FileSystem`` giving its aiobotocore client what :func:`s3_client` gives
-    boto3's: region, endpoint (path-style there), adaptive retries, pool and timeouts. s3fs is not imported here:
-    only the FTP image installs it."""
-    config = _config_options(aws, pool_size)
-    client: dict[str, Any] = {"region_name": aws.region}
-    if aws.endpoint_url:
-        client["endpoint_url"] = aws.endpoint_url
-        config["s3"] = {"addressing_style": "path"}
-    return {"client_kwargs": client, "config_kwargs": config}
-
-
-def _config_options(aws: AwsConfig, pool_size: int) -> dict[str, Any]:
-    return {
-        "retries": {"mode": "adaptive", "max_attempts": aws.max_attempts},
-        "max_pool_connections": pool_size,
-        "connect_timeout": 10,
-        "read_timeout": 60,
-    }
+    return Config(
+        region_name=aws.region,
+        retries={"mode": "adaptive", "max_attempts": aws.max_attempts},
+        max_pool_connections=pool_size,
+        connect_timeout=10,
+        read_timeout=60,
+    )
 
 
 def service_client(service: str, aws: AwsConfig) -> Any:

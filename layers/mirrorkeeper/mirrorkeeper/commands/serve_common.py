@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from mirrorkeeper.aws import S3Client, check_bucket, s3_client
+from mirrorkeeper.aws import check_bucket, s3_client
 from mirrorkeeper.commands.common import flags_of
 from mirrorkeeper.config import ServeConfig, load_serve_config
 from mirrorkeeper.logs import setup_logging
+from mirrorkeeper.serve.served import ObjectCache, ServedTree
 
 
 def add_serve_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
@@ -33,13 +34,11 @@ def add_serve_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
     )
 
 
-def start_serving(args: argparse.Namespace, default_port: int) -> tuple[ServeConfig, S3Client]:
-    """Logging, settings and a checked bucket: the first steps of every serve command.
-
-    The client is sized for ``--max-connections``; serve-http reads through it, serve-ftp only checks
-    the bucket with it (it reads through s3fs)."""
+def start_serving(args: argparse.Namespace, default_port: int) -> tuple[ServeConfig, ServedTree]:
+    """Logging, settings, a checked bucket and the served tree: the first steps of every serve command."""
     setup_logging(args.log_format, args.log_level)
     config = load_serve_config(flags_of(args), default_port)
     client = s3_client(config.aws, pool_size=config.max_connections)
     check_bucket(client, config.layout.bucket)
-    return config, client
+    cache = ObjectCache(config.cache_ttl) if config.cache_ttl > 0 else None
+    return config, ServedTree(client, config.layout, cache)

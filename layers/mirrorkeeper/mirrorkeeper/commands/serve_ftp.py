@@ -8,7 +8,7 @@ import os
 
 from mirrorkeeper.commands.common import add_location_flags, add_logging_flags
 from mirrorkeeper.commands.serve_common import add_serve_flags, start_serving
-from mirrorkeeper.serve.ftp import MirrorView, make_server, s3_filesystem
+from mirrorkeeper.serve.ftp import make_server
 
 DEFAULT_PORT = 2121
 log = logging.getLogger(__name__)
@@ -49,12 +49,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    config, _ = start_serving(args, DEFAULT_PORT)
+    config, tree = start_serving(args, DEFAULT_PORT)
     if config.one_cpu:
         keep_on_one_cpu()
-    fs = s3_filesystem(config.aws, config.cache_ttl, config.max_connections)
     server = make_server(
-        MirrorView(fs, config.layout),
+        tree,
         (config.host, config.port),
         config.mirror_name,
         config.max_connections,

@@ -8,7 +8,6 @@ import logging
 from mirrorkeeper.commands.common import add_location_flags, add_logging_flags
 from mirrorkeeper.commands.serve_common import add_serve_flags, start_serving
 from mirrorkeeper.serve.http import MirrorHTTPServer
-from mirrorkeeper.serve.served import ObjectCache, ServedTree
 
 DEFAULT_PORT = 8080
 log = logging.getLogger(__name__)
@@ -29,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    config, client = start_serving(args, DEFAULT_PORT)
-    tree = ServedTree(client, config.layout, ObjectCache(config.cache_ttl) if config.cache_ttl > 0 else None)
+    config, tree = start_serving(args, DEFAULT_PORT)
     with MirrorHTTPServer((config.host, config.port), tree, config.max_connections, config.idle_timeout) as server:
         url = f"http://{config.host}:{server.server_port}/"
         log.info("serving HTTP", extra={"url": url, "bucket": config.layout.bucket})

@@ -1,14 +1,9 @@
-"""``serve-ftp``: anonymous, read-only FTP over the served prefix (pyftpdlib, one thread per session, s3fs).
+"""``serve-ftp``: anonymous, read-only FTP over the served prefix (pyftpdlib, one thread per session).
 
 The virtual filesystem's paths are the FTP paths themselves ('/' is the served root): pyftpdlib's
-``ftpnorm`` collapses ``..`` against '/', and every S3 path is built by :class:`MirrorView` as the
-bucket, the served prefix and the cleaned path, so no command can name private state. Index pages
-(directory marker objects) never appear as files. Missing paths raise ``FileNotFoundError``, which
-pyftpdlib answers with 550.
-
-S3 is read through one ``s3fs.S3FileSystem`` shared by every session: directory listings live in
-its ``dircache`` (for ``--cache-ttl`` seconds, the same bound the HTTP front end's object cache has)
-and files are its ``S3File`` objects, whose ``seek`` serves REST.
+``ftpnorm`` collapses ``..`` against '/', and every S3 key is built by :class:`ServedTree` under
+the served prefix, so no command can name private state. Index pages (directory marker objects)
+never appear as files. Missing paths raise ``FileNotFoundError``, which pyftpdlib answers with 550.
 
 Symlinks: ``LIST`` shows them as ``l`` entries with their target (``ls -l`` style) and MLSD as
 ``type=OS.unix=slink:TARGET``; ``RETR`` of a file symlink sends its target's bytes; ``CWD`` into
@@ -22,169 +17,26 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import partial
 from typing import Any
 
-import s3fs
-from fsspec.caching import caches
 from pyftpdlib.authorizers import AuthenticationFailed, DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.servers import ThreadedFTPServer
-from s3fs.core import S3File
-from s3fs.utils import FileExpired
 
-from mirrorkeeper.aws import RequestCounter, s3fs_options
-from mirrorkeeper.config import AwsConfig
-from mirrorkeeper.content import parse_index_entries
-from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.names import MAX_KEY_BYTES
-from mirrorkeeper.serve.served import resolve_link
+from mirrorkeeper.errors import StorageError
+from mirrorkeeper.serve.served import Node, NodeKind, ObjectBody, ServedTree
 
 log = logging.getLogger(__name__)
 
 READ_ONLY = "elr"  # CWD/CDUP, LIST/NLST/MLSD/MLST/SIZE/MDTM, RETR: pyftpdlib refuses every other command
 ANONYMOUS_USERS = ("anonymous", "ftp")
 _SIX_MONTHS = 180 * 86400
-RETR_CHUNK = 1024 * 1024  # bytes pyftpdlib asks for at a time while sending a file (its default is 64 KiB)
-BLOCK_SIZE = 8 * 1024 * 1024  # bytes one ranged GET reads ahead: fewer requests, bounded memory per transfer
-CACHE_TYPE = "readahead"  # sequential reads: keep one block, fetch the next when it runs out
-_NODES = "mirrorkeeper.nodes"  # where a listing's parsed entries ride along in s3fs's dircache
-
-
-class NodeKind(StrEnum):
-    FILE = "file"
-    DIR = "dir"
-    LINK = "link"
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One entry of a directory listing."""
-
-    name: str
-    kind: NodeKind
-    size: int
-    mtime: int
-    target: str | None = None  # a symlink's text, as upstream wrote it
-    etag: str = ""  # the version the listing saw: a RETR reads exactly that one, or looks again
-
-
-def s3_filesystem(aws: AwsConfig, cache_ttl: float, pool_size: int, counter: RequestCounter | None = None) -> Any:
-    """The s3fs filesystem of one server: its own instance (never fsspec's shared one), listings kept
-    ``cache_ttl`` seconds (0: never), retries left to botocore's adaptive mode as every client here has."""
-    fs = s3fs.S3FileSystem(
-        **s3fs_options(aws, pool_size),
-        skip_instance_cache=True,
-        use_listings_cache=cache_ttl > 0,
-        listings_expiry_time=cache_ttl,
-        max_paths=1024,  # directories whose listings are kept, least recently used first out
-    )
-    fs.retries = 1  # s3fs's own retry loop would multiply botocore's attempts
-    if counter is not None:
-        counter.attach(fs.s3)
-    return fs
-
-
-class MirrorView:
-    """The served prefix of one mirror through s3fs, shared by every session of a server."""
-
-    def __init__(self, fs: Any, layout: MirrorLayout) -> None:
-        self.fs = fs
-        self.layout = layout
-
-    def _path(self, key: str) -> str:
-        return f"{self.layout.bucket}/{key}"
-
-    def listing(self, directory: str) -> dict[str, Node] | None:
-        """The entries of ``directory`` ('' = root) by name, or None when it does not exist.
-
-        s3fs lists it (one paginated ListObjectsV2, delimiter '/') or answers from its dircache; the
-        directory's index page (one GET, only when the listing is fresh from S3) adds upstream mtimes
-        and symlink targets, which a listing does not carry. The parsed entries are stored in the
-        dircache's own entry, so they expire with the listing they came from.
-        """
-        prefix = self.layout.directory_key(directory)
-        if len(prefix.encode()) > MAX_KEY_BYTES:
-            return None
-        try:
-            entries = self.fs.ls(self._path(prefix.rstrip("/")), detail=True)
-        except FileNotFoundError:
-            return None
-        if not entries:
-            return None
-        known = entries[0].get(_NODES)
-        if known is None:
-            known = entries[0][_NODES] = self._nodes(prefix, entries)
-        return known  # type: ignore[no-any-return]
-
-    def _nodes(self, prefix: str, entries: list[dict[str, Any]]) -> dict[str, Node]:
-        marker = next((e for e in entries if e["name"] == self._path(prefix)), None)
-        page = self._read(prefix, int(marker["size"]), marker.get("ETag", "")) if marker else b""
-        described = parse_index_entries(page)
-        nodes: dict[str, Node] = {}
-        for entry in entries:
-            name = entry["name"][len(self._path(prefix)) :]
-            if name == "" or "/" in name:
-                continue  # the directory's own marker (its index page) is never a file
-            known = described.get(name)
-            if entry["type"] == "directory":
-                nodes[name] = Node(name, NodeKind.DIR, 0, int(known["mtime"]) if known else int(time.time()))
-            elif known is not None and known.get("type") == "l":
-                target = str(known.get("target") or "")
-                nodes[name] = Node(name, NodeKind.LINK, entry["size"], int(known["mtime"]), target, entry["ETag"])
-            else:
-                mtime = int(known["mtime"]) if known else int(entry["LastModified"].timestamp())
-                nodes[name] = Node(name, NodeKind.FILE, entry["size"], mtime, None, entry["ETag"])
-        return nodes
-
-    def _read(self, key: str, size: int, etag: str) -> bytes:
-        with MirrorFile(self.fs, self._path(key), key, size, etag) as page:
-            return page.read()  # type: ignore[no-any-return]
-
-    def lookup(self, path: str) -> Node | None:
-        """The entry at mirror path ``path``: from its directory's listing, which s3fs keeps for the
-        next lookups there (RETR after LIST, SIZE then MDTM, a client walking a directory)."""
-        if path == "":
-            return Node("", NodeKind.DIR, 0, 0)
-        parent, name = posixpath.split(path)
-        listing = self.listing(parent)
-        return listing.get(name) if listing is not None else None
-
-    def open(self, path: str, found: Node, ftp_path: str) -> "MirrorFile":
-        return MirrorFile(self.fs, self._path(self.layout.served_key(path)), ftp_path, found.size, found.etag)
-
-
-class MirrorFile(S3File):  # type: ignore[misc]
-    """s3fs's file object pinned to the version the listing saw (``If-Match``): a range of another version is
-    never spliced in. A file replaced before its first byte was read is looked up again and sent whole, at its
-    new length; one replaced while being sent fails the transfer (the client retries) rather than mixing two."""
-
-    def __init__(self, fs: Any, path: str, name: str, size: int, etag: str) -> None:
-        # Built directly rather than by fs.open, which strips the trailing '/' of a directory's index page.
-        super().__init__(fs, path, "rb", block_size=BLOCK_SIZE, cache_type=CACHE_TYPE, size=size)
-        self.name = name  # pyftpdlib logs transfers by it
-        self._pin(size, etag)
-        self._started = False
-
-    def _pin(self, size: int, etag: str) -> None:
-        self.size = size
-        self.cache = caches[CACHE_TYPE](self.blocksize, self._fetch_range, size)
-        self.read_kw = {**self._request_payer_kw, "IfMatch": etag} if etag else self._request_payer_kw
-
-    def read(self, length: int = -1) -> bytes:
-        try:
-            data = super().read(length)
-        except FileExpired:
-            if self._started:
-                raise
-            fresh = self.fs.info(self.path, refresh=True)  # one HEAD: the version there now
-            self._pin(int(fresh["size"]), fresh.get("ETag", ""))
-            data = super().read(length)
-        self._started = True
-        return data  # type: ignore[no-any-return]
+LOOKUP_TTL = 2.0  # seconds a single path lookup is reused within a session
+LISTING_TTL = 30.0  # seconds a session trusts its last listing; a sync publishes within minutes anyway
+RETR_CHUNK = 1024 * 1024  # bytes read from S3 at a time while sending a file (pyftpdlib reads 64 KiB)
 
 
 class ReadOnlyAuthorizer(DummyAuthorizer):  # type: ignore[misc]
@@ -201,6 +53,56 @@ class ReadOnlyAuthorizer(DummyAuthorizer):  # type: ignore[misc]
             raise AuthenticationFailed("This mirror is anonymous only: log in as 'anonymous' or 'ftp'.")
 
 
+@dataclass
+class _Cached:
+    """The session's last listing: LIST/MLSD lines, SIZE, MDTM and CWD right after it cost nothing."""
+
+    directory: str
+    nodes: dict[str, Node]
+    taken: float
+
+    def covers(self, directory: str) -> bool:
+        return self.directory == directory and time.monotonic() - self.taken < LISTING_TTL
+
+
+class S3ReadFile:
+    """A read-only file over one object: opened lazily so that ``seek`` (REST) becomes a ranged GET.
+
+    The GET runs to the end of the object as it is now, not to the size a listing saw earlier, so a
+    file replaced by a sync is sent whole (new version) rather than cut at the old length.
+    """
+
+    def __init__(self, tree: ServedTree, key: str, name: str, size: int) -> None:
+        self.tree, self.key, self.name, self.size = tree, key, name, size
+        self.closed = False
+        self._position = 0
+        self._body: ObjectBody | None = None
+
+    def seek(self, position: int) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        self._position = position
+
+    def read(self, size: int = -1) -> bytes:
+        if self._body is None:
+            if self._position and self._position >= self.size:
+                return b""  # REST at the end: nothing to send, and S3 would refuse the empty range
+            with _storage():
+                self._body = self.tree.get(self.key, (self._position, None) if self._position else None)
+            if self._body is None:
+                raise FileNotFoundError(errno.ENOENT, "the file was removed while being sent")
+        with _storage():
+            data = self._body.read_all() if size < 0 else self._body.read(size)
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+        self.closed = True
+
+
 class _ViewProducer:
     """pyftpdlib's file producer with big reads handed on as memoryviews.
 
@@ -213,16 +115,19 @@ class _ViewProducer:
         self._inner = inner
 
     def more(self) -> memoryview:
-        with _storage():
-            return memoryview(self._inner.more())
+        return memoryview(self._inner.more())
 
 
 class S3Filesystem(AbstractedFS):  # type: ignore[misc]
-    """pyftpdlib's filesystem interface over a :class:`MirrorView` (one instance per session)."""
+    """pyftpdlib's filesystem interface over a :class:`ServedTree` (one instance per session)."""
 
-    def __init__(self, root: str, cmd_channel: Any, view: MirrorView) -> None:
+    def __init__(self, root: str, cmd_channel: Any, tree: ServedTree) -> None:
         super().__init__("/", cmd_channel)
-        self.view = view
+        self.tree = tree
+        self._cached: _Cached | None = None
+        # One command asks about the same path several times (pyftpdlib's isdir, then ours):
+        # remember single lookups briefly so each costs its HEADs once.
+        self._looked: dict[str, tuple[float, Node | None]] = {}
 
     # -- paths: virtual FTP paths are the filesystem paths --------------------------------------
 
@@ -241,19 +146,43 @@ class S3Filesystem(AbstractedFS):  # type: ignore[misc]
     # -- what exists ------------------------------------------------------------------------------
 
     def node(self, path: str) -> Node | None:
-        """The entry at absolute FTP path ``path``."""
+        """The entry at absolute FTP path ``path``: from the last listing when it covers it, else HEADs."""
+        if path == "/":
+            return Node("", NodeKind.DIR, 0, 0)
+        parent, name = posixpath.split(path)
+        if self._cached is not None and self._cached.covers(parent):
+            return self._cached.nodes.get(name)
+        now = time.monotonic()
+        remembered = self._looked.get(path)
+        if remembered is not None and now - remembered[0] < LOOKUP_TTL:
+            return remembered[1]
+        if len(self._looked) > 64:
+            self._looked.clear()
+        found = self._lookup(path[1:], name)
+        self._looked[path] = (now, found)
+        return found
+
+    def _lookup(self, rel: str, name: str) -> Node | None:
+        file_key, dir_key = self.tree.file_key(rel), self.tree.dir_key(rel)
+        # A directory the cache already knows needs no request (a HEAD for the file name would be a 404).
+        marker = None if self.tree.remembered(file_key) is not None else self.tree.remembered(dir_key)
+        if marker is not None:
+            return Node(name, NodeKind.DIR, 0, marker.mtime)
         with _storage():
-            return self.view.lookup(path[1:])
+            info = self.tree.head(file_key)
+            if info is not None:
+                kind = NodeKind.FILE if info.symlink_target is None else NodeKind.LINK
+                return Node(name, kind, info.size, info.mtime, info.symlink_target)
+            marker = self.tree.head(dir_key)
+        return Node(name, NodeKind.DIR, 0, marker.mtime) if marker is not None else None
 
     def _dir_link(self, path: str, found: Node) -> str | None:
         """The directory a symlink node leads into, or None when it is not a directory symlink."""
         if found.kind is not NodeKind.LINK or found.target is None:
             return None
-        resolved = resolve_link(path[1:], found.target)
-        if resolved is None:
-            return None
-        target = self.node("/" + resolved)
-        return "/" + resolved if target is not None and target.kind is NodeKind.DIR else None
+        resolved = self.tree.resolve_link(path[1:], found.target)
+        with _storage():
+            return "/" + resolved if resolved is not None and self.tree.is_dir(resolved) else None
 
     def _entered(self, path: str) -> str | None:
         """The directory ``path`` leads into (itself, or a directory symlink's target), or None."""
@@ -303,12 +232,13 @@ class S3Filesystem(AbstractedFS):  # type: ignore[misc]
     def listdir(self, path: str) -> list[str]:
         entered = self._entered(path)
         with _storage():
-            nodes = self.view.listing(entered[1:]) if entered is not None else None
+            nodes = self.tree.list_dir(entered[1:]) if entered is not None else None
         if nodes is None:
             raise FileNotFoundError(errno.ENOENT, "No such directory")
-        return sorted(nodes)
+        self._cached = _Cached(path, {n.name: n for n in nodes}, time.monotonic())
+        return [n.name for n in nodes]
 
-    def open(self, filename: str, mode: str) -> MirrorFile:
+    def open(self, filename: str, mode: str) -> S3ReadFile:
         if mode not in ("r", "rb"):
             raise PermissionError(errno.EROFS, "This mirror is read-only")
         found = self.node(filename)
@@ -316,7 +246,7 @@ class S3Filesystem(AbstractedFS):  # type: ignore[misc]
             raise FileNotFoundError(errno.ENOENT, "No such file")
         if found.kind is NodeKind.DIR or self._dir_link(filename, found) is not None:
             raise IsADirectoryError(errno.EISDIR, "Is a directory")
-        return self.view.open(filename[1:], found, filename)
+        return S3ReadFile(self.tree, self.tree.file_key(filename[1:]), filename, found.size)
 
     # -- refused: pyftpdlib's permissions stop these first; this is the second line of defence -----
 
@@ -379,7 +309,7 @@ class MirrorFTPHandler(FTPHandler):  # type: ignore[misc]
     dtp_handler = MirrorDTPHandler
 
     def push_dtp_data(self, data: Any, isproducer: bool = False, file: Any = None, cmd: str | None = None) -> None:
-        if isproducer and isinstance(data, FileProducer) and isinstance(file, MirrorFile):
+        if isproducer and isinstance(data, FileProducer) and isinstance(file, S3ReadFile):
             data = _ViewProducer(data)
         super().push_dtp_data(data, isproducer, file, cmd)
 
@@ -390,7 +320,7 @@ class MirrorFTPHandler(FTPHandler):  # type: ignore[misc]
 
 
 def make_server(
-    view: MirrorView,
+    tree: ServedTree,
     address: tuple[str, int],
     mirror_name: str,
     max_connections: int = 256,
@@ -402,7 +332,7 @@ def make_server(
     """A ready-to-serve FTP server (call ``serve_forever``); threaded because S3 calls block."""
     attributes: dict[str, Any] = {
         "authorizer": ReadOnlyAuthorizer(),
-        "abstracted_fs": staticmethod(partial(S3Filesystem, view=view)),  # a factory, not a method
+        "abstracted_fs": staticmethod(partial(S3Filesystem, tree=tree)),  # a factory, not a method
         "banner": f"{mirror_name} mirror (mirrorkeeper): anonymous, read-only FTP.",
         "timeout": idle_timeout,
         "passive_ports": range(passive_ports[0], passive_ports[1] + 1) if passive_ports else None,
@@ -419,14 +349,9 @@ def make_server(
 
 @contextmanager
 def _storage() -> Iterator[None]:
-    """pyftpdlib answers OSError with a reply and keeps the session; anything else would drop it.
-
-    s3fs turns S3's answers into OSErrors already (a missing key is FileNotFoundError); what is left
-    (a connection that failed, a timeout) becomes one here, logged."""
+    """pyftpdlib answers OSError with a reply and keeps the session; anything else would drop it."""
     try:
         yield
-    except OSError:
-        raise
-    except Exception as exc:
+    except StorageError as exc:
         log.error("storage failed", extra={"error": str(exc)})
         raise OSError(errno.EIO, "The mirror's storage did not answer; try again shortly") from None

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.serve.routing import route
-from mirrorkeeper.serve.served import ObjectBody, ObjectChangedError, ObjectInfo, ServedTree, resolve_link
+from mirrorkeeper.serve.served import ObjectBody, ObjectChangedError, ObjectInfo, ServedTree
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             return
         if info.symlink_target is not None:
             # A directory symlink is stored as a redirect page; answer it as the redirect it means.
-            resolved = resolve_link(path, info.symlink_target)
+            resolved = tree.resolve_link(path, info.symlink_target)
             if resolved is not None and tree.is_dir(resolved):
                 if opened is not None:
                     opened.close()

@@ -1,8 +1,7 @@
-"""The read side of the mirror for ``serve-http``: every S3 call it makes goes through here (``serve-ftp``
-reads through s3fs, :mod:`ftp`); :func:`resolve_link` serves both.
+"""The read side of the mirror: every S3 call the front ends make goes through here.
 
-Keys are only ever built as ``served_prefix + path`` from paths that :mod:`routing` already
-cleaned, so nothing here can name private state. A missing key is ``None``,
+Keys are only ever built as ``served_prefix + path`` from paths that :mod:`routing` or the FTP
+filesystem already cleaned, so nothing here can name private state. A missing key is ``None``,
 never an exception, so the front ends answer 404 / 550 without guessing from error text.
 
 An optional :class:`ObjectCache` keeps what recent reads returned (metadata of any object, whole
@@ -18,12 +17,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 
 from mirrorkeeper.aws import S3Client
+from mirrorkeeper.content import parse_index_entries
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.names import MAX_KEY_BYTES
@@ -38,6 +39,23 @@ _ENTRY_OVERHEAD = 512  # rough bytes of one cached ObjectInfo and its key: bound
 
 class ObjectChangedError(StorageError):
     """The object was replaced after its ETag was read (S3 answered 412 to If-Match): look again."""
+
+
+class NodeKind(StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    LINK = "link"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One entry of a directory listing."""
+
+    name: str
+    kind: NodeKind
+    size: int
+    mtime: int
+    target: str | None = None  # a symlink's text, as upstream wrote it
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +93,9 @@ class ObjectBody:
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         yield from self._stream.iter_chunks(size)
+
+    def read(self, size: int) -> bytes:
+        return self._stream.read(size)  # type: ignore[no-any-return]
 
     def read_all(self) -> bytes:
         return self._stream.read()  # type: ignore[no-any-return]
@@ -231,6 +252,44 @@ class ObjectCache:
         self._bytes -= self._entries.pop(key).cost
 
 
+class _Flight[T]:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class _InFlight[T]:
+    """Request collapsing: callers asking for the same thing while it is being fetched wait for that
+    fetch and share its result; nothing is kept once it is handed out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight[T]] = {}
+
+    def join(self, key: str, fetch: Callable[[], T]) -> T:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result  # type: ignore[return-value]  # set before done, by the leader
+        try:
+            flight.result = fetch()
+            return flight.result
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+
 class ServedTree:
     """The served prefix of one mirror, seen as files and directories."""
 
@@ -239,6 +298,8 @@ class ServedTree:
         self.layout = layout
         self.bucket = layout.bucket
         self.cache = cache
+        self._paginator: Any = None
+        self._listings: _InFlight[list[Node] | None] = _InFlight()
 
     def file_key(self, path: str) -> str:
         return self.layout.served_key(path)
@@ -318,13 +379,71 @@ class ServedTree:
         """True when ``path`` ('' = root) is a directory of the mirror: its marker object exists."""
         return path == "" or self.head(self.dir_key(path)) is not None
 
+    def resolve_link(self, link_path: str, target: str) -> str | None:
+        """The mirror path a symlink at ``link_path`` points to, or None when it leaves the tree."""
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
+        if target.startswith("/") or joined == ".." or joined.startswith("../"):
+            return None
+        return "" if joined == "." else joined
 
-def resolve_link(link_path: str, target: str) -> str | None:
-    """The mirror path a symlink at ``link_path`` points to, or None when it leaves the tree."""
-    joined = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
-    if target.startswith("/") or joined == ".." or joined.startswith("../"):
-        return None
-    return "" if joined == "." else joined
+    def remembered(self, key: str) -> ObjectInfo | None:
+        """What the cache knows about ``key`` right now, without asking S3 (None: nothing fresh)."""
+        stored = self.cache.lookup(key) if self.cache is not None else None
+        return stored.info if stored is not None else None
+
+    def list_dir(self, path: str) -> list[Node] | None:
+        """The entries of directory ``path``, or None when it does not exist.
+
+        One paginated ListObjectsV2 (delimiter '/') gives the names, sizes and subdirectories; the
+        directory's index page (one GET) gives upstream mtimes and symlinks, which a listing does
+        not carry. Nothing is fetched per entry. With a cache, clients asking for the same listing
+        while it is being fetched share that one answer (it is never kept after).
+        """
+        if self.cache is None:
+            return self._list_dir(path)
+        nodes = self._listings.join(path, lambda: self._list_dir(path))
+        return None if nodes is None else list(nodes)
+
+    def _list_dir(self, path: str) -> list[Node] | None:
+        prefix = self.dir_key(path)
+        files: dict[str, tuple[int, int]] = {}
+        dirs: list[str] = []
+        marker = path == ""
+        with s3_errors(f"list {prefix}"):
+            if self._paginator is None:  # loading the paginator model costs more CPU than a request
+                self._paginator = self.client.get_paginator("list_objects_v2")
+            pages = self._paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(prefix) :]
+                    if name == "":
+                        marker = True  # the directory's own marker / index page: never a file
+                        continue
+                    files[name] = (int(item["Size"]), int(item["LastModified"].timestamp()))
+                dirs.extend(p["Prefix"][len(prefix) : -1] for p in page.get("CommonPrefixes", []))
+        if not (marker or files or dirs):
+            return None
+        described = parse_index_entries(self._index_page(prefix)) if marker else {}
+        nodes = []
+        for name, (size, modified) in files.items():
+            known = described.get(name)
+            if known is not None and known.get("type") == "l":
+                nodes.append(Node(name, NodeKind.LINK, size, int(known["mtime"]), str(known.get("target") or "")))
+            else:
+                nodes.append(Node(name, NodeKind.FILE, size, int(known["mtime"]) if known else modified))
+        for name in dirs:
+            known = described.get(name)
+            nodes.append(Node(name, NodeKind.DIR, 0, int(known["mtime"]) if known else int(time.time())))
+        return sorted(nodes, key=lambda n: n.name)
+
+    def _index_page(self, key: str) -> bytes:
+        body = self.get(key)
+        if body is None:
+            return b""
+        try:
+            return b"".join(body.chunks())
+        finally:
+            body.close()
 
 
 def _from_memory(info: ObjectInfo, data: bytes, byte_range: tuple[int, int | None] | None) -> ObjectBody:
