@@ -441,49 +441,32 @@ def print_comparison(compared: Compared, baseline: str, rounds: int, files: int)
     retr = statistics.median(new.retr) / statistics.median(old.retr)
     # Seconds: the speed ratio is old time over new time, so that above 1.0x is faster for both rows.
     sessions = statistics.median(old.sessions) / statistics.median(new.sessions)
-    verdict = {True: "PASS", False: "MISS"}
-    table = [
-        (
-            "metric",
-            "new (each round)",
-            "old (each round)",
-            "new",
-            "old",
-            "new/old speed",
-            f"gate >= {GATE}x",
-        ),
-        (
-            "FTP RETR big file, MB/s",
-            " ".join(f"{v:.0f}" for v in new.retr),
-            " ".join(f"{v:.0f}" for v in old.retr),
-            f"{statistics.median(new.retr):.0f}",
-            f"{statistics.median(old.retr):.0f}",
-            f"{retr:.2f}x",
-            verdict[retr >= GATE],
-        ),
-        (
-            f"FTP 32 sessions x {files} files, s",
-            " ".join(f"{v:.2f}" for v in new.sessions),
-            " ".join(f"{v:.2f}" for v in old.sessions),
-            f"{statistics.median(new.sessions):.2f}",
-            f"{statistics.median(old.sessions):.2f}",
-            f"{sessions:.2f}x",
-            verdict[sessions >= GATE],
-        ),
-        (
-            "  S3 requests per 32 sessions",
-            " ".join(str(v) for v in new.s3_requests),
-            " ".join(str(v) for v in old.s3_requests),
-            "",
-            "",
-            f"errors {new.errors}/{old.errors}",
-            "",
-        ),
-    ]
-    _print_columns(table)
+    headers = ("metric", "new (each round)", "old (each round)", "new", "old", "new/old speed", f"gate >= {GATE}x")
+    _print_columns(
+        [
+            headers,
+            _compared("FTP RETR big file, MB/s", new.retr, old.retr, "{:.0f}", retr),
+            _compared(f"FTP 32 sessions x {files} files, s", new.sessions, old.sessions, "{:.2f}", sessions),
+            (
+                "  S3 requests per 32 sessions",
+                " ".join(str(v) for v in new.s3_requests),
+                " ".join(str(v) for v in old.s3_requests),
+                "",
+                "",
+                f"errors {new.errors}/{old.errors}",
+                "",
+            ),
+        ]
+    )
     if compared.errors():
         return None
     return retr >= GATE and sessions >= GATE
+
+
+def _compared(name: str, new: list[float], old: list[float], form: str, ratio: float) -> tuple[str, ...]:
+    rounds = (" ".join(form.format(v) for v in side) for side in (new, old))
+    medians = (form.format(statistics.median(side)) for side in (new, old))
+    return (name, *rounds, *medians, f"{ratio:.2f}x", "PASS" if ratio >= GATE else "MISS")
 
 
 def _print_columns(table: Sequence[Sequence[str]]) -> None:
