@@ -19,7 +19,8 @@ and run with ``PYTHONPATH`` pointing at it. Each of ``--rounds`` rounds starts b
 sessions on each; the medians are compared against issue 10's gate (the new path at >= 0.9x the
 old one's speed). The first table's FTP rows are this tree's medians.
 
-Run: ``.venv/bin/python bench/frontends.py`` (about a minute); ``--quick`` for a smoke run.
+Run: ``.venv/bin/python bench/frontends.py`` (two minutes or so, more on a busy machine); ``--quick`` for a smoke
+run.
 """
 
 from __future__ import annotations
@@ -250,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (workdir / "tmp").mkdir()
         revision = options.baseline or default_baseline()
         commit, package = extract_baseline(revision, workdir / "baseline")
-        label = f"{revision} ({commit})" if options.baseline else f"{commit} (merge-base with main)"
+        if not options.baseline:
+            label = f"{commit} (merge-base with main)"
+        else:
+            label = commit if revision.startswith(commit) else f"{revision} ({commit})"
         upstream = workdir / "upstream"
         paths = generate_tree(upstream, TreeSpec(files=200, total_bytes=200 * 4096, max_depth=2, fanout=4))
         write_file(upstream / BIG, bytes(range(256)) * (big_size // 256), 1_700_000_000)
