@@ -30,7 +30,9 @@ from mirrorkeeper_dev import services
 from mirrorkeeper_dev.rsyncd import free_port
 
 # 127.0.0.1 - - [25/Nov/2026 17:43:59] "PUT /bucket/key HTTP/1.1" 200 -
-_REQUEST_LINE = re.compile(rb'\] "[A-Z]+ \S+ HTTP/[\d.]+" \d{3} ')
+# werkzeug colours the request of some answers (206, 304, 4xx) with ANSI escapes, even into a file.
+_ESCAPES = rb"(?:\x1b\[[\d;]*m)*"
+_REQUEST_LINE = re.compile(rb'\] "' + _ESCAPES + rb"[A-Z]+ \S+ HTTP/[\d.]+" + _ESCAPES + rb'" \d{3} ')
 
 
 def compile_mirrorkeeper() -> None:

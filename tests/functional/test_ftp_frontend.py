@@ -22,18 +22,22 @@ from mirrorkeeper.config import AwsConfig
 from mirrorkeeper.content import render_index
 from mirrorkeeper.entries import Entry, EntryType
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.serve.ftp import make_server
-from mirrorkeeper.serve.served import ServedTree
+from mirrorkeeper.serve.ftp import RETR_CHUNK, make_server
+from mirrorkeeper.serve.served import ObjectCache, ServedTree
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import write_file
 from tests.support import BUCKET, run_cli, serve_cli, tree_files
 
 
 @contextmanager
-def ftp_server(endpoint: str, counter: RequestCounter | None = None, **options: Any) -> Iterator[int]:
-    """The FTP front end in a thread of this process (so tests can count its S3 requests and size its limits)."""
+def ftp_server(
+    endpoint: str, counter: RequestCounter | None = None, cache_ttl: float | None = None, **options: Any
+) -> Iterator[int]:
+    """The FTP front end in a thread of this process (so tests can count its S3 requests and size its limits);
+    with the object cache the CLI has when ``cache_ttl`` is given."""
     client = s3_client(AwsConfig(endpoint_url=endpoint, region="us-east-1"), counter)
-    server = make_server(ServedTree(client, MirrorLayout.create(BUCKET)), ("127.0.0.1", 0), "test-mirror", **options)
+    tree = ServedTree(client, MirrorLayout.create(BUCKET), ObjectCache(cache_ttl) if cache_ttl else None)
+    server = make_server(tree, ("127.0.0.1", 0), "test-mirror", **options)
     stop = threading.Event()
 
     def loop() -> None:
@@ -110,6 +114,71 @@ def test_resumed_downloads_start_at_the_rest_offset(s3: Any, endpoint: str) -> N
         assert retr(ftp, "big.iso", rest=len(data)) == b""
         with pytest.raises(ftplib.error_perm, match=r"^554"):
             retr(ftp, "big.iso", rest=len(data) + 1)
+
+
+def test_rest_in_the_middle_of_a_file_of_several_s3_reads_sends_the_right_bytes(s3: Any, endpoint: str) -> None:
+    # GIVEN a file spanning several of the server's reads from S3, different everywhere
+    data = os.urandom(3 * RETR_CHUNK + 12_345)
+    put(s3, "pub/big.iso", data)
+    with ftp_server(endpoint, cache_ttl=10) as port, session(port) as ftp:
+        # WHEN downloads resume inside the second read, on a read's edge and in the last partial one
+        for offset in (RETR_CHUNK + 777, 2 * RETR_CHUNK, 3 * RETR_CHUNK + 1):
+            # THEN exactly the bytes from there to the end come back
+            assert retr(ftp, "/big.iso", rest=offset) == data[offset:], offset
+        assert retr(ftp, "/big.iso") == data
+
+
+def test_a_file_added_after_a_listing_shows_once_the_cache_expires(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/dir/", b"<html></html>")
+    put(s3, "pub/dir/old.txt", b"old")
+    with ftp_server(endpoint, cache_ttl=1.0) as port, session(port) as ftp:
+        # GIVEN a listing, and the index page behind it in the cache
+        assert ftp.nlst("/dir") == ["old.txt"]
+        # WHEN the sync adds a file, and the cache's time is up
+        put(s3, "pub/dir/new.txt", b"new file")
+        time.sleep(1.2)
+        # THEN it is listed, sized and served
+        assert ftp.nlst("/dir") == ["new.txt", "old.txt"]
+        ftp.voidcmd("TYPE I")  # SIZE is refused in ASCII mode, which NLST set
+        assert ftp.size("/dir/new.txt") == len(b"new file")
+        assert retr(ftp, "/dir/new.txt") == b"new file"
+
+
+def test_a_file_replaced_after_it_was_listed_is_sent_whole_at_its_new_length(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/grows.txt", b"short")
+    put(s3, "pub/shrinks.txt", b"a long first version " * 100)
+    with ftp_server(endpoint, cache_ttl=10) as port, session(port) as ftp:
+        # GIVEN the sizes a lookup showed (and the cache still holds)
+        ftp.voidcmd("TYPE I")
+        assert ftp.size("/grows.txt") == 5 and ftp.size("/shrinks.txt") == 2100
+        # WHEN a sync replaces both files before they are fetched
+        longer, shorter = b"a much longer second version " * 400, b"short now"
+        put(s3, "pub/grows.txt", longer)
+        put(s3, "pub/shrinks.txt", shorter)
+        # THEN each is sent whole, as it is now: never cut at, or padded to, the old length
+        assert retr(ftp, "/grows.txt") == longer
+        assert retr(ftp, "/shrinks.txt") == shorter
+
+
+def test_a_file_replaced_while_it_is_sent_is_never_spliced(s3: Any, endpoint: str) -> None:
+    # GIVEN a download that has received its first bytes of a file of several S3 reads
+    old = b"o" * (3 * RETR_CHUNK)
+    put(s3, "pub/moving.iso", old)
+    with ftp_server(endpoint, cache_ttl=10) as port, session(port) as ftp:
+        ftp.voidcmd("TYPE I")
+        connection = ftp.transfercmd("RETR /moving.iso")
+        received = bytearray(connection.recv(65536))
+        # WHEN a sync replaces the file mid-transfer
+        put(s3, "pub/moving.iso", b"n" * (3 * RETR_CHUNK))
+        while chunk := connection.recv(1 << 20):
+            received += chunk
+        connection.close()
+        # THEN the client got the old version whole or a failed transfer, never a mix of both
+        try:
+            ftp.voidresp()
+            assert bytes(received) == old
+        except ftplib.error_temp:
+            assert b"n" not in received
 
 
 def test_missing_paths_are_550(s3: Any, endpoint: str) -> None:
