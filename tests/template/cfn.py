@@ -1,9 +1,17 @@
-"""Reading template.yaml as CloudFormation does: the short-form `!` tags, conditions, mappings and
-intrinsic functions, resolved for one set of parameter values. Enough of CloudFormation to check the
-template's wiring and to deploy its resources into the moto server; not a general engine."""
+"""Reading template.yaml as CloudFormation does: the Fn::ForEach loops expanded, then the short-form
+`!` tags, conditions, mappings and intrinsic functions resolved for one set of parameter values.
+Enough of CloudFormation to check the template's wiring and to deploy its resources into the moto
+server; not a general engine.
 
+The loops are expanded by SAM CLI's implementation of the AWS::LanguageExtensions transform (the one
+`sam build --language-extensions` runs), through devtools/expand_template.py in the SAM CLI's own
+virtualenv (`make tools`): moto's CloudFormation does not run that transform, and a second
+implementation here could agree with itself rather than with AWS."""
+
+import functools
 import json
 import re
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +20,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
+SAM_PYTHON = ROOT / ".venv/tools/sam/bin/python"
+EXPAND = ROOT / "devtools/expand_template.py"
 NO_VALUE = object()  # AWS::NoValue: the property is dropped
 
 
@@ -36,10 +46,39 @@ def _short_form(loader: _Loader, suffix: str, node: yaml.Node) -> dict[str, Any]
 _Loader.add_multi_constructor("!", _short_form)
 
 
-def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+def load_raw_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template as written: its Fn::ForEach loops not expanded."""
     loaded = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader subclass
     assert isinstance(loaded, dict)
     return loaded
+
+
+def load_template(parameters: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """template.yaml as CloudFormation reads it after AWS::LanguageExtensions: the loops expanded for
+    these parameter values (the others at their defaults). Only the SAM transform is left."""
+    (expanded,) = expand_templates([dict(parameters or {})])
+    return expanded
+
+
+def expand_templates(parameter_sets: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """One expansion of template.yaml per set of parameter values, from one run of the expansion."""
+    return json.loads(_expand(json.dumps(parameter_sets, sort_keys=True)))  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _expand(parameter_sets: str) -> str:
+    if not SAM_PYTHON.exists():
+        raise RuntimeError(f"{SAM_PYTHON.relative_to(ROOT)} is missing: `make tools` installs the SAM CLI")
+    done = subprocess.run(
+        [SAM_PYTHON, EXPAND, TEMPLATE, "--sets", parameter_sets],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"expanding {TEMPLATE.name} failed:\n{done.stderr}")
+    return done.stdout
 
 
 def walk(value: Any) -> Iterator[Any]:

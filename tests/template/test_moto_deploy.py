@@ -3,17 +3,26 @@ with every intrinsic function resolved: a reference to something that was never 
 that is not JSON, or an alarm, schedule or rule pointing at the wrong thing fails here.
 
 moto's CloudFormation does not know most of these types (alarms, schedules, subscriptions, bucket
-policies), so each resource is created through its own service API, as CloudFormation would. Types
-moto lacks (CloudFront, SAM functions and layer, Elastic IPs on NLBs) get a stand-in identity.
+policies) nor the AWS::LanguageExtensions transform, so the template is read with its Fn::ForEach
+loops expanded (tests/template/cfn.py) and each resource is created through its own service API, as
+CloudFormation would. Types moto lacks (CloudFront, SAM functions and layer, Elastic IPs on NLBs) get
+a stand-in identity. The moto server runs the state machines started in it, so the FTP target
+registration is run, not only read.
 """
 
 import graphlib
 import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 
+from mirrorkeeper_dev.rsyncd import free_port
+from mirrorkeeper_dev.services import serving
 from tests.template.cfn import ROOT, Resolver, load_template, references
 
 REGION = "us-east-1"
@@ -115,6 +124,7 @@ class Deployer:
             TargetType=p["TargetType"],
             HealthCheckProtocol=p["HealthCheckProtocol"],
             HealthCheckPort=str(p.get("HealthCheckPort", "traffic-port")),
+            **({"Tags": p["Tags"]} if "Tags" in p else {}),
         )["TargetGroups"][0]
         elbv2.modify_target_group_attributes(
             TargetGroupArn=group["TargetGroupArn"], Attributes=p["TargetGroupAttributes"]
@@ -316,9 +326,17 @@ class Deployer:
 
 
 @pytest.fixture(scope="module")
-def deployed(own_moto_server: str) -> Deployer:
+def moto_running_state_machines() -> Iterator[str]:
+    """A moto server of this module's own that runs the state machines started in it."""
+    port = free_port()
+    with serving([sys.executable, "-m", "tests.template.moto_sfn_server", str(port)], port, what="moto"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def deployed(moto_running_state_machines: str) -> Deployer:
     """The stack with FTP and a pager, deployed once for this module's checks."""
-    deployer = Deployer(own_moto_server, load_template())
+    deployer = Deployer(moto_running_state_machines, load_template())
     deployer.deploy()
     return deployer
 
@@ -395,3 +413,48 @@ def test_bucket_is_private_and_its_policy_names_the_served_prefix(deployed: Depl
     policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
     resources = {json.dumps(s["Resource"]) for s in policy["Statement"] if s["Effect"] == "Allow"}
     assert resources == {json.dumps(f"arn:aws:s3:::{bucket}/pub/*"), json.dumps(f"arn:aws:s3:::{bucket}")}
+
+
+def _run(deployed: Deployer, state_machine: str, event: dict[str, Any]) -> dict[str, Any]:
+    sfn = deployed.client_for("stepfunctions")
+    arn = sfn.start_execution(
+        stateMachineArn=deployed.r.refs[state_machine], name=uuid.uuid4().hex, input=json.dumps(event)
+    )["executionArn"]
+    deadline = time.monotonic() + 60
+    while (execution := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, f"{state_machine} still running"
+        time.sleep(0.2)
+    return execution  # type: ignore[no-any-return]
+
+
+def _ftp_task_event(last: str, desired: str) -> dict[str, Any]:
+    """An ECS Task State Change event of the FTP service, as far as the workflow reads it."""
+    details = [{"name": "subnetId", "value": "subnet-0"}, {"name": "privateIPv4Address", "value": "10.42.0.7"}]
+    return {
+        "source": "aws.ecs",
+        "detail-type": "ECS Task State Change",
+        "detail": {"lastStatus": last, "desiredStatus": desired, "attachments": [{"type": "eni", "details": details}]},
+    }
+
+
+def test_ftp_task_is_registered_in_every_passive_group_and_nowhere_else(deployed: Deployer) -> None:
+    elbv2 = deployed.client_for("elbv2")
+    groups = elbv2.describe_target_groups(LoadBalancerArn=deployed.r.refs["FtpLoadBalancer"])["TargetGroups"]
+
+    def targets() -> dict[int, list[str]]:
+        return {
+            g["Port"]: [
+                t["Target"]["Id"]
+                for t in elbv2.describe_target_health(TargetGroupArn=g["TargetGroupArn"])["TargetHealthDescriptions"]
+            ]
+            for g in groups
+        }
+
+    passive = set(range(60000, 60000 + int(deployed.r.values["FtpPassivePorts"])))
+    assert {g["Port"] for g in groups} == {2121, *passive}
+    # WHEN the task runs THEN it is in every passive group; the control group is ECS's to fill
+    assert _run(deployed, "FtpTargetsStateMachine", _ftp_task_event("RUNNING", "RUNNING"))["status"] == "SUCCEEDED"
+    assert targets() == {2121: [], **{port: ["10.42.0.7"] for port in passive}}
+    # WHEN it is on its way out THEN it leaves them all
+    assert _run(deployed, "FtpTargetsStateMachine", _ftp_task_event("DEACTIVATING", "STOPPED"))["status"] == "SUCCEEDED"
+    assert targets() == {port: [] for port in {2121, *passive}}

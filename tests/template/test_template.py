@@ -11,7 +11,6 @@ from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS
 from mirrorkeeper.verify.events import DiffInput, ScheduledVerify, parse_event
 from tests.template.cfn import ROOT, Resolver, policy_statements, references, resources_of_type
 
-PASSIVE_FIRST, PASSIVE_LAST = 60000, 60015
 FTP_CONTAINER_PORT = 2121
 # Actions AWS grants only on "*" (no resource-level permissions), each used on purpose.
 STAR_RESOURCE_ACTIONS = {
@@ -24,6 +23,7 @@ STAR_RESOURCE_ACTIONS = {
     "logs:PutResourcePolicy",
     "logs:DescribeResourcePolicies",
     "logs:DescribeLogGroups",
+    "elasticloadbalancing:DescribeTargetGroups",
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
     "xray:GetSamplingRules",
@@ -41,6 +41,7 @@ def as_list(value: Any) -> list[Any]:
 
 
 def test_template_is_a_sam_template_with_the_sections_users_need(template: dict[str, Any]) -> None:
+    # (the expansion leaves SAM's transform; the template itself: test_loops.py)
     assert template["Transform"] == "AWS::Serverless-2016-10-31"
     assert {"HttpUrl", "FtpUrl", "BucketName", "TopicArn", "DashboardUrl", "StatusPageUrl"} <= set(template["Outputs"])
     # every parameter without a default is one only the user can know
@@ -150,7 +151,9 @@ def test_every_alarm_notifies_the_topic_on_alarm_and_ok(template: dict[str, Any]
         p = alarm["Properties"]
         assert p["AlarmActions"] == [{"Ref": "AlertTopic"}], logical_id
         assert p["OKActions"] == [{"Ref": "AlertTopic"}], logical_id
-        assert "README.md" in p["AlarmDescription"], logical_id  # each alarm says where to read what to do
+        description = p["AlarmDescription"]  # a string, or a Fn::Sub in a loop
+        text = description if isinstance(description, str) else description["Fn::Sub"][0]
+        assert "README.md" in text, logical_id  # each alarm says where to read what to do
 
 
 @pytest.mark.parametrize("protocol", ["http", "ftp"])
@@ -342,50 +345,52 @@ def test_short_ttl_paths_cover_the_trace_status_index_pages_and_every_late_index
     assert short_policy["MaxTTL"] <= 300 < data_policy["DefaultTTL"]
 
 
-def test_ftp_passive_ports_each_have_a_listener_a_target_group_and_registration(template: dict[str, Any]) -> None:
+def test_ftp_task_serves_unprivileged_behind_the_control_listener_alone(template: dict[str, Any]) -> None:
+    # (the passive ports, for every FtpPassivePorts: test_loops.py)
     task = props(template, "FtpTaskDefinition")["ContainerDefinitions"][0]
     env = {e["Name"]: e["Value"] for e in task["Environment"]}
-    assert env["MIRRORKEEPER_PASSIVE_PORTS"] == f"{PASSIVE_FIRST}-{PASSIVE_LAST}"
     assert env["MIRRORKEEPER_MASQUERADE_ADDRESS"] == {"Ref": "FtpAddress"}
     assert task["Command"] == ["serve-ftp", "--host", "0.0.0.0", "--port", str(FTP_CONTAINER_PORT)]
-    listeners = {
-        r["Properties"]["Port"]: r["Properties"]
-        for r in resources_of_type(template, "AWS::ElasticLoadBalancingV2::Listener").values()
-    }
-    assert set(listeners) == {21, *range(PASSIVE_FIRST, PASSIVE_LAST + 1)}
-    passive_groups = []
-    for port, listener in listeners.items():
-        group_id = listener["DefaultActions"][0]["TargetGroupArn"]["Ref"]
-        group = props(template, group_id)
-        assert group["TargetType"] == "ip"
-        attributes = {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}
-        assert attributes["preserve_client_ip.enabled"] == "true"  # pyftpdlib checks data comes from the client
-        if port == 21:
-            assert group["Port"] == FTP_CONTAINER_PORT
-            continue
-        assert group["Port"] == port and group["HealthCheckPort"] == str(FTP_CONTAINER_PORT)
-        passive_groups.append({"Ref": group_id})
-    # the state machine registers the task in every passive group, and may touch nothing else
-    machine = props(template, "FtpTargetsStateMachine")
-    assert machine["Definition"]["States"]["Targets"]["Parameters"]["groups"] == passive_groups
-    statement = next(policy_statements(template["Resources"]["FtpTargetsRole"]))
-    assert statement["Resource"] == passive_groups
+    control = props(template, "FtpControlListener")
+    assert control["Port"] == 21 and control["DefaultActions"][0]["TargetGroupArn"] == {"Ref": "FtpControlTargetGroup"}
+    group = props(template, "FtpControlTargetGroup")
+    assert group["TargetType"] == "ip" and group["Port"] == FTP_CONTAINER_PORT
+    attributes = {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}
+    assert attributes["preserve_client_ip.enabled"] == "true"  # pyftpdlib checks data comes from the client
+    # one task at a time, attached to the control port only (ECS allows five target groups)
+    service = props(template, "FtpService")
+    assert service["DesiredCount"] == 1 and service["DeploymentConfiguration"]["MaximumPercent"] == 100
+    assert [lb["ContainerPort"] for lb in service["LoadBalancers"]] == [FTP_CONTAINER_PORT]
+    # its state changes start the registration in the passive groups, whose trigger exists first
+    assert "FtpTaskChangedRule" in template["Resources"]["FtpService"]["DependsOn"]
     rule = props(template, "FtpTaskChangedRule")
     assert rule["EventPattern"]["detail"]["group"] == [
         {"Fn::Sub": "service:" + props(template, "FtpService")["ServiceName"]["Fn::Sub"]}
     ]
     assert rule["Targets"][0]["Arn"] == {"Ref": "FtpTargetsStateMachine"}
-    # one task at a time, attached to the control port only (ECS allows five target groups)
-    service = props(template, "FtpService")
-    assert service["DesiredCount"] == 1 and service["DeploymentConfiguration"]["MaximumPercent"] == 100
-    assert [lb["ContainerPort"] for lb in service["LoadBalancers"]] == [FTP_CONTAINER_PORT]
-    ingress = props(template, "FtpSecurityGroup")["SecurityGroupIngress"]
-    assert {(r["FromPort"], r["ToPort"]) for r in ingress} == {
-        (FTP_CONTAINER_PORT, FTP_CONTAINER_PORT),
-        (PASSIVE_FIRST, PASSIVE_LAST),
-    }
     mapping = props(template, "FtpLoadBalancer")["SubnetMappings"]
     assert mapping == [{**mapping[0], "AllocationId": {"Fn::GetAtt": ["FtpAddress", "AllocationId"]}}]
+
+
+def test_ftp_targets_workflow_registers_in_the_groups_it_finds_on_the_ftp_load_balancer(
+    template: dict[str, Any],
+) -> None:
+    states = props(template, "FtpTargetsStateMachine")["Definition"]["States"]
+    (branch,) = states["Groups"]["Branches"]
+    describe = branch["States"][branch["StartAt"]]
+    assert describe["Resource"].endswith(":aws-sdk:elasticloadbalancingv2:describeTargetGroups")
+    assert describe["Parameters"]["LoadBalancerArn"] == {"Ref": "FtpLoadBalancer"}
+    # too few groups (a listener still being created) is retried before the workflow fails
+    missing = next(s for s in branch["States"].values() if s["Type"] == "Fail")["Error"]
+    assert missing in states["Groups"]["Retry"][0]["ErrorEquals"]
+    for name, api in (("Register", "registerTargets"), ("Deregister", "deregisterTargets")):
+        state = states[name]
+        assert state["Type"] == "Map" and state["ItemsPath"] == states["Groups"]["ResultPath"] + ".arns"
+        task = state["ItemProcessor"]["States"][state["ItemProcessor"]["StartAt"]]
+        assert task["Resource"].endswith(f":aws-sdk:elasticloadbalancingv2:{api}")
+        assert task["Parameters"] == {"TargetGroupArn.$": "$.group", "Targets": [{"Id.$": "$.ip"}]}
+    choices = {c["StringEquals"]: c["Next"] for c in states["Action"]["Choices"]}
+    assert choices == {"STOPPED": "Deregister", "RUNNING": "Register"}
 
 
 def test_skipped_checks_say_why(template: dict[str, Any]) -> None:
