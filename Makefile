@@ -25,7 +25,7 @@ IMAGE_TAG ?= $(shell date -u +%Y%m%d%H%M%S)-$(shell git rev-parse --short HEAD 2
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv (Python 3.13) with the package and dev tools; install rsync and node if absent
+install: $(STAMP) ## create .venv (Python 3.13) with the package and dev tools; install the system tools the tests run if absent
 
 $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml devtools/pyproject.toml
 	@command -v rsync >/dev/null || { echo "rsync not found: installing it from Debian packages"; \
@@ -34,6 +34,12 @@ $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml devtools/pypro
 		apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v chromium >/dev/null || { echo "chromium not found (the status page's browser test runs it): installing it from Debian packages"; \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@# The real package managers' tests build apt and yum repositories and read them with apt-get and dnf.
+	@missing=""; for tool in apt-ftparchive:apt-utils gpg:gpg rpmbuild:rpm createrepo_c:createrepo-c dnf:dnf; do \
+		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
+	dpkg -s dnf-plugins-core >/dev/null 2>&1 || missing="$$missing dnf-plugins-core"; \
+	[ -z "$$missing" ] || { echo "not found (the apt-get and dnf tests run them):$$missing; installing from Debian packages"; \
+		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; }
 	@if [ -z "$(PY313)" ]; then echo "error: Python 3.13 not found. Install it (pyenv install 3.13 or your OS packages) so that 'python3.13' runs, then rerun make." >&2; exit 2; fi
 	@test -x $(BIN)/python || $(PY313) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

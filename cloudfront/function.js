@@ -2,8 +2,12 @@
 // The origin is the bucket with origin path /<prefix>pub, so "/dir/" already names the directory's
 // index page and no rewrite is needed for it. What this function does:
 //   - decodes the path once, strictly, and refuses (400) malformed escapes, invalid UTF-8, NUL,
-//     encoded slashes, raw non-ASCII or control characters and "." / ".." segments, so no
-//     spelling of a path can leave the served tree;
+//     encoded slashes and raw non-ASCII or control characters;
+//   - resolves the decoded path as nginx does (RFC 3986 section 5.2.4, after merging slashes): "."
+//     segments go, ".." removes the segment before it and is refused (400) when nothing is left to
+//     remove. Resolving after decoding makes %2e%2e a ".." like any other, so the key never holds a
+//     dot segment however it was spelt (apt asks for /debian/./InRelease); a path ending in a dot
+//     segment names a directory (/a/b/.. is /a/);
 //   - re-encodes every segment canonically, so "+" reaches S3 as %2B (S3 reads a raw "+" in a path
 //     as a space: the apt-on-S3 bug) and every other name reaches exactly its key;
 //   - refuses (414) paths longer than S3's 1,024-byte key limit;
@@ -44,20 +48,28 @@ function route(rawPath) {
     } catch (e) {
         return { status: 400 }; // invalid UTF-8
     }
-    var relative = path.slice(1);
-    var parts = relative.split('/');
     if (path.indexOf('\u0000') >= 0) {
         return { status: 400 };
     }
+    var parts = path.slice(1).split('/');
+    var kept = [];
     for (var i = 0; i < parts.length; i++) {
-        if (parts[i] === '.' || parts[i] === '..') {
-            return { status: 400 };
+        if (parts[i] === '..') {
+            if (kept.length === 0) {
+                return { status: 400 }; // above the served root
+            }
+            kept.pop();
+        } else if (parts[i] !== '' && parts[i] !== '.') {
+            kept.push(parts[i]);
         }
     }
-    if (utf8Length(relative) > MAX_PATH_BYTES) {
+    // RFC 3986: a final "." or ".." leaves the trailing slash, so the result is still a directory URL
+    var last = parts[parts.length - 1];
+    var trailing = kept.length > 0 && (last === '' || last === '.' || last === '..') ? '/' : '';
+    if (utf8Length(kept.join('/') + trailing) > MAX_PATH_BYTES) {
         return { status: 414 };
     }
-    return { status: 200, uri: '/' + parts.map(encodeURIComponent).join('/') };
+    return { status: 200, uri: '/' + kept.map(encodeURIComponent).join('/') + trailing };
 }
 
 function refusal(status) {
