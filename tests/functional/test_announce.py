@@ -5,7 +5,10 @@ from typing import Any
 
 import boto3
 
-from mirrorkeeper.state import RunReport, SyncResult
+from mirrorkeeper.entries import Entry, EntryType
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.manifest import ManifestHeader
+from mirrorkeeper.state import ManifestMeta, RunReport, StateStore, SyncResult
 from tests.support import BUCKET, run_cli
 
 # The outputs template.yaml gives the command (names and shapes as deployed).
@@ -24,29 +27,28 @@ STACK_TEMPLATE = {
         "AdminContact": {"Value": ""},
     },
 }
-# The last sync's report, as the sync writes it (finished 2026-11-25T19:07:41Z).
-LAST_RUN = RunReport(
-    run_id="20261125T190700Z-abcdef",
-    upstream="rsync://download.openvz.org/openvz-download/",
-    started=1_795_633_620.0,
-    finished=1_795_633_661.0,
-    result=SyncResult.SUCCESS,
-    exit_code=0,
-    mirror_bytes=25_769_803_776,
-    mirror_entries=12_345,
-)
+MIRROR_BYTES, MIRROR_ENTRIES = 25_769_803_776, 12_345
 
 
-def deploy(endpoint: str, s3: Any, with_report: bool = True) -> None:
+def publish_manifest(s3: Any) -> str:
+    """A manifest as a sync publishes it (with its totals); returns when S3 says it was written."""
+    state = StateStore(s3, MirrorLayout.create(BUCKET))
+    entries = [Entry(f"f{n}", EntryType.FILE, 1, 0) for n in range(3)]
+    meta = ManifestMeta("", MIRROR_ENTRIES, MIRROR_BYTES, 0, "20261125T190700Z-abcdef")
+    state.put_manifest(state.manifest_key, ManifestHeader("2026-11-25T19:07:41Z", "rsync://u/m/", 3), entries, meta)
+    head = s3.head_object(Bucket=BUCKET, Key=state.manifest_key)
+    return str(head["LastModified"].strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def deploy(endpoint: str, s3: Any, published: bool = True) -> str:
     cfn = boto3.client("cloudformation", endpoint_url=endpoint, region_name="us-east-1")
     cfn.create_stack(StackName="mirror", TemplateBody=json.dumps(STACK_TEMPLATE))
-    if with_report:
-        s3.put_object(Bucket=BUCKET, Key="state/runs/last.json", Body=LAST_RUN.to_bytes())
+    return publish_manifest(s3) if published else ""
 
 
 def test_announcement_from_the_stack_outputs_and_the_last_sync(s3: Any, endpoint: str) -> None:
-    # GIVEN a deployed stack whose AdminContact was left empty, and a finished sync
-    deploy(endpoint, s3)
+    # GIVEN a deployed stack whose AdminContact was left empty, and a published mirror
+    published = deploy(endpoint, s3)
     # WHEN announced with the contact given on the command line
     result = run_cli(["announce", "--stack-name", "mirror", "--contact", "mirroradmin@example.org"], endpoint)
     # THEN every item the OpenVZ guide asks for is there, from the stack and the report
@@ -58,7 +60,7 @@ def test_announcement_from_the_stack_outputs_and_the_last_sync(s3: Any, endpoint
         "Updates": "hourly, schedule cron(7 */1 * * ? *)",
         "HTTP": "https://d111111abcdef8.cloudfront.net/",
         "FTP": "ftp://203.0.113.7/",
-        "Size": "24.0 GiB in 12,345 entries (last sync 2026-11-25T19:07:41Z)",
+        "Size": f"24.0 GiB in 12,345 entries (last sync {published})",
         "Admin contact": "mirroradmin@example.org",
         "Status page": "https://d111111abcdef8.cloudfront.net/.mirrorkeeper/status.html",
     }
@@ -76,7 +78,7 @@ def test_flags_and_environment_win_over_the_stack_and_json_is_offered(s3: Any, e
     assert announcement["update_frequency"] == "every 2 hours"
     assert announcement["location"] == "Oslo" and announcement["contact"] == "ops@example.org"
     assert announcement["rsync_url"] == "rsync://mirror.example.org/openvz/"
-    assert announcement["size_bytes"] == LAST_RUN.mirror_bytes
+    assert announcement["size_bytes"] == MIRROR_BYTES
 
 
 def test_missing_inputs_are_named_with_where_to_give_them(s3: Any, endpoint: str) -> None:
@@ -92,10 +94,23 @@ def test_missing_inputs_are_named_with_where_to_give_them(s3: Any, endpoint: str
 
 
 def test_a_mirror_that_never_synced_cannot_be_announced_yet(s3: Any, endpoint: str) -> None:
-    deploy(endpoint, s3, with_report=False)
+    deploy(endpoint, s3, published=False)
     result = run_cli(["announce", "--stack-name", "mirror", "--contact", "a@example.org"], endpoint)
     assert result.returncode == 1
-    assert "state/runs/last.json does not exist: no sync has finished yet" in result.stderr
+    assert "state/manifest.jsonl.gz does not exist: no sync has published yet" in result.stderr
+
+
+def test_after_a_failed_run_the_size_is_the_published_mirrors(s3: Any, endpoint: str) -> None:
+    # GIVEN a published mirror, then a run that failed (its report knows no size)
+    deploy(endpoint, s3)
+    failed = RunReport(run_id="x", upstream="rsync://u/m/", started=1.0, finished=2.0, result=SyncResult.FAILED)
+    s3.put_object(Bucket=BUCKET, Key="state/runs/last.json", Body=failed.to_bytes())
+    # WHEN announced
+    result = run_cli(["announce", "--stack-name", "mirror", "--contact", "a@example.org", "--format", "json"], endpoint)
+    # THEN the size is what clients can download: the published manifest's
+    assert result.returncode == 0, result.stderr
+    announcement = json.loads(result.stdout)
+    assert (announcement["size_bytes"], announcement["files"]) == (MIRROR_BYTES, MIRROR_ENTRIES)
 
 
 def test_an_unknown_stack_is_a_configuration_error(s3: Any, endpoint: str) -> None:

@@ -287,8 +287,8 @@ def test_dnf_reads_a_createrepo_repository_and_its_update(
         (new,) = build_rpms(repository, tmp_path / "build", "libnew+pkg")
         run(["createrepo_c", "--update", str(repository)])
         # The new metadata replaces 6 of this tiny mirror's 9 files: far over the deletion guard's
-        # share, which is meant for an upstream that shrank.
-        sync(daemon, endpoint, "--max-delete-percent", "100")
+        # share, but below its floor (--min-delete-guard, 100 files), so published with no help.
+        sync(daemon, endpoint)
         # WHEN dnf refreshes its metadata and downloads the new package
         dnf(home, port, "--refresh", "download", f"--destdir={downloads}", "libnew+pkg")
     # THEN it has the new package's bytes, and its cached metadata is upstream's new repomd.xml and

@@ -353,3 +353,45 @@ def test_unreachable_s3_is_one_line_and_exit_1() -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mirrorkeeper verify: error: the S3 request") and "--endpoint-url" in last
     assert "Traceback" not in result.stderr
+
+
+def test_a_partial_sync_degrades_the_mirror_lists_the_paths_and_a_quarantine_is_alerted_once(
+    mirror: Mirror,
+) -> None:
+    # GIVEN the last sync's report: one path skipped, one newly quarantined, one held deletion
+    last = json.loads(mirror.s3.get_object(Bucket=BUCKET, Key="state/runs/last.json")["Body"].read())
+    partial = {
+        **last,
+        "run_id": f"{last['run_id']}-partial",
+        "finished": time.time(),
+        "result": "partial",
+        "exit_code": 5,
+        "failed": [{"path": "pool/\x1b[31mbad.rpm", "reason": "upstream refused it: Permission denied (13)"}],
+        "failed_total": 1,
+        "quarantined": [{"path": "iso/stuck.iso", "reason": "vanished upstream during the run", "since": 1.0}],
+        "newly_quarantined": ["iso/stuck.iso"],
+    }
+    mirror.s3.put_object(Bucket=BUCKET, Key="state/runs/last.json", Body=json.dumps(partial).encode())
+    try:
+        # WHEN the chain runs
+        state = mirror.verify()
+        # THEN the mirror is degraded with the first skipped path as the reason
+        assert levels(state)["mirror"] == "degraded"
+        assert any("skipped" in f["reason"] and "bad.rpm" in f["reason"] for f in state["health"]["findings"])
+        # AND the quarantine is alerted, once, beside the level change
+        subjects = [m["subject"] for m in mirror.messages()]
+        assert sum("QUARANTINED" in s for s in subjects) == 1, subjects
+        assert state["health"]["quarantine_alert"] == ["iso/stuck.iso"]
+        # AND the status page lists both paths, the escape sequence shown, never raw
+        page = mirror.s3.get_object(Bucket=BUCKET, Key="pub/.mirrorkeeper/status.html")["Body"].read().decode()
+        assert "iso/stuck.iso" in page and "pool/\\#033[31mbad.rpm" in page and "\x1b" not in page
+        status = json.loads(mirror.s3.get_object(Bucket=BUCKET, Key="pub/.mirrorkeeper/status.json")["Body"].read())
+        assert [s["path"] for s in status["skipped"]] == ["pool/\x1b[31mbad.rpm"]
+        assert [q["path"] for q in status["quarantined"]] == ["iso/stuck.iso"]
+        assert 0 <= status["completion_pct"] <= 1
+        # AND the next verify of the same report sends no second quarantine message
+        again = mirror.verify()
+        assert again["health"]["quarantine_alert"] == []
+        assert not any("QUARANTINED" in m["subject"] for m in mirror.messages())
+    finally:
+        mirror.s3.put_object(Bucket=BUCKET, Key="state/runs/last.json", Body=json.dumps(last).encode())

@@ -17,7 +17,11 @@ COUNTS: list[str] = RAW["Parameters"]["FtpPassivePorts"]["AllowedValues"]
 FIRST_PASSIVE_PORT = 60000
 # An NLB has at most 50 listeners (default quota); FTP's port 21 and a future rsync listener on 873 need two.
 LISTENER_QUOTA, OTHER_LISTENERS = 50, 2
-REQUIRED = {"UpstreamUrl": "rsync://example.org/m/", "AlertEmail": "a@example.org", "SyncImageUri": "img"}
+REQUIRED = {
+    "UpstreamUrl": "rsync://example.org/m/",
+    "AlertEmail": "a@example.org",
+    "SyncImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mirrorkeeper:t",
+}
 PSEUDO = {"AWS::Region": "us-east-1", "AWS::StackName": "mk", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}
 LOOP = re.compile(r"^Fn::ForEach::\w+$")
 

@@ -1,6 +1,8 @@
 """template.yaml read as data: wiring, least privilege, logging, caching and the FTP plumbing."""
 
 import json
+import re
+import subprocess
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -9,9 +11,10 @@ import pytest
 
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS
 from mirrorkeeper.verify.events import DiffInput, ScheduledVerify, parse_event
-from tests.template.cfn import ROOT, Resolver, policy_statements, references, resources_of_type
+from tests.template.cfn import ROOT, SAM_PYTHON, Resolver, policy_statements, references, resources_of_type
 
 FTP_CONTAINER_PORT = 2121
+PSEUDO = {"AWS::Region": "eu-west-1", "AWS::StackName": "mk", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}
 # Actions AWS grants only on "*" (no resource-level permissions), each used on purpose.
 STAR_RESOURCE_ACTIONS = {
     "ecr:GetAuthorizationToken",
@@ -295,7 +298,6 @@ def test_functions_get_the_environment_and_permissions_of_the_contract(template:
 
     bucket = json.dumps({"Fn::GetAtt": ["MirrorBucket", "Arn"]})
     state = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/*"})
-    status = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/pub/.mirrorkeeper/*"})
     repair = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/repair.json"})
     assert grants("DiffManifestsFunction") == {
         ("s3:ListBucket", bucket),
@@ -306,11 +308,75 @@ def test_functions_get_the_environment_and_permissions_of_the_contract(template:
         ("s3:PutObject", json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/manifest.jsonl.gz"})),
     }
     assert grants("ProbeEndpointsFunction") == {("s3:GetObject", state)}
-    assert grants("PublishHealthFunction") == {
-        (action, resource) for action in ("s3:GetObject", "s3:PutObject") for resource in (state, status)
+    owned = ["state/health.json", "pub/.mirrorkeeper/status.html", "pub/.mirrorkeeper/status.json"]
+    assert grants("PublishHealthFunction") == {("s3:GetObject", state)} | {
+        ("s3:PutObject", json.dumps({"Fn::Sub": f"${{MirrorBucket.Arn}}/{key}"})) for key in owned
     }
+    # the health function cannot write the manifest, the lease or a run report (nor the repair list)
+    written = {r for action, r in grants("PublishHealthFunction") if action == "s3:PutObject"}
+    for private in ("manifest.jsonl.gz", "lock.json", "runs/", "repair.json", "*"):
+        assert not any(f"state/{private}" in r for r in written), private
     publish_policies = props(template, "PublishHealthFunction")["Policies"]
     assert {"SNSPublishMessagePolicy": {"TopicName": {"Fn::GetAtt": ["AlertTopic", "TopicName"]}}} in publish_policies
+
+
+def test_the_task_execution_role_pulls_from_the_image_repository_alone(template: dict[str, Any]) -> None:
+    (statement,) = [s for _, s in _iam_documents(template) if "ecr:BatchGetImage" in as_list(s["Action"])]
+    for uri, repository in (
+        ("123456789012.dkr.ecr.eu-west-1.amazonaws.com/mirrorkeeper:20261129-abc", "mirrorkeeper"),
+        ("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/mirrorkeeper@sha256:" + "a" * 64, "team/mirrorkeeper"),
+    ):
+        given = {"UpstreamUrl": "rsync://example.org/m/", "AlertEmail": "a@example.org", "SyncImageUri": uri}
+        resolved = Resolver(template, given, PSEUDO).resolve(statement["Resource"])
+        assert resolved == f"arn:aws:ecr:eu-west-1:123456789012:repository/{repository}"
+        assert re.fullmatch(template["Parameters"]["SyncImageUri"]["AllowedPattern"], uri)
+    for foreign in (
+        "docker.io/library/python:3.13",
+        "public.ecr.aws/x/y:1",
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/x",
+    ):
+        assert not re.fullmatch(template["Parameters"]["SyncImageUri"]["AllowedPattern"], foreign)
+
+
+def test_the_pager_url_is_no_echo_and_sam_never_saves_it(template: dict[str, Any], tmp_path: Path) -> None:
+    assert template["Parameters"]["PagerUrl"]["NoEcho"] is True
+    assert "PagerUrl" not in (ROOT / "samconfig.toml").read_text()
+    # SAM CLI's own guided deploy, answering every parameter, writes samconfig.toml without it
+    script = tmp_path / "guided.py"
+    script.write_text(GUIDED_SAVE)
+    result = subprocess.run(
+        [str(SAM_PYTHON), str(script), str(ROOT / "template.yaml"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    saved = (tmp_path / "samconfig.toml").read_text()
+    assert "MirrorName=" in saved and "PagerUrl" not in saved and "pager.example" not in saved
+
+
+# Runs in the SAM CLI's venv: its guided deploy's prompt for every parameter (answered here) and its
+# saving of the answers, as `sam deploy --guided` does.
+GUIDED_SAVE = """
+import sys
+from pathlib import Path
+from samcli.commands.deploy import guided_context
+from samcli.commands.deploy.guided_config import GuidedConfig
+from samcli.lib.config.samconfig import SamConfig
+from samcli.yamlhelper import yaml_parse
+
+template, out = sys.argv[1], Path(sys.argv[2])
+parameters = yaml_parse(Path(template).read_text())["Parameters"]
+guided_context.prompt = lambda text, **kwargs: "https://pager.example/key" if "PagerUrl" in text else "x"
+class Asker:
+    _get_parameter_value = staticmethod(lambda key, props, cmdline: props.get("Default", ""))
+answers = guided_context.GuidedContext.prompt_parameters(Asker(), parameters, {}, "", "")
+config = GuidedConfig(template, section="parameters")
+samconfig = SamConfig(str(out))
+config._save_parameter_overrides(["deploy"], "default", answers, samconfig)
+samconfig.flush()
+"""
 
 
 def test_short_ttl_paths_cover_the_trace_status_index_pages_and_every_late_index_file(template: dict[str, Any]) -> None:

@@ -106,7 +106,7 @@ def test_json_has_the_fields_mirror_tools_read() -> None:
     assert doc["last_sync_ok"] is False
     assert doc["delay"] == 1800  # the newest trace any protocol served (http), not the stale one
     assert doc["duration"] == 245.4
-    assert doc["completion_pct"] == 99.512
+    assert doc["completion_pct"] == 0.99512  # a fraction, in the unit of Arch Linux's mirror status
     assert doc["sync_interval"] == 3600
     assert (doc["degraded_after"], doc["down_after"]) == (7200, 21600)
     # AND each protocol has its level, trace age and last probe results
@@ -137,7 +137,7 @@ def test_json_has_the_fields_mirror_tools_read() -> None:
             "status": "ok",
             "levels": {"http": "ok"},
             "freshness": {"http": 600},
-            "completion_pct": 100.0,
+            "completion_pct": 1.0,
         }
     ]
 

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +95,7 @@ class ManifestMeta:
     # Set (and listing_key dropped) by the drift check when S3 no longer matches the manifest: the
     # next sync reads the repair list instead of trusting the shortcut.
     repair: bool = False
+    published: float = 0.0  # when the manifest was written (S3's LastModified); not stored as metadata
 
     def to_metadata(self) -> dict[str, str]:
         values = {
@@ -413,13 +414,24 @@ class SyncOutcome:
     uploaded_bytes: int = 0
     files_changed: int = 0
     s3_requests: int = 0
+    # What the status page lists until a later run clears it (capped: the run report has them all).
+    failed: tuple[tuple[str, str], ...] = ()  # (path, reason)
+    quarantined: tuple[tuple[str, str], ...] = ()
+    newly_quarantined: tuple[str, ...] = ()
+    held_deletions: int = 0
+    held_examples: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> SyncOutcome:
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+        known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
+        for name in ("failed", "quarantined"):
+            known[name] = tuple(tuple(pair) for pair in known.get(name, ()))
+        for name in ("newly_quarantined", "held_examples"):
+            known[name] = tuple(known.get(name, ()))
+        return cls(**known)
 
 
 @dataclass
@@ -581,7 +593,8 @@ class StateStore:
                 if is_missing(exc):
                     return None
                 raise
-        return ManifestMeta.from_metadata(dict(response.get("Metadata", {})))
+        meta = ManifestMeta.from_metadata(dict(response.get("Metadata", {})))
+        return replace(meta, published=response["LastModified"].timestamp())
 
     @contextmanager
     def manifest_entries(self) -> Iterator[Iterator[Entry]]:

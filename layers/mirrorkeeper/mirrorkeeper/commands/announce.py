@@ -2,7 +2,7 @@
 
 The OpenVZ guide's last step: tell the upstream where the mirror is, how often it updates, its URLs
 and whom to contact. Values come from flags, then MIRRORKEEPER_* variables, then the config file,
-then the deployed stack's outputs (``--stack-name``); the mirror's size from the last sync's report.
+then the deployed stack's outputs (``--stack-name``); the mirror's size from the published manifest.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from mirrorkeeper.aws import s3_client
 from mirrorkeeper.config import ANNOUNCE, add_flags, flags_of, load_aws_config, load_layout, resolve
-from mirrorkeeper.display import human_size
+from mirrorkeeper.display import human_size, iso
+from mirrorkeeper.entries import EntryType
 from mirrorkeeper.errors import ConfigError, MirrorkeeperError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.state import StateStore
@@ -28,7 +29,8 @@ the physical location, the update frequency, the URLs and an admin contact; the 
 
 With --stack-name the URLs, schedule, location and contact come from the stack's outputs
 (aws cloudformation describe-stacks); any flag or MIRRORKEEPER_* variable overrides them. The size
-is read from the last sync's report in the bucket (state/runs/last.json).
+is read from the published manifest (state/manifest.jsonl.gz), which a failed or refused run
+leaves as it was.
 """
 
 # Stack output → setting it provides (template.yaml, Outputs).
@@ -106,15 +108,24 @@ def stack_outputs(stack_name: str, region: str, endpoint_url: str | None, client
 
 
 def mirror_size(s3: Any, layout: MirrorLayout) -> tuple[int, int, str]:
-    """(bytes, entries, finished time) of the mirror as the last sync published it."""
+    """(bytes, entries, when published) of the mirror as clients see it: from the published manifest,
+    which a failed, refused or partial run leaves as it was (the last run's report may not say)."""
     state = StateStore(s3, layout)
-    report = state.last_run_report()
-    if report is None:
+    meta = state.manifest_meta()
+    if meta is None:
         raise MirrorkeeperError(
-            f"s3://{layout.bucket}/{state.last_run_key} does not exist: no sync has finished yet. Run the "
-            "first sync (README, 'Deploy'), then announce"
+            f"s3://{layout.bucket}/{state.manifest_key} does not exist: no sync has published yet. Run the first "
+            "sync (README, 'Deploy'), then announce"
         )
-    return report.mirror_bytes, report.mirror_entries, report.to_json()["finished_iso"]
+    if meta.totals is not None:
+        entries, size, _ = meta.totals
+    else:  # a manifest from before the totals were recorded: count it
+        entries = size = 0
+        with state.manifest_entries() as published:
+            for entry in published:
+                entries += 1
+                size += entry.size if entry.type is EntryType.FILE else 0
+    return size, entries, iso(meta.published)
 
 
 def describe_interval(seconds: float) -> str:

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from mirrorkeeper.display import human_age
 from mirrorkeeper.s3errors import aws_errors
-from mirrorkeeper.state import HealthState, Level
+from mirrorkeeper.names import printable
+from mirrorkeeper.state import HealthState, Level, SyncOutcome
 from mirrorkeeper.verify.health import OVERALL, Assessment
 from mirrorkeeper.verify.history import Notice, changed_components
 
@@ -79,6 +80,35 @@ def compose(
         "changes": {c: {"from": a.label, "to": b.label} for c, (a, b) in moved.items()},
         "findings": [f.to_json() for f in assessment.findings],
         "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(assessment.checked_at)),
+        "status_url": status_url,
+    }
+    return Message(subject, "\n".join(lines) + "\n", document)
+
+
+def compose_quarantine(mirror: str, sync: SyncOutcome | None, status_url: str = "") -> Message:
+    """The one message a quarantine gets: which paths stopped being retried every run, and why."""
+    assert sync is not None and sync.newly_quarantined
+    paths = list(sync.newly_quarantined)
+    reasons = dict(sync.quarantined)
+    name = mirror if len(mirror) <= 40 else mirror[:39] + "~"
+    subject = _ascii(f"[mirrorkeeper] QUARANTINED {name}: {len(paths)} paths failing run after run")[:SUBJECT_LIMIT]
+    lines = [
+        f"Mirror:   {mirror}",
+        f"Sync run: {sync.run_id}",
+        "",
+        "These paths failed the same way in several syncs in a row. They keep their published copy (or stay",
+        "missing), are no longer tried every run but once a day, and are listed in the run report and on the",
+        "status page. You get this message once.",
+        "",
+        *(f"  {printable(path)}: {reasons.get(path, 'see the run report')}" for path in paths),
+    ]
+    if status_url:
+        lines += ["", f"Status page: {status_url}"]
+    document = {
+        "mirror": mirror,
+        "notice": "quarantined",
+        "run_id": sync.run_id,
+        "paths": [{"path": p, "reason": reasons.get(p, "")} for p in paths],
         "status_url": status_url,
     }
     return Message(subject, "\n".join(lines) + "\n", document)

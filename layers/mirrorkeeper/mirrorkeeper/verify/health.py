@@ -61,9 +61,17 @@ def sync_from_exit(exit_code: int | None, reason: str) -> tuple[bool, str]:
         return True, "another sync held the lock; this run did nothing"
     if exit_code == ExitCode.DELETION_GUARD:
         return False, (
-            "the deletion guard refused the plan (upstream shrank more than allowed); check upstream, then run "
-            "the sync once with --force-delete"
+            "the deletion guard held the last sync's deletions (everything else was published): upstream shrank "
+            f"more than allowed{': ' + reason if reason else ''}; check upstream, then run the sync once with "
+            "--force-delete"
         )
+    if exit_code == ExitCode.PARTIAL:
+        return False, (
+            f"the last sync skipped paths it could not fetch or store{': ' + reason if reason else ''}; the next run "
+            "retries them"
+        )
+    if exit_code == ExitCode.UPSTREAM_BUSY:
+        return True, "upstream was mid-update; the sync published nothing beyond data and waits for it"
     if exit_code == ExitCode.USAGE:
         return False, "the sync task is misconfigured (exit 2); read its log, fix the task definition's settings"
     if exit_code == ExitCode.INTERRUPTED:

@@ -17,8 +17,8 @@ wherever it is opened:
 - Every value that comes from data (mirror name, URLs, reasons) is escaped.
 
 ``status.json`` carries the field names mirror-status tools know (``last_sync``, ``delay``,
-``duration``, ``completion_pct``, per-protocol ``status``); ``completion_pct`` is 0-100 as in the
-drift report (Arch Linux's mirror status uses a 0-1 fraction under the same name).
+``duration``, ``completion_pct``, per-protocol ``status``), in their units: ``completion_pct`` is
+a 0-1 fraction as in Arch Linux's mirror status (the page shows it as a percentage).
 """
 
 from __future__ import annotations
@@ -162,6 +162,10 @@ def _count_levels(points: list[HistoryPoint]) -> str:
 # -- status.json ----------------------------------------------------------------------------------
 
 
+def _fraction(percent: float | None) -> float | None:
+    return None if percent is None else round(percent / 100.0, 6)
+
+
 def _seconds(value: float | None) -> int | None:
     return None if value is None else round(value)
 
@@ -194,7 +198,11 @@ def status_document(state: HealthState, mirror_name: str, sync_interval: float, 
         "last_sync_result": sync.reason if sync else None,
         "delay": _seconds(overall_delay(state, now)),
         "duration": round(sync.duration, 1) if sync else None,
-        "completion_pct": state.completion,
+        # Arch Linux's mirror status names this field too, as a fraction: so do we (0-1).
+        "completion_pct": _fraction(state.completion),
+        "skipped": [{"path": p, "reason": r} for p, r in sync.failed] if sync else [],
+        "quarantined": [{"path": p, "reason": r} for p, r in sync.quarantined] if sync else [],
+        "held_deletions": sync.held_deletions if sync else 0,
         "sync_interval": round(sync_interval),
         "degraded_after": round(DEGRADED_AFTER * sync_interval),
         "down_after": round(DOWN_AFTER * sync_interval),
@@ -213,7 +221,7 @@ def status_document(state: HealthState, mirror_name: str, sync_interval: float, 
                 "status": known_label(p.overall),
                 "levels": {name: known_label(label) for name, label in p.levels.items()},
                 "freshness": {name: _seconds(age) for name, age in p.freshness.items()},
-                "completion_pct": p.completion,
+                "completion_pct": _fraction(p.completion),
             }
             for p in history_points(state.history, now)
         ],
@@ -341,12 +349,20 @@ def _sync_rows(state: HealthState, now: float) -> str:
             # Reasons from sync_from_exit already name the exit code; say it only when they don't.
             code = f"exit {sync.exit_code}"
             code = f" ({code})" if sync.exit_code is not None and code not in sync.reason else ""
-            result = f"<strong>failed{code}</strong>: {_e(sync.reason)}"
+            verdict = _VERDICTS.get(sync.exit_code or 1, "failed")
+            result = f"<strong>{verdict}{code}</strong>: {_e(sync.reason)}"
         rows += [
             ("Last sync", f'<span class="num">{_ago(sync.finished, now)}</span>, took {human_age(sync.duration)}'),
             ("Result", result),
             ("Changed", f"{sync.files_changed} files, {human_size(sync.uploaded_bytes)} uploaded"),
         ]
+        if sync.failed:
+            rows.append(("Skipped", _path_list(sync.failed, "not fetched or stored in the last sync")))
+        if sync.quarantined:
+            rows.append(("Quarantined", _path_list(sync.quarantined, "failing run after run; retried daily")))
+        if sync.held_deletions:
+            held = [(path, "") for path in sync.held_examples]
+            rows.append(("Held deletions", _path_list(held, f"{sync.held_deletions} deletions held by the guard")))
     completion = f"{state.completion:.3f}".rstrip("0").rstrip(".") + " %" if state.completion is not None else None
     unknown = '<span class="muted">not measured</span>'
     rows += [
@@ -356,6 +372,14 @@ def _sync_rows(state: HealthState, now: float) -> str:
         ("Reasons", _reasons(state.mirror_reasons)),
     ]
     return "".join(f'<tr><th scope="row">{head}</th><td>{cell}</td></tr>' for head, cell in rows)
+
+
+_VERDICTS = {4: "deletions held", 5: "partial"}
+
+
+def _path_list(paths: tuple[tuple[str, str], ...] | list[tuple[str, str]], caption: str) -> str:
+    items = "".join(f"<li><code>{_e(path)}</code>{': ' + _e(reason) if reason else ''}</li>" for path, reason in paths)
+    return f'<span class="muted">{_e(caption)}</span><ul class="paths">{items}</ul>'
 
 
 def _history_rows(state: HealthState, now: float) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from mirrorkeeper.aws import S3Client, s3_client, service_client
 from mirrorkeeper.config import VerifyConfig
-from mirrorkeeper.errors import StateConflictError
+from mirrorkeeper.errors import ExitCode, StateConflictError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.s3errors import s3_errors
 from mirrorkeeper.state import (
@@ -36,7 +36,7 @@ from mirrorkeeper.state import (
     SyncOutcome,
     SyncResult,
 )
-from mirrorkeeper.verify.alerts import LogNotifier, Notifier, SnsNotifier, compose
+from mirrorkeeper.verify.alerts import LogNotifier, Notifier, SnsNotifier, compose, compose_quarantine
 from mirrorkeeper.verify.drift import DriftReport, diff_mirror
 from mirrorkeeper.verify.events import (
     DiffInput,
@@ -168,10 +168,17 @@ def probe_endpoints(event: Any, deps: Deps) -> dict[str, Any]:
 # -- step 3: publish-health ---------------------------------------------------------------------
 
 
+SHOWN_PATHS = 20  # skipped and quarantined paths carried to the status page
+
+
 def _report_outcome(report: RunReport | None) -> SyncOutcome | None:
     if report is None:
         return None
-    ok, reason = sync_from_exit(report.exit_code, report.error)
+    detail = report.held_because if report.exit_code == ExitCode.DELETION_GUARD else ""
+    if report.exit_code == ExitCode.PARTIAL and report.failed:
+        first = report.failed[0]
+        detail = f"{report.failed_total} paths, first {first['path']}: {first['reason']}"
+    ok, reason = sync_from_exit(report.exit_code, detail or report.error)
     return SyncOutcome(
         finished=report.finished,
         ok=ok and report.result is not SyncResult.FAILED,
@@ -183,6 +190,11 @@ def _report_outcome(report: RunReport | None) -> SyncOutcome | None:
         uploaded_bytes=report.uploaded_bytes,
         files_changed=report.uploaded_files + report.deleted_objects,
         s3_requests=report.s3_requests,
+        failed=tuple((f["path"], f["reason"]) for f in report.failed[:SHOWN_PATHS]),
+        quarantined=tuple((q["path"], str(q["reason"])) for q in report.quarantined[:SHOWN_PATHS]),
+        newly_quarantined=tuple(report.newly_quarantined[:SHOWN_PATHS]),
+        held_deletions=report.held_deletions,
+        held_examples=tuple(report.held_deletion_examples[:SHOWN_PATHS]),
     )
 
 
@@ -233,6 +245,10 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
     # After the state write: of two concurrent runs that see the same change, only one sends.
     if notice is not None:
         deps.notifier.send(compose(notice, config.mirror_name, previous, assessment, status_url))
+    quarantined = new_report.newly_quarantined if new_report else ()
+    if quarantined:
+        # Once, when the sync quarantines them: from then on they are listed, not alerted again.
+        deps.notifier.send(compose_quarantine(config.mirror_name, new_report, status_url))
     store.publish(
         STATUS_JSON_PATH, render_status_json(state, config.mirror_name, config.sync_interval, now), "application/json"
     )
@@ -251,6 +267,7 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
         "levels": state.levels,
         "findings": [f.to_json() for f in assessment.findings],
         "notice": notice.value if notice else None,
+        "quarantine_alert": list(quarantined),
         "previous_overall": previous.levels.get(OVERALL, "ok"),
         "status_page": status_url or STATUS_HTML_PATH,
     }
