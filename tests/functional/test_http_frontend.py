@@ -61,8 +61,12 @@ def request(port: int, path: str, method: str = "GET", headers: dict[str, str] |
 
 def raw_request(port: int, target: str) -> Response:
     """Send ``target`` exactly as written (http.client would refuse or re-encode some of the table's)."""
+    return _raw(port, f"GET {target} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n".encode())
+
+
+def _raw(port: int, sent: bytes) -> Response:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(sent)
         response = http.client.HTTPResponse(sock)
         response.begin()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
@@ -242,6 +246,38 @@ def test_connections_over_the_cap_get_503_and_slots_come_back(s3: Any, endpoint:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         held[1].close()
+
+
+def test_every_answer_carries_the_sandbox_csp_so_upstream_pages_cannot_script_the_mirror(
+    s3: Any, endpoint: str
+) -> None:
+    # GIVEN upstream HTML and SVG with scripts in them, and an index page of ours
+    put(s3, "pub/evil.html", b"<script>document.title='pwned'</script>", ContentType="text/html")
+    put(s3, "pub/evil.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>")
+    put(s3, "pub/dir/", b"<html>index</html>", ContentType="text/html; charset=utf-8")
+    with http_server(endpoint) as port:
+        etag = request(port, "/evil.html")[1]["etag"]
+        answers = {
+            "html": request(port, "/evil.html"),
+            "svg": request(port, "/evil.svg"),
+            "index": request(port, "/dir/"),
+            "not modified": request(port, "/evil.html", headers={"If-None-Match": etag}),
+            "missing": request(port, "/missing.html"),
+            "refused path": raw_request(port, "/%2e%2e/x.html"),
+            "too many headers": _raw(port, b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n"),
+        }
+    # THEN each says so, whatever produced it: scripts in it never run as the mirror's origin
+    assert {what: status for what, (status, _, _) in answers.items()} == {
+        "html": 200,
+        "svg": 200,
+        "index": 200,
+        "not modified": 304,
+        "missing": 404,
+        "refused path": 400,
+        "too many headers": 431,
+    }
+    for what, (_, headers, _) in answers.items():
+        assert headers.get("content-security-policy") == "sandbox allow-downloads", what
 
 
 class _Clock:

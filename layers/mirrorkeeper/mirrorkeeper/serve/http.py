@@ -29,6 +29,13 @@ from mirrorkeeper.serve.served import ObjectBody, ObjectChangedError, ObjectInfo
 log = logging.getLogger(__name__)
 
 ALLOWED = "GET, HEAD"
+# Upstream's HTML and SVG are served from the mirror's own origin; without this a script in them
+# would run as the mirror (read its pages, script its status page). The sandbox stops scripts,
+# forms and plugins and gives the document an origin of its own, but still applies CSS, so the
+# index pages and the status page look the same; allow-downloads keeps a link on an index page
+# downloading its file. Sent on every response, as CloudFront sends it (template.yaml): a browser
+# may render a type we did not think of as a document.
+CONTENT_SECURITY_POLICY = "sandbox allow-downloads"
 _RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 _REASONS = {
     301: "Moved Permanently",
@@ -118,6 +125,10 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             self._page(405, "This mirror is read-only.", {"Allow": ALLOWED})
             return False
         return True
+
+    def end_headers(self) -> None:
+        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        super().end_headers()
 
     def do_GET(self) -> None:
         self._serve()
