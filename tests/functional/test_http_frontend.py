@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -280,6 +281,73 @@ def test_every_answer_carries_the_sandbox_csp_so_upstream_pages_cannot_script_th
         assert headers.get("content-security-policy") == "sandbox allow-downloads", what
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "served"),
+    [
+        ({"Range": "bytes=" + "9" * 5000 + "-"}, 416, None),  # past any end, not a traceback
+        ({"Range": "bytes=" + "0" * 5000 + "5-"}, 206, b"56789"),  # leading zeros are still 5
+        ({"Range": "bytes=2-" + "9" * 5000}, 206, b"23456789"),
+        ({"Range": "bytes=-" + "9" * 5000}, 206, b"0123456789"),
+        ({"Range": "bytes=" + ",".join(["0-0"] * 15_000)}, 200, b"0123456789"),  # 60 KB of ranges: the file
+        ({"Range": "bytes=-0"}, 416, None),
+        ({"If-Modified-Since": "Fri, 14 Jul 99999999999999999999 02:40:00 GMT"}, 200, b"0123456789"),
+        ({"If-Modified-Since": "Mon, 01 Jan 2100 00:00:" + "9" * 30 + " GMT"}, 200, b"0123456789"),
+        ({"If-Modified-Since": "Mon, 01 Jan 2100 00:00:00 +" + "9" * 30}, 200, b"0123456789"),
+        ({"If-Modified-Since": "9" * 60_000}, 200, b"0123456789"),
+        ({"If-Modified-Since": "Mon, 01 Jan 2100 00:00:00 -0000"}, 304, b""),  # no zone: read as UTC
+        ({"Range": "bytes=0-1", "If-Range": "Fri, 14 Jul 99999999999999999999 02:40:00 GMT"}, 200, b"0123456789"),
+        ({"Content-Length": "9" * 5000}, 200, b"0123456789"),  # a body we never read: answered, then closed
+        ({"Content-Length": "-1"}, 400, None),
+        ({"Content-Length": "0x10"}, 400, None),
+        ({"Content-Length": "5, 6"}, 400, None),
+    ],
+)
+def test_numbers_in_headers_are_bounded_and_answered_as_rfc_9110_says(
+    s3: Any, endpoint: str, headers: dict[str, str], status: int, served: bytes | None
+) -> None:
+    put(s3, "pub/digits", b"0123456789")
+    with http_server(endpoint) as port:
+        answer = request(port, "/digits", headers=headers)
+        assert answer[0] == status
+        if served is not None:
+            assert answer[2] == served
+        assert request(port, "/digits")[2] == b"0123456789"  # and the server is still serving
+
+
+def test_a_request_announcing_a_body_is_answered_and_its_connection_closed(s3: Any, endpoint: str) -> None:
+    # GIVEN a GET whose "body" is a second request, on a keep-alive connection
+    put(s3, "pub/a", b"public")
+    put(s3, "pub/b", b"should not be answered")
+    smuggled = b"GET /b HTTP/1.1\r\nHost: mirror\r\n\r\n"
+    with http_server(endpoint) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = f"GET /a HTTP/1.1\r\nHost: mirror\r\nExpect: 100-continue\r\nContent-Length: {len(smuggled)}\r\n\r\n"
+        sock.sendall(head.encode() + smuggled)
+        received = _read_until_closed(sock)
+    # THEN /a is answered at once (no 100 Continue inviting the body), and the body is never read
+    # as a request: the connection closes after the one answer
+    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"public")
+    assert received.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in received
+
+
+def test_a_client_resetting_its_connection_mid_request_costs_no_traceback(
+    s3: Any, endpoint: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    put(s3, "pub/a", b"a")
+    with http_server(endpoint, max_connections=1) as port:
+        # GIVEN a client that resets its connection halfway through its headers
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: mir")
+            time.sleep(0.1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # WHEN the server is done with it (its only slot serves the next client)
+        deadline = time.monotonic() + 10
+        while request(port, "/a")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    # THEN nothing was printed about it
+    assert "Traceback" not in capfd.readouterr().err
+
+
 class _Clock:
     """A clock the test moves by hand, so cache expiry needs no sleeping."""
 
@@ -389,3 +457,18 @@ def _peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError("no VmHWM")
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closing)."""
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        except TimeoutError:
+            raise AssertionError(f"the server kept the connection open; it sent {received!r}") from None
+        if not chunk:
+            return received
+        received += chunk

@@ -17,7 +17,9 @@ import email.utils
 import html
 import logging
 import re
+import sys
 import threading
+from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +39,11 @@ ALLOWED = "GET, HEAD"
 # may render a type we did not think of as a document.
 CONTENT_SECURITY_POLICY = "sandbox allow-downloads"
 _RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+# No object is 10**19 bytes (S3's limit is 5 TB): a longer byte position is past any end. int()
+# refuses strings over 4,300 digits, so without the cap a long one would be a traceback, not a 416.
+_POSITION_DIGITS = 19
+_HTTP_DATE_CHARS = 64  # an HTTP-date is 29 characters; anything much longer is not one
+_DECIMAL = re.compile(r"[0-9]+")
 _REASONS = {
     301: "Moved Permanently",
     400: "Bad Request",
@@ -72,6 +79,13 @@ class MirrorHTTPServer(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exception(), ConnectionError | TimeoutError):
+            # A client that resets or stalls is the network's doing, not a fault worth a traceback.
+            log.debug("connection lost", extra={"client": client_address[0]})
+            return
+        super().handle_error(request, client_address)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -80,28 +94,46 @@ class MirrorHTTPServer(ThreadingHTTPServer):
 
 
 def parse_range(header: str, size: int) -> list[tuple[int, int]] | None:
-    """RFC 9110 byte ranges as inclusive (first, last) pairs clipped to ``size``.
+    """One RFC 9110 byte range as an inclusive (first, last) pair clipped to ``size``, in a list.
 
-    None means "ignore the header" (not a bytes range, or malformed); [] means unsatisfiable.
+    None means "ignore the header" (not a bytes range, malformed, or several ranges: RFC 9110
+    lets a server send the whole file instead, and download tools ask for one); [] means
+    unsatisfiable. The work is bounded by the header's length whatever it holds.
     """
     unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or not spec:
+    if unit.strip().lower() != "bytes" or not spec or "," in spec:
         return None
-    ranges = []
-    for part in spec.split(","):
-        match = _RANGE.match(part)
-        if match is None or match.group(1) == match.group(2) == "":
-            return None
-        first, last = match.group(1), match.group(2)
-        if first == "":  # suffix: the last N bytes
-            length = int(last)
-            if length > 0 and size > 0:
-                ranges.append((max(size - length, 0), size - 1))
-        elif int(first) < size:
-            if last and int(last) < int(first):
-                return None
-            ranges.append((int(first), min(int(last), size - 1) if last else size - 1))
-    return ranges
+    match = _RANGE.match(spec)
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # suffix: the last N bytes
+        length = _position(last, size)
+        return [(max(size - length, 0), size - 1)] if length > 0 and size > 0 else []
+    start = _position(first, size)
+    if start >= size:
+        return []
+    end = _position(last, size) if last else size - 1
+    if end < start:
+        return None
+    return [(start, min(end, size - 1))]
+
+
+def _position(digits: str, size: int) -> int:
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= _POSITION_DIGITS else size
+
+
+def http_date(text: str) -> float | None:
+    """Seconds since the epoch of an HTTP-date, or None for anything else (RFC 9110 has such a
+    header ignored). A date without a zone is read as UTC, as every HTTP-date is."""
+    if len(text) > _HTTP_DATE_CHARS:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(text)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year or zone of twenty digits
+        return None
 
 
 class MirrorRequestHandler(BaseHTTPRequestHandler):
@@ -124,11 +156,29 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # we never read the body it may have sent
             self._page(405, "This mirror is read-only.", {"Allow": ALLOWED})
             return False
+        body = self._announces_body()
+        if body is None:
+            self.close_connection = True  # RFC 9112 6.3: framing we cannot trust ends the connection
+            self._page(400, "The request's Content-Length is not a valid length.")
+            return False
+        if body:
+            # A GET's body means nothing and is never read; closing after the answer is what keeps
+            # its bytes from being read as the next request.
+            self.close_connection = True
         return True
+
+    def handle_expect_100(self) -> bool:
+        return True  # no 100 Continue: it would invite a body that is never read
 
     def end_headers(self) -> None:
         self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         super().end_headers()
+
+    def _finish_headers(self) -> None:
+        # RFC 9112 9.6: an answer after which the connection closes says so, so the client does not reuse it.
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
 
     def do_GET(self) -> None:
         self._serve()
@@ -184,6 +234,18 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
                 return
         self._answer(key, info, opened, ranged=True)
 
+    def _announces_body(self) -> bool | None:
+        """Whether the request says a body follows it; None when its Content-Length is not one
+        decimal length (a list of equal ones is allowed, RFC 9110 8.6)."""
+        if "Transfer-Encoding" in self.headers:
+            return True
+        lengths = {part.strip() for value in self.headers.get_all("Content-Length", []) for part in value.split(",")}
+        if not lengths:
+            return False
+        if len(lengths) > 1 or not _DECIMAL.fullmatch(length := lengths.pop()):
+            return None
+        return length.lstrip("0") != ""
+
     def _look(self, key: str) -> tuple[ObjectBody | None, ObjectInfo | None]:
         """A plain GET opens the object at once (one S3 request); HEAD, conditional and range
         requests look first, because the answer may need no body or only part of it."""
@@ -202,7 +264,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             self.send_response(304)
             self._validators(info)
             self.send_header("Content-Length", "0")
-            self.end_headers()
+            self._finish_headers()
             return
         wanted = self._wanted_range(info) if ranged else None
         if wanted == []:
@@ -254,7 +316,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         if info.cache_control:
             self.send_header("Cache-Control", info.cache_control)
         self._validators(info)
-        self.end_headers()
+        self._finish_headers()
 
     def _validators(self, info: ObjectInfo) -> None:
         self.send_header("ETag", info.etag)
@@ -267,22 +329,14 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             tags = [t.strip().removeprefix("W/") for t in none_match.split(",")]
             return "*" in tags or info.etag in tags
         since = self.headers.get("If-Modified-Since")
-        if since is None:
-            return False
-        try:
-            stamp = email.utils.parsedate_to_datetime(since).timestamp()
-        except (TypeError, ValueError):
-            return False
-        return info.mtime <= stamp
+        stamp = http_date(since) if since is not None else None
+        return stamp is not None and info.mtime <= stamp
 
     def _wanted_range(self, info: ObjectInfo) -> list[tuple[int, int]] | None:
         header = self.headers.get("Range")
         if header is None or not self._if_range_holds(info):
             return None
-        ranges = parse_range(header, info.size)
-        if ranges is not None and len(ranges) > 1:
-            return None  # several ranges: a clean 200 with the whole file, which RFC 9110 allows
-        return ranges
+        return parse_range(header, info.size)
 
     def _if_range_holds(self, info: ObjectInfo) -> bool:
         condition = self.headers.get("If-Range")
@@ -290,10 +344,8 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             return True
         if condition.strip().startswith(('"', "W/")):
             return condition.strip() == info.etag
-        try:
-            return int(email.utils.parsedate_to_datetime(condition).timestamp()) == info.mtime
-        except (TypeError, ValueError):
-            return False
+        stamp = http_date(condition)
+        return stamp is not None and int(stamp) == info.mtime
 
     # -- small answers ------------------------------------------------------------------------
 
@@ -313,6 +365,6 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
+        self._finish_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
