@@ -1,5 +1,6 @@
 """``serve-http`` as a real server on loopback over the moto server, driven by http.client and raw sockets."""
 
+import contextlib
 import email.utils
 import http.client
 import json
@@ -40,7 +41,14 @@ def http_server(
     """The HTTP front end in a thread of this process (so tests can size its limits and count its S3 requests)."""
     client = s3_client(AwsConfig(endpoint_url=endpoint, region="us-east-1"), counter)
     tree = ServedTree(client, MirrorLayout.create(BUCKET, prefix), cache)
-    server = MirrorHTTPServer(("127.0.0.1", 0), tree, max_connections, idle_timeout=5)
+    server = MirrorHTTPServer(
+        ("127.0.0.1", 0),
+        tree,
+        max_connections=max_connections,
+        max_connections_per_ip=max_connections,
+        idle_timeout=5,
+        header_timeout=5,
+    )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -50,8 +58,13 @@ def http_server(
         server.server_close()
 
 
-def request(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def request(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None, source: str | None = None
+) -> Response:
+    """One request on a connection of its own, from loopback address ``source`` when given (127.0.0.2, ...)."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=10, source_address=(source, 0) if source else None
+    )
     try:
         connection.request(method, path, headers=headers or {})
         response = connection.getresponse()
@@ -329,6 +342,37 @@ def test_a_request_announcing_a_body_is_answered_and_its_connection_closed(s3: A
     assert received.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in received
 
 
+def test_a_client_sending_its_headers_too_slowly_is_cut_off_at_the_header_deadline(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    with serve_cli("serve-http", endpoint, "--header-timeout", "1", "--idle-timeout", "60") as port:
+        # GIVEN a client that connects and sends nothing
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
+            # THEN it is disconnected at the header deadline, long before the idle timeout
+            assert _read_until_closed(silent) == b""
+            assert 0.9 < time.monotonic() - started < 30
+        # GIVEN a client that trickles a header byte every 0.2 s: each read is quick, their sum is not
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"GET /a HTTP/1.1\r\nHost: mirror\r\n")
+            # THEN it is disconnected too, unanswered, after a few of them
+            assert _trickle_until_closed(slow) in range(4, 30)
+        # GIVEN a keep-alive connection idle for longer than the header deadline between requests
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:
+            response = http.client.HTTPResponse(kept)
+            kept.sendall(b"GET /a HTTP/1.1\r\nHost: mirror\r\n\r\n")
+            response.begin()
+            assert response.read() == b"a"
+            time.sleep(1.5)
+            # THEN its next request is served: the deadline starts at a request's first byte
+            kept.sendall(b"GET /a HTTP/1.1\r\nHost: mirror\r\n\r\n")
+            response = http.client.HTTPResponse(kept)
+            response.begin()
+            assert response.read() == b"a"
+            # AND a request after that trickled in is cut off like the first one would be
+            kept.sendall(b"GET /a HTTP/1.1\r\n")
+            assert _trickle_until_closed(kept) in range(4, 30)
+
+
 def test_a_client_resetting_its_connection_mid_request_costs_no_traceback(
     s3: Any, endpoint: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -346,6 +390,65 @@ def test_a_client_resetting_its_connection_mid_request_costs_no_traceback(
             time.sleep(0.05)
     # THEN nothing was printed about it
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_one_client_address_holds_at_most_its_cap_of_connections(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    cap = ("--max-connections-per-ip", "2", "--header-timeout", "60")
+    with serve_cli("serve-http", endpoint, *cap) as port:
+        # GIVEN 127.0.0.2 holding two connections, sending nothing
+        held = [_connect_from("127.0.0.2", port) for _ in range(2)]
+        # WHEN it opens a third THEN that one is told to come back, at once; another address is served
+        status, headers, _ = request(port, "/a", source="127.0.0.2")
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert request(port, "/a", source="127.0.0.3")[0] == 200
+        # AND once one of its connections closes, it is served again
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while request(port, "/a", source="127.0.0.2")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for sock in held:
+            sock.close()
+
+
+def test_slow_clients_holding_connections_do_not_keep_another_client_waiting(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    limits = ("--max-connections-per-ip", "2", "--max-connections", "32", "--header-timeout", "60")
+    with serve_cli("serve-http", endpoint, *limits) as port:
+        # GIVEN eight clients (127.0.0.2 to .9), each holding its cap of two connections and
+        # trickling header bytes into them
+        slow = [_connect_from(f"127.0.0.{n}", port) for n in range(2, 10) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(b"GET /a HTTP/1.1\r\n")
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for _ in range(240):  # at most a minute
+                for sock in slow:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"X")
+                if stop.wait(0.25):
+                    return
+
+        trickler = threading.Thread(target=trickle, daemon=True)
+        trickler.start()
+        try:
+            # WHEN another client asks for files
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            answers = []
+            for _ in range(20):
+                connection.request("GET", "/a")
+                answers.append(connection.getresponse().read())
+            connection.close()
+        finally:
+            stop.set()
+            trickler.join(10)
+        # THEN it got every answer while all sixteen slow connections were still held open
+        assert answers == [b"a"] * 20
+        assert [_still_open(sock) for sock in slow] == [True] * 16
+        for sock in slow:
+            sock.close()
 
 
 class _Clock:
@@ -459,6 +562,24 @@ def _peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+def _connect_from(source: str, port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True while the server has neither answered nor closed the connection."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except ConnectionError:
+        return False
+    finally:
+        sock.settimeout(10)
+    return False
+
+
 def _read_until_closed(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (a reset counts as closing)."""
     received = b""
@@ -472,3 +593,15 @@ def _read_until_closed(sock: socket.socket) -> bytes:
         if not chunk:
             return received
         received += chunk
+
+
+def _trickle_until_closed(sock: socket.socket) -> int:
+    """Send one header byte every 0.2 s until the server closes the connection (at most 30 s); the bytes sent."""
+    sent = 0
+    while sent < 150 and _still_open(sock):
+        with contextlib.suppress(OSError):  # the server may close between the check and the send
+            sock.sendall(b"X")
+        sent += 1
+        time.sleep(0.2)
+    assert _read_until_closed(sock) == b"", "the server answered a request whose headers never ended"
+    return sent

@@ -26,7 +26,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     config, tree = start_serving(SERVE_HTTP, args)
-    with MirrorHTTPServer((config.host, config.port), tree, config.max_connections, config.idle_timeout) as server:
+    with MirrorHTTPServer(
+        (config.host, config.port),
+        tree,
+        max_connections=config.max_connections,
+        max_connections_per_ip=config.max_connections_per_ip,
+        idle_timeout=config.idle_timeout,
+        header_timeout=config.header_timeout,
+    ) as server:
         url = f"http://{config.host}:{server.server_port}/"
         log.info("serving HTTP", extra={"url": url, "bucket": config.layout.bucket})
         try:

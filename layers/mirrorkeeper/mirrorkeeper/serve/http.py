@@ -10,15 +10,24 @@ in chunks, so a 5 GB file costs 64 KiB of memory.
       ─▶ directory URL: the marker object's index page
       ─▶ file URL: the object; missing but a directory → 301 /dir/; a directory symlink → 301
       ─▶ conditionals (If-None-Match, If-Modified-Since → 304) ─▶ Range (206 / 416 / clean 200)
+
+Slow and greedy clients: a request's line and headers must arrive within ``header_timeout`` (a
+socket timeout alone bounds each read, not their sum, so a client trickling a byte at a time would
+keep its thread forever); one client holds at most ``max_connections_per_ip`` connections; every
+number read from a header is bounded before it is used.
 """
 
 import contextlib
 import email.utils
 import html
+import io
+import ipaddress
 import logging
 import re
+import socket
 import sys
 import threading
+import time
 from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -64,15 +73,34 @@ class MirrorHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], tree: ServedTree, max_connections: int = 256, idle_timeout: float = 60.0
+        self,
+        address: tuple[str, int],
+        tree: ServedTree,
+        *,
+        max_connections: int,
+        max_connections_per_ip: int,
+        idle_timeout: float,
+        header_timeout: float,
     ) -> None:
         self.tree = tree
         self.idle_timeout = idle_timeout
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.header_timeout = header_timeout
+        self._max_connections = max_connections
+        self._max_per_client = max_connections_per_ip
+        self._lock = threading.Lock()
+        self._open = 0
+        self._by_client: dict[str, int] = {}  # open connections by client_key, none at 0
         super().__init__(address, MirrorRequestHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        client = client_key(client_address[0])
+        with self._lock:
+            held = self._by_client.get(client, 0)
+            admitted = self._open < self._max_connections and held < self._max_per_client
+            if admitted:
+                self._open += 1
+                self._by_client[client] = held + 1
+        if not admitted:
             with contextlib.suppress(OSError):  # it may already be gone; either way we are done with it
                 request.sendall(_BUSY)
             self.shutdown_request(request)
@@ -90,7 +118,64 @@ class MirrorHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            client = client_key(client_address[0])
+            with self._lock:
+                self._open -= 1
+                if self._by_client[client] == 1:
+                    del self._by_client[client]
+                else:
+                    self._by_client[client] -= 1
+
+
+def client_key(host: str) -> str:
+    """Whose connection this is, for the per-client cap: the IPv4 address (also when a dual-stack
+    socket shows it as ::ffff:a.b.c.d), or the IPv6 /64, since one IPv6 host is routinely handed
+    a whole /64 and could otherwise take the cap again from each of its addresses."""
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address), 64), strict=False))
+
+
+class _HeaderDeadline(io.RawIOBase):
+    """The connection's incoming bytes, with a deadline while a request's line and headers arrive.
+
+    Each read gets only the time left before the deadline, so a client sending a byte every few
+    seconds is cut off like one sending nothing. Without a deadline running (between requests)
+    reads wait up to the idle timeout.
+    """
+
+    def __init__(self, connection: socket.socket, idle_timeout: float) -> None:
+        super().__init__()
+        self._connection = connection
+        self._idle_timeout = idle_timeout
+        self._until: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._until is not None
+
+    def start(self, seconds: float) -> None:
+        self._until = time.monotonic() + seconds
+
+    def stop(self) -> None:
+        self._until = None
+        self._connection.settimeout(self._idle_timeout)  # the response's writes get the idle timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._until is None:
+            self._connection.settimeout(self._idle_timeout)
+        else:
+            left = self._until - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request's headers did not arrive in time")
+            self._connection.settimeout(left)
+        return self._connection.recv_into(buffer)
 
 
 def parse_range(header: str, size: int) -> list[tuple[int, int]] | None:
@@ -147,11 +232,33 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.idle_timeout)  # an idle keep-alive connection frees its slot
+        self._reading = _HeaderDeadline(self.connection, self.server.idle_timeout)
+        self.rfile.close()  # the socket's own reader: every read goes through the deadline instead
+        self.rfile = self._buffered = io.BufferedReader(self._reading)
+        # The first request's clock starts at the connection: one that never sends a byte holds a
+        # slot no longer than one that sends too slowly.
+        self._reading.start(self.server.header_timeout)
+
+    def handle_one_request(self) -> None:
+        if not self._reading.running:
+            # A later request's clock starts at its first byte; until then the connection is an
+            # idle keep-alive one, which the idle timeout closes.
+            try:
+                if not self._buffered.peek(1):
+                    self.close_connection = True
+                    return
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True
+                return
+            self._reading.start(self.server.header_timeout)
+        super().handle_one_request()
 
     def parse_request(self) -> bool:
-        if not super().parse_request():
-            return False
+        try:
+            if not super().parse_request():
+                return False
+        finally:
+            self._reading.stop()
         if self.command not in ("GET", "HEAD"):
             self.close_connection = True  # we never read the body it may have sent
             self._page(405, "This mirror is read-only.", {"Allow": ALLOWED})
