@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mirrorkeeper.commands.serve_common import start_serving
+from mirrorkeeper.commands.serve_common import listening_url, start_serving
 from mirrorkeeper.config import SERVE_HTTP, add_flags
 from mirrorkeeper.serve.http import MirrorHTTPServer
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         idle_timeout=config.idle_timeout,
         header_timeout=config.header_timeout,
     ) as server:
-        url = f"http://{config.host}:{server.server_port}/"
+        url = listening_url("http", server.server_address)
         log.info("serving HTTP", extra={"url": url, "bucket": config.layout.bucket})
         try:
             server.serve_forever()

@@ -90,7 +90,14 @@ class MirrorHTTPServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._open = 0
         self._by_client: dict[str, int] = {}  # open connections by client_key, none at 0
+        self.address_family = address_family(address[0])  # TCPServer makes its socket with this
         super().__init__(address, MirrorRequestHandler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # '::' then takes IPv4 clients too (as ::ffff:a.b.c.d), whatever the host's bindv6only says.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         client = client_key(client_address[0])
@@ -125,6 +132,14 @@ class MirrorHTTPServer(ThreadingHTTPServer):
                     del self._by_client[client]
                 else:
                     self._by_client[client] -= 1
+
+
+def address_family(host: str) -> socket.AddressFamily:
+    """IPv6 for an IPv6 literal ('::', '::1'), IPv4 for anything else, host names included."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
 
 
 def client_key(host: str) -> str:
