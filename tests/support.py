@@ -66,13 +66,17 @@ def tree_files(root: Path) -> dict[str, tuple[bytes, int]]:
     return out
 
 
+# Where a server listening on an unspecified address is reached for the readiness check.
+_REACHED_AT = {"::": "::1", "0.0.0.0": "127.0.0.1"}
+
+
 @contextmanager
-def serve_cli(command: str, endpoint: str, *extra: str) -> Iterator[int]:
-    """``mirrorkeeper COMMAND --bucket BUCKET --port P EXTRA...`` as a real subprocess against the moto
-    server; yields P once it accepts connections, stops the server afterwards."""
+def serve_cli(command: str, endpoint: str, *extra: str, host: str = "127.0.0.1") -> Iterator[int]:
+    """``mirrorkeeper COMMAND --bucket BUCKET --host HOST --port P EXTRA...`` as a real subprocess
+    against the moto server; yields P once it accepts connections, stops the server afterwards."""
     port = free_port()
-    args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--port", str(port), *extra]
-    with serving(args, port, cli_env(endpoint), command):
+    args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--host", host, "--port", str(port)]
+    with serving([*args, *extra], port, cli_env(endpoint), command, host=_REACHED_AT.get(host, host)):
         yield port
 
 

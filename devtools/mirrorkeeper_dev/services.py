@@ -16,14 +16,19 @@ class ServiceStartError(MirrorkeeperError):
 
 
 def wait_for_port(
-    port: int, process: "subprocess.Popen[bytes]", timeout: float, what: str, log: IO[bytes] | None = None
+    port: int,
+    process: "subprocess.Popen[bytes]",
+    timeout: float,
+    what: str,
+    log: IO[bytes] | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
-    """Until ``process`` accepts connections on 127.0.0.1:``port``; kills it and raises
+    """Until ``process`` accepts connections on ``host``:``port``; kills it and raises
     ServiceStartError (with the tail of ``log``, its stderr, when given) if it exits or times out."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((host, port), timeout=1).close()
             return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
@@ -33,22 +38,27 @@ def wait_for_port(
                 if log is not None:
                     log.seek(0)
                     err = ": " + log.read()[-800:].decode(errors="replace")
-                raise ServiceStartError(f"{what} did not start listening on 127.0.0.1:{port}{err}") from None
+                raise ServiceStartError(f"{what} did not start listening on {host} port {port}{err}") from None
             time.sleep(0.05)
 
 
 @contextmanager
 def serving(
-    args: Sequence[str], port: int, env: Mapping[str, str] | None = None, what: str = "", timeout: float = 20
+    args: Sequence[str],
+    port: int,
+    env: Mapping[str, str] | None = None,
+    what: str = "",
+    timeout: float = 20,
+    host: str = "127.0.0.1",
 ) -> Iterator["subprocess.Popen[bytes]"]:
-    """Run ``args`` (which must listen on 127.0.0.1:``port``) until the block ends."""
+    """Run ``args`` (which must listen on ``host``:``port``) until the block ends."""
     # stderr to a file, not a pipe: a chatty server must never block on a full pipe.
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             list(args), env=dict(env) if env is not None else None, stdout=subprocess.DEVNULL, stderr=log
         )
         try:
-            wait_for_port(port, process, timeout, what or args[0], log)
+            wait_for_port(port, process, timeout, what or args[0], log, host)
             yield process
         finally:
             process.terminate()

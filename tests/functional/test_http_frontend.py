@@ -1,11 +1,13 @@
 """``serve-http`` as a real server on loopback over the moto server, driven by http.client and raw sockets."""
 
+import contextlib
 import email.utils
 import http.client
 import json
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +41,14 @@ def http_server(
     """The HTTP front end in a thread of this process (so tests can size its limits and count its S3 requests)."""
     client = s3_client(AwsConfig(endpoint_url=endpoint, region="us-east-1"), counter)
     tree = ServedTree(client, MirrorLayout.create(BUCKET, prefix), cache)
-    server = MirrorHTTPServer(("127.0.0.1", 0), tree, max_connections, idle_timeout=5)
+    server = MirrorHTTPServer(
+        ("127.0.0.1", 0),
+        tree,
+        max_connections=max_connections,
+        max_connections_per_ip=max_connections,
+        idle_timeout=5,
+        header_timeout=5,
+    )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -49,8 +58,13 @@ def http_server(
         server.server_close()
 
 
-def request(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def request(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None, source: str | None = None
+) -> Response:
+    """One request on a connection of its own, from loopback address ``source`` when given (127.0.0.2, ...)."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=10, source_address=(source, 0) if source else None
+    )
     try:
         connection.request(method, path, headers=headers or {})
         response = connection.getresponse()
@@ -61,8 +75,12 @@ def request(port: int, path: str, method: str = "GET", headers: dict[str, str] |
 
 def raw_request(port: int, target: str) -> Response:
     """Send ``target`` exactly as written (http.client would refuse or re-encode some of the table's)."""
+    return _raw(port, f"GET {target} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n".encode())
+
+
+def _raw(port: int, sent: bytes) -> Response:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(sent)
         response = http.client.HTTPResponse(sock)
         response.begin()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
@@ -244,6 +262,195 @@ def test_connections_over_the_cap_get_503_and_slots_come_back(s3: Any, endpoint:
         held[1].close()
 
 
+def test_every_answer_carries_the_sandbox_csp_so_upstream_pages_cannot_script_the_mirror(
+    s3: Any, endpoint: str
+) -> None:
+    # GIVEN upstream HTML and SVG with scripts in them, and an index page of ours
+    put(s3, "pub/evil.html", b"<script>document.title='pwned'</script>", ContentType="text/html")
+    put(s3, "pub/evil.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>")
+    put(s3, "pub/dir/", b"<html>index</html>", ContentType="text/html; charset=utf-8")
+    with http_server(endpoint) as port:
+        etag = request(port, "/evil.html")[1]["etag"]
+        answers = {
+            "html": request(port, "/evil.html"),
+            "svg": request(port, "/evil.svg"),
+            "index": request(port, "/dir/"),
+            "not modified": request(port, "/evil.html", headers={"If-None-Match": etag}),
+            "missing": request(port, "/missing.html"),
+            "refused path": raw_request(port, "/%2e%2e/x.html"),
+            "too many headers": _raw(port, b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n"),
+        }
+    # THEN each says so, whatever produced it: scripts in it never run as the mirror's origin
+    assert {what: status for what, (status, _, _) in answers.items()} == {
+        "html": 200,
+        "svg": 200,
+        "index": 200,
+        "not modified": 304,
+        "missing": 404,
+        "refused path": 400,
+        "too many headers": 431,
+    }
+    for what, (_, headers, _) in answers.items():
+        assert headers.get("content-security-policy") == "sandbox allow-downloads", what
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "served"),
+    [
+        ({"Range": "bytes=" + "9" * 5000 + "-"}, 416, None),  # past any end, not a traceback
+        ({"Range": "bytes=" + "0" * 5000 + "5-"}, 206, b"56789"),  # leading zeros are still 5
+        ({"Range": "bytes=2-" + "9" * 5000}, 206, b"23456789"),
+        ({"Range": "bytes=-" + "9" * 5000}, 206, b"0123456789"),
+        ({"Range": "bytes=" + ",".join(["0-0"] * 15_000)}, 200, b"0123456789"),  # 60 KB of ranges: the file
+        ({"Range": "bytes=-0"}, 416, None),
+        ({"If-Modified-Since": "Fri, 14 Jul 99999999999999999999 02:40:00 GMT"}, 200, b"0123456789"),
+        ({"If-Modified-Since": "Mon, 01 Jan 2100 00:00:" + "9" * 30 + " GMT"}, 200, b"0123456789"),
+        ({"If-Modified-Since": "Mon, 01 Jan 2100 00:00:00 +" + "9" * 30}, 200, b"0123456789"),
+        ({"If-Modified-Since": "9" * 60_000}, 200, b"0123456789"),
+        ({"If-Modified-Since": "Mon, 01 Jan 2100 00:00:00 -0000"}, 304, b""),  # no zone: read as UTC
+        ({"Range": "bytes=0-1", "If-Range": "Fri, 14 Jul 99999999999999999999 02:40:00 GMT"}, 200, b"0123456789"),
+        ({"Content-Length": "9" * 5000}, 200, b"0123456789"),  # a body we never read: answered, then closed
+        ({"Content-Length": "-1"}, 400, None),
+        ({"Content-Length": "0x10"}, 400, None),
+        ({"Content-Length": "5, 6"}, 400, None),
+    ],
+)
+def test_numbers_in_headers_are_bounded_and_answered_as_rfc_9110_says(
+    s3: Any, endpoint: str, headers: dict[str, str], status: int, served: bytes | None
+) -> None:
+    put(s3, "pub/digits", b"0123456789")
+    with http_server(endpoint) as port:
+        answer = request(port, "/digits", headers=headers)
+        assert answer[0] == status
+        if served is not None:
+            assert answer[2] == served
+        assert request(port, "/digits")[2] == b"0123456789"  # and the server is still serving
+
+
+def test_a_request_announcing_a_body_is_answered_and_its_connection_closed(s3: Any, endpoint: str) -> None:
+    # GIVEN a GET whose "body" is a second request, on a keep-alive connection
+    put(s3, "pub/a", b"public")
+    put(s3, "pub/b", b"should not be answered")
+    smuggled = b"GET /b HTTP/1.1\r\nHost: mirror\r\n\r\n"
+    with http_server(endpoint) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = f"GET /a HTTP/1.1\r\nHost: mirror\r\nExpect: 100-continue\r\nContent-Length: {len(smuggled)}\r\n\r\n"
+        sock.sendall(head.encode() + smuggled)
+        received = _read_until_closed(sock)
+    # THEN /a is answered at once (no 100 Continue inviting the body), and the body is never read
+    # as a request: the connection closes after the one answer
+    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"public")
+    assert received.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in received
+
+
+def test_a_client_sending_its_headers_too_slowly_is_cut_off_at_the_header_deadline(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    with serve_cli("serve-http", endpoint, "--header-timeout", "1", "--idle-timeout", "60") as port:
+        # GIVEN a client that connects and sends nothing
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
+            # THEN it is disconnected at the header deadline, long before the idle timeout
+            assert _read_until_closed(silent) == b""
+            assert 0.9 < time.monotonic() - started < 30
+        # GIVEN a client that trickles a header byte every 0.2 s: each read is quick, their sum is not
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"GET /a HTTP/1.1\r\nHost: mirror\r\n")
+            # THEN it is disconnected too, unanswered, after a few of them
+            assert _trickle_until_closed(slow) in range(4, 30)
+        # GIVEN a keep-alive connection idle for longer than the header deadline between requests
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:
+            response = http.client.HTTPResponse(kept)
+            kept.sendall(b"GET /a HTTP/1.1\r\nHost: mirror\r\n\r\n")
+            response.begin()
+            assert response.read() == b"a"
+            time.sleep(1.5)
+            # THEN its next request is served: the deadline starts at a request's first byte
+            kept.sendall(b"GET /a HTTP/1.1\r\nHost: mirror\r\n\r\n")
+            response = http.client.HTTPResponse(kept)
+            response.begin()
+            assert response.read() == b"a"
+            # AND a request after that trickled in is cut off like the first one would be
+            kept.sendall(b"GET /a HTTP/1.1\r\n")
+            assert _trickle_until_closed(kept) in range(4, 30)
+
+
+def test_a_client_resetting_its_connection_mid_request_costs_no_traceback(
+    s3: Any, endpoint: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    put(s3, "pub/a", b"a")
+    with http_server(endpoint, max_connections=1) as port:
+        # GIVEN a client that resets its connection halfway through its headers
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: mir")
+            time.sleep(0.1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # WHEN the server is done with it (its only slot serves the next client)
+        deadline = time.monotonic() + 10
+        while request(port, "/a")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    # THEN nothing was printed about it
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_one_client_address_holds_at_most_its_cap_of_connections(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    cap = ("--max-connections-per-ip", "2", "--header-timeout", "60")
+    with serve_cli("serve-http", endpoint, *cap) as port:
+        # GIVEN 127.0.0.2 holding two connections, sending nothing
+        held = [_connect_from("127.0.0.2", port) for _ in range(2)]
+        # WHEN it opens a third THEN that one is told to come back, at once; another address is served
+        status, headers, _ = request(port, "/a", source="127.0.0.2")
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert request(port, "/a", source="127.0.0.3")[0] == 200
+        # AND once one of its connections closes, it is served again
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while request(port, "/a", source="127.0.0.2")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for sock in held:
+            sock.close()
+
+
+def test_slow_clients_holding_connections_do_not_keep_another_client_waiting(s3: Any, endpoint: str) -> None:
+    put(s3, "pub/a", b"a")
+    limits = ("--max-connections-per-ip", "2", "--max-connections", "32", "--header-timeout", "60")
+    with serve_cli("serve-http", endpoint, *limits) as port:
+        # GIVEN eight clients (127.0.0.2 to .9), each holding its cap of two connections and
+        # trickling header bytes into them
+        slow = [_connect_from(f"127.0.0.{n}", port) for n in range(2, 10) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(b"GET /a HTTP/1.1\r\n")
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for _ in range(240):  # at most a minute
+                for sock in slow:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"X")
+                if stop.wait(0.25):
+                    return
+
+        trickler = threading.Thread(target=trickle, daemon=True)
+        trickler.start()
+        try:
+            # WHEN another client asks for files
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            answers = []
+            for _ in range(20):
+                connection.request("GET", "/a")
+                answers.append(connection.getresponse().read())
+            connection.close()
+        finally:
+            stop.set()
+            trickler.join(10)
+        # THEN it got every answer while all sixteen slow connections were still held open
+        assert answers == [b"a"] * 20
+        assert [_still_open(sock) for sock in slow] == [True] * 16
+        for sock in slow:
+            sock.close()
+
+
 class _Clock:
     """A clock the test moves by hand, so cache expiry needs no sleeping."""
 
@@ -353,3 +560,48 @@ def _peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError("no VmHWM")
+
+
+def _connect_from(source: str, port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True while the server has neither answered nor closed the connection."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except ConnectionError:
+        return False
+    finally:
+        sock.settimeout(10)
+    return False
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closing)."""
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        except TimeoutError:
+            raise AssertionError(f"the server kept the connection open; it sent {received!r}") from None
+        if not chunk:
+            return received
+        received += chunk
+
+
+def _trickle_until_closed(sock: socket.socket) -> int:
+    """Send one header byte every 0.2 s until the server closes the connection (at most 30 s); the bytes sent."""
+    sent = 0
+    while sent < 150 and _still_open(sock):
+        with contextlib.suppress(OSError):  # the server may close between the check and the send
+            sock.sendall(b"X")
+        sent += 1
+        time.sleep(0.2)
+    assert _read_until_closed(sock) == b"", "the server answered a request whose headers never ended"
+    return sent

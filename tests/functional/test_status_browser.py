@@ -1,5 +1,7 @@
 """status.html opened in a real headless Chromium (Debian's ``chromium``, installed by ``make
-install``): what the browser parses (``--dump-dom``) and what it paints (``--screenshot``).
+install``): what the browser parses (``--dump-dom``) and what it paints (``--screenshot``); then
+the mirror's pages and upstream's as ``serve-http`` sends them, under its CSP sandbox, with a click
+driven over the DevTools pipe where a dump is not enough.
 
 Chromium only ever loads loopback: the page from a file or a server on 127.0.0.1, and every other
 request goes to a proxy address where nothing listens, so a stray fetch fails instead of leaving
@@ -7,13 +9,18 @@ the machine.
 """
 
 import http.server
+import json
+import os
 import re
+import select
 import shutil
 import struct
 import subprocess
 import threading
+import time
+import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,9 +28,13 @@ from typing import Any
 
 import pytest
 
-from mirrorkeeper.state import HealthState, HistoryPoint, ProtocolStatus, SyncOutcome
+from mirrorkeeper.content import INDEX_CONTENT_TYPE, render_index
+from mirrorkeeper.entries import Entry, EntryType
+from mirrorkeeper.serve.http import CONTENT_SECURITY_POLICY
+from mirrorkeeper.state import STATUS_HTML_PATH, HealthState, HistoryPoint, ProtocolStatus, SyncOutcome
 from mirrorkeeper.verify.health import HISTORY_SECONDS
 from mirrorkeeper.verify.status import BAR_HEIGHT, BAR_WIDTH, COLOURS, render_status_html
+from tests.support import BUCKET, serve_cli
 
 NOW = 1_780_000_000.0 + 1234
 HOUR = 3600.0
@@ -76,11 +87,8 @@ def chromium() -> str:
     return path
 
 
-def open_in_chromium(chromium: str, url: str, workdir: Path) -> tuple[str, bytes]:
-    """Load ``url`` once; return the DOM after parsing and a screenshot (PNG) of the window."""
-    shot = workdir / "shot.png"
-    command = [
-        chromium,
+def browser_flags(workdir: Path) -> list[str]:
+    return [
         "--headless",
         "--no-sandbox",  # tests run as root in containers, where the sandbox cannot start
         "--disable-gpu",
@@ -91,15 +99,81 @@ def open_in_chromium(chromium: str, url: str, workdir: Path) -> tuple[str, bytes
         "--hide-scrollbars",
         "--force-device-scale-factor=1",  # one CSS pixel = one image pixel, so widths can be measured
         f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        f"--screenshot={shot}",
-        "--dump-dom",
-        url,
     ]
+
+
+def open_in_chromium(chromium: str, url: str, workdir: Path) -> tuple[str, bytes]:
+    """Load ``url`` once; return the DOM after parsing and a screenshot (PNG) of the window."""
+    shot = workdir / "shot.png"
+    command = [chromium, *browser_flags(workdir), f"--screenshot={shot}", "--dump-dom", url]
     result = subprocess.run(command, capture_output=True, timeout=60, check=False)
     errors = result.stderr.decode(errors="replace")[-2000:]
     assert result.returncode == 0, f"chromium failed ({result.returncode}): {errors}"
     assert shot.exists(), f"chromium wrote no screenshot: {errors}"
     return result.stdout.decode(), shot.read_bytes()
+
+
+class DevTools:
+    """Chromium driven over its DevTools pipe, for what ``--dump-dom`` cannot do (click a link):
+    commands go in on the browser's fd 3, replies and events come out on fd 4, each JSON message
+    ending in a NUL byte (``--remote-debugging-pipe``)."""
+
+    def __init__(self, chromium: str, workdir: Path) -> None:
+        commands_in, self._commands = os.pipe()
+        self._replies, replies_out = os.pipe()
+        # bash (dash takes fds 0-9 only) puts the pipe ends where the browser looks for them, then becomes it.
+        remap = f'exec "$0" "$@" 3<&{commands_in} 4>&{replies_out} {commands_in}<&- {replies_out}>&-'
+        self._process = subprocess.Popen(
+            ["bash", "-c", remap, chromium, *browser_flags(workdir), "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(commands_in, replies_out),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(commands_in)
+        os.close(replies_out)
+        self._buffer = b""
+        self._received: list[dict[str, Any]] = []
+        self._last_id = 0
+
+    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+        self._last_id += 1
+        sent = {"id": self._last_id, "method": method, "params": params or {}}
+        if session is not None:
+            sent["sessionId"] = session
+        os.write(self._commands, json.dumps(sent).encode() + b"\0")
+        number = self._last_id
+        reply = self.wait_for(lambda message: message.get("id") == number)
+        assert reply is not None and "error" not in reply, (method, reply)
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    def wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any] | None:
+        """The first message so far, or arriving within ``timeout`` seconds, that is ``wanted``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for message in self._received[seen:]:
+                if wanted(message):
+                    return message
+            seen = len(self._received)
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._replies], [], [], left)[0]:
+                return None
+            chunk = os.read(self._replies, 1 << 16)
+            assert chunk, "the browser closed its DevTools pipe"
+            *complete, self._buffer = (self._buffer + chunk).split(b"\0")
+            self._received += [json.loads(raw) for raw in complete]
+
+    def close(self) -> None:
+        try:
+            os.write(self._commands, json.dumps({"id": 0, "method": "Browser.close"}).encode() + b"\0")
+            self._process.wait(20)
+        except (OSError, subprocess.TimeoutExpired):
+            self._process.kill()
+            self._process.wait(10)
+        finally:
+            os.close(self._commands)
+            os.close(self._replies)
 
 
 @pytest.fixture
@@ -300,3 +374,110 @@ def test_bars_survive_a_csp_that_forbids_inline_css(chromium: str, page_dir: Pat
     # (no red badge, no red history cells), which is drawn by SVG attributes, not CSS
     assert abs(pixels_of(pixels, DOWN) - BAR_WIDTH * BAR_HEIGHT) <= 2 * BAR_HEIGHT
     assert abs(bar_before_track(pixels, OK) - 15) <= 1
+
+
+# -- the mirror's pages and upstream's, as serve-http sends them -------------------------------------
+
+DOWNLOAD = bytes(range(256)) * 8
+EVIL_HTML = (
+    b'<!DOCTYPE html><html><head><meta charset="utf-8"><title>upstream</title></head><body>'
+    b'<p id="said">upstream text</p><script>document.title = "pwned";'
+    b'document.getElementById("said").textContent = "scripted";</script></body></html>'
+)
+EVIL_SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="40"><rect width="40" height="40" fill="#0a0"/>'
+    b'<script>document.documentElement.setAttribute("data-pwned", "yes")</script></svg>'
+)
+
+
+@pytest.fixture
+def served_pages(s3: Any, endpoint: str) -> Iterator[str]:
+    """``serve-http`` over the status page, an index page with a file, and upstream HTML and SVG
+    that carry scripts; yields its base URL."""
+    pages = {
+        STATUS_HTML_PATH: (render_status_html(constructed_state(), HOSTILE_NAME, HOUR, NOW), INDEX_CONTENT_TYPE),
+        "dir/": (
+            render_index("dir", [Entry("dir/file.bin", EntryType.FILE, len(DOWNLOAD), 1_600_000_000)], "test"),
+            INDEX_CONTENT_TYPE,
+        ),
+        "dir/file.bin": (DOWNLOAD, "application/octet-stream"),
+        "evil.html": (EVIL_HTML, "text/html"),
+        "evil.svg": (EVIL_SVG, "image/svg+xml"),
+    }
+    for path, (body, content_type) in pages.items():
+        s3.put_object(Bucket=BUCKET, Key="pub/" + path, Body=body, ContentType=content_type)
+    with serve_cli("serve-http", endpoint) as port:
+        yield f"http://127.0.0.1:{port}/"
+
+
+def test_status_and_index_pages_render_under_the_sandbox(chromium: str, served_pages: str, tmp_path: Path) -> None:
+    # GIVEN the status page as serve-http sends it, with the sandbox CSP
+    url = served_pages + STATUS_HTML_PATH
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    # WHEN Chromium loads it
+    markup, png = open_in_chromium(chromium, url, tmp_path)
+    pixels = decode_png(png)
+    # THEN the data is there, the bars are drawn, and the inline stylesheet applied: red badges and
+    # history cells besides the down bar
+    assert [n.attrs["data-level"] for n in dom_of(markup).find("tr", **{"class": "protocol"})] == ["ok", "down"]
+    assert abs(bar_before_track(pixels, OK) - 15) <= 1
+    assert pixels_of(pixels, DOWN) > BAR_WIDTH * BAR_HEIGHT + 4 * BAR_HEIGHT
+    # AND an index page lists its file
+    index = dom_of(open_in_chromium(chromium, served_pages + "dir/", tmp_path / "index")[0])
+    assert [a.attrs["href"] for a in index.find("a")] == ["../", "file.bin"]
+
+
+def test_scripts_in_upstream_html_and_svg_do_not_run(chromium: str, served_pages: str, tmp_path: Path) -> None:
+    # GIVEN upstream pages whose scripts do run when opened as files (no CSP)
+    (tmp_path / "evil.html").write_bytes(EVIL_HTML)
+    (tmp_path / "evil.svg").write_bytes(EVIL_SVG)
+    unsandboxed_html = dom_of(open_in_chromium(chromium, (tmp_path / "evil.html").as_uri(), tmp_path / "a")[0])
+    assert unsandboxed_html.find("title")[0].content() == "pwned"
+    assert 'data-pwned="yes"' in open_in_chromium(chromium, (tmp_path / "evil.svg").as_uri(), tmp_path / "b")[0]
+    # WHEN serve-http sends them
+    html_dom = dom_of(open_in_chromium(chromium, served_pages + "evil.html", tmp_path / "c")[0])
+    svg_markup = open_in_chromium(chromium, served_pages + "evil.svg", tmp_path / "d")[0]
+    # THEN their scripts did nothing
+    assert html_dom.find("title")[0].content() == "upstream"
+    assert html_dom.find("p", id="said")[0].content() == "upstream text"
+    assert "<svg" in svg_markup and 'data-pwned="yes"' not in svg_markup
+
+
+def test_a_click_on_a_sandboxed_index_page_downloads_the_file(chromium: str, served_pages: str, tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+    browser = DevTools(chromium, tmp_path)
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        browser.call(
+            "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads), "eventsEnabled": True}
+        )
+        browser.call("Page.enable", session=session)
+        # GIVEN an index page as serve-http sends it, with the sandbox CSP
+        browser.call("Page.navigate", {"url": served_pages + "dir/"}, session)
+        assert browser.wait_for(lambda message: message.get("method") == "Page.loadEventFired")
+        document = browser.call("DOM.getDocument", session=session)["root"]["nodeId"]
+        link = browser.call("DOM.querySelector", {"nodeId": document, "selector": 'a[href="file.bin"]'}, session)
+        quad = browser.call("DOM.getContentQuads", {"nodeId": link["nodeId"]}, session)["quads"][0]
+        # WHEN someone clicks the file's link
+        for kind in ("mousePressed", "mouseReleased"):
+            click = {
+                "type": kind,
+                "x": sum(quad[0::2]) / 4,
+                "y": sum(quad[1::2]) / 4,
+                "button": "left",
+                "clickCount": 1,
+            }
+            browser.call("Input.dispatchMouseEvent", click, session)
+        # THEN the browser downloads it (a sandbox without allow-downloads would refuse to)
+        finished = browser.wait_for(
+            lambda message: (
+                message.get("method") == "Browser.downloadProgress" and message["params"]["state"] != "inProgress"
+            )
+        )
+    finally:
+        browser.close()
+    assert finished is not None, "no download finished"
+    assert finished["params"]["state"] == "completed"
+    assert (downloads / "file.bin").read_bytes() == DOWNLOAD

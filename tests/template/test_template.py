@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mirrorkeeper.serve.http import CONTENT_SECURITY_POLICY
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS
 from mirrorkeeper.verify.events import DiffInput, ScheduledVerify, parse_event
 from tests.template.cfn import ROOT, SAM_PYTHON, Resolver, policy_statements, references, resources_of_type
@@ -228,6 +229,18 @@ def test_bucket_policy_lets_only_this_distribution_get_and_list(template: dict[s
     assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     origin = props(template, "Distribution")["DistributionConfig"]["Origins"][0]
     assert origin["OriginPath"] == "/pub" and origin["OriginAccessControlId"]
+
+
+def test_every_cloudfront_answer_carries_serve_https_sandbox_csp(template: dict[str, Any]) -> None:
+    # GIVEN the one response headers policy
+    policy = props(template, "ResponseHeadersPolicy")["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
+    # THEN it sends serve-http's CSP, replacing anything the origin might send
+    assert policy["ContentSecurityPolicy"] == {"ContentSecurityPolicy": CONTENT_SECURITY_POLICY, "Override": True}
+    assert CONTENT_SECURITY_POLICY.split()[0] == "sandbox" and "allow-scripts" not in CONTENT_SECURITY_POLICY
+    # AND every path gets it: CloudFront cannot pick a header by content type, and upstream HTML can be anywhere
+    config = props(template, "Distribution")["DistributionConfig"]
+    for behavior in [config["DefaultCacheBehavior"], *config["CacheBehaviors"]]:
+        assert behavior["ResponseHeadersPolicyId"] == {"Ref": "ResponseHeadersPolicy"}, behavior.get("PathPattern")
 
 
 def test_bucket_is_private_owner_enforced_encrypted_and_versioned(template: dict[str, Any]) -> None:

@@ -577,6 +577,16 @@ SETTINGS: tuple[Setting, ...] = (
         default_text="300",
     ),
     Setting(
+        "header_timeout",
+        duration(0.0, 3600.0),
+        20.0,
+        "seconds a client has to send a request's line and headers, counted from connecting (or, on a "
+        "kept-alive connection, from the request's first byte); slower ones are disconnected",
+        frozenset({SERVE_HTTP}),
+        LISTENING,
+        default_text="20",
+    ),
+    Setting(
         "cache_ttl",
         duration(zero=True, high=86400.0),
         10.0,
@@ -590,9 +600,9 @@ SETTINGS: tuple[Setting, ...] = (
         "max_connections_per_ip",
         count(1, 100_000),
         16,
-        "sessions one client address may hold",
-        frozenset({SERVE_FTP}),
-        FTP,
+        "connections (FTP: sessions) one client address may hold; serve-http counts an IPv6 client's whole /64",
+        SERVE,
+        LISTENING,
     ),
     Setting(
         "passive_ports",
@@ -994,6 +1004,7 @@ class ServeConfig:
     max_connections: int = default("max_connections")
     max_connections_per_ip: int = default("max_connections_per_ip")
     idle_timeout: float = default("idle_timeout")
+    header_timeout: float = default("header_timeout")
     mirror_name: str = ""
     passive_ports: tuple[int, int] | None = default("passive_ports")
     masquerade_address: str | None = None

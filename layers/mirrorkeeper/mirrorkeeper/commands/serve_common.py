@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from mirrorkeeper.aws import check_bucket, s3_client
 from mirrorkeeper.config import ServeConfig, flags_of, resolve, serve_config
@@ -19,3 +20,9 @@ def start_serving(command: str, args: argparse.Namespace) -> tuple[ServeConfig, 
     check_bucket(client, config.layout.bucket)
     cache = ObjectCache(config.cache_ttl) if config.cache_ttl > 0 else None
     return config, ServedTree(client, config.layout, cache)
+
+
+def listening_url(scheme: str, address: tuple[Any, ...]) -> str:
+    """The URL a server bound to ``address`` (a socket address) answers on; an IPv6 host in brackets."""
+    host, port = address[0], address[1]
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"

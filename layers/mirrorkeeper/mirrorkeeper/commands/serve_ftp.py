@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from mirrorkeeper.commands.serve_common import start_serving
+from mirrorkeeper.commands.serve_common import listening_url, start_serving
 from mirrorkeeper.config import SERVE_FTP, add_flags
 from mirrorkeeper.serve.ftp import make_server
 
@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
         config.passive_ports,
         config.masquerade_address,
     )
-    host, port = server.address[:2]
-    log.info("serving FTP", extra={"url": f"ftp://{host}:{port}/", "bucket": config.layout.bucket})
+    log.info("serving FTP", extra={"url": listening_url("ftp", server.address), "bucket": config.layout.bucket})
     try:
         server.serve_forever(handle_exit=False)
     except KeyboardInterrupt:
