@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mirrorkeeper.display import human_age
-from mirrorkeeper.s3errors import aws_errors
 from mirrorkeeper.names import printable
+from mirrorkeeper.s3errors import aws_errors
 from mirrorkeeper.state import HealthState, Level, SyncOutcome
 from mirrorkeeper.verify.health import OVERALL, Assessment
 from mirrorkeeper.verify.history import Notice, changed_components
