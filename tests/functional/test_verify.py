@@ -351,7 +351,7 @@ def test_unreachable_s3_is_one_line_and_exit_1() -> None:
     # THEN the diff and probe steps are recorded as failed, and publishing health fails in one line
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("mirrorkeeper verify: error: the S3 request") and "--endpoint-url" in last
+    assert last.startswith("mirrorkeeper verify: error: cannot reach the AWS endpoint") and "--endpoint-url" in last
     assert "Traceback" not in result.stderr
 
 
