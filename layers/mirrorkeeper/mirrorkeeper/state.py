@@ -829,6 +829,21 @@ class StateStore:
 
     # -- our public files
 
+    def published_at(self, path: str) -> float | None:
+        """When the served file of ours at ``path`` (the trace) was written: its mtime, or None."""
+        key = self.layout.served_key(path)
+        with s3_errors(f"read {self._url(key)}"):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if is_missing(exc):
+                    return None
+                raise
+        try:
+            return float(head.get("Metadata", {})[MTIME_META])
+        except (KeyError, ValueError):
+            return float(head["LastModified"].timestamp())
+
     def publish(self, path: str, body: bytes, content_type: str) -> None:
         """Put a file of ours (the status page) into the served tree, never cached for long."""
         self._put(self.layout.served_key(path), body, content_type, CacheControl=FRESH_CACHE_CONTROL)
