@@ -21,7 +21,7 @@ from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.verify.alerts import SnsNotifier
 from mirrorkeeper.verify.events import InvalidEventError
 from mirrorkeeper.verify.metrics import CloudWatchSink
-from mirrorkeeper.verify.workflow import Deps, cli_trigger, run_chain
+from mirrorkeeper.verify.workflow import Deps, cli_trigger, publish_host, run_chain
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import openvz_like
 from tests.faultproxy import fault_proxy
@@ -133,11 +133,13 @@ def test_a_healthy_mirror_is_ok_emits_metrics_publishes_status_and_sends_nothing
     assert state["drift"]["drift"] == 0 and state["drift"]["completion_pct"] == 100.0
     # AND no message was sent
     assert mirror.messages() == []
-    # AND metrics reached CloudWatch with the Mirror and Protocol dimensions the alarms use
+    # AND the mirror's two metrics reached CloudWatch, and the host's step adds the host-wide set the
+    # alarms use (per protocol, with no Mirror dimension)
+    publish_host({"trigger": state["trigger"], "results": [{"mirror": "", "health": state["health"]}]}, mirror.deps())
     cloudwatch = boto3.client("cloudwatch", endpoint_url=mirror.endpoint)
     fresh = cloudwatch.list_metrics(Namespace=NAMESPACE, MetricName="FreshnessSeconds")["Metrics"]
-    protocols = {d["Value"] for m in fresh for d in m["Dimensions"] if d["Name"] == "Protocol"}
-    assert protocols == {"http", "ftp"}
+    assert {d["Value"] for m in fresh for d in m["Dimensions"] if d["Name"] == "Mirror"} == {"test mirror"}
+    assert {d["Value"] for m in fresh for d in m["Dimensions"] if d["Name"] == "Protocol"} == {"http", "ftp"}
     assert cloudwatch.list_metrics(Namespace=NAMESPACE, MetricName="SyncDurationSeconds")["Metrics"]
     # AND the status page is served by the front end itself
     status = mirror.s3.get_object(Bucket=BUCKET, Key="pub/.mirrorkeeper/status.json")
@@ -327,13 +329,13 @@ def test_the_lambdas_in_state_machine_order_agree_with_mirrorkeeper_verify(
     assert levels(deployed) == levels(local) == {"http": "ok", "ftp": "ok", "mirror": "degraded", "overall": "degraded"}
     assert [f["reason"] for f in deployed["health"]["findings"]] == [f["reason"] for f in local["health"]["findings"]]
     assert len(mirror.messages()) == 2  # one per run: each started from an empty history
-    # AND the Lambda's metrics left as EMF with exactly the Mirror / Protocol dimension sets
+    # AND the mirror's Lambda sent its two metrics as EMF, with the Mirror dimension alone
     dimension_sets = {
         tuple(dims) for doc in emitted for block in doc["_aws"]["CloudWatchMetrics"] for dims in block["Dimensions"]
     }
-    assert ("Mirror",) in dimension_sets and ("Mirror", "Protocol") in dimension_sets
+    assert dimension_sets == {("Mirror",)}
     names = {m["Name"] for doc in emitted for block in doc["_aws"]["CloudWatchMetrics"] for m in block["Metrics"]}
-    assert {"HealthLevel", "FreshnessSeconds", "MissingFileCheck", "SyncFailed", "CompletionPercent"} <= names
+    assert names == {"HealthLevel", "FreshnessSeconds"}
 
 
 def test_a_malformed_event_is_refused_with_the_field_named(lambda_env: dict[str, Any]) -> None:

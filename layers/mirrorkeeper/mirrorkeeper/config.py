@@ -1397,6 +1397,8 @@ class VerifyConfig:
     download_max_bytes: int = default("download_max_bytes")
     reminder_interval: float = default("reminder_interval")
     cache_grace: float = default("cache_grace")
+    host_name: str = ""
+    host_url: str = ""  # the host's HTTP root, where its front page is (http_url is this mirror's)
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -1411,12 +1413,22 @@ def load_verify_config(flags: Mapping[str, Any], environ: Mapping[str, str] | No
 
 def verify_config(values: Mapping[str, Any]) -> VerifyConfig:
     layout = load_layout(values)
+
+    def under(url: str) -> str:
+        """The host's URL of a protocol, made this mirror's: its path below the root."""
+        return url + layout.path + "/" if url and layout.path else url
+
     config = pick(
         VerifyConfig,
         values,
         layout=layout,
         aws=load_aws_config(values),
-        mirror_name=values["mirror_name"] or layout.bucket,
+        mirror_name=values["mirror_name"] or values.get("mirror") or layout.bucket,
+        http_url=under(values["http_url"]),
+        ftp_url=under(values["ftp_url"]),
+        rsync_url=under(values["rsync_url"]),
+        host_name=values["host_name"] or layout.bucket,
+        host_url=values["http_url"],
     )
     if not config.endpoints:
         raise ConfigError(

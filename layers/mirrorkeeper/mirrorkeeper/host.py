@@ -147,16 +147,10 @@ class MirrorEntry:
 def mirror_entries(
     command: str, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> list[tuple[MirrorEntry, dict[str, Any]]]:
-    """Each mirror of the host's config file (``--mirror`` alone when given), with its settings."""
+    """Every mirror of the host's config file, in its order, with its settings ([] for a host of one)."""
     environ = os.environ if environ is None else environ
     file = read_config(command, flags, environ)
-    chosen = resolve(command, flags, environ).get("mirror")
-    names = [chosen] if chosen else list(file.mirrors)
-    found = []
-    for name in names:
-        values = resolve(command, flags, environ, mirror=name)
-        found.append((entry_of(values), values))
-    return found
+    return [(entry_of(values), values) for values in (resolve(command, flags, environ, mirror=n) for n in file.mirrors)]
 
 
 def entry_of(values: Mapping[str, Any]) -> MirrorEntry:

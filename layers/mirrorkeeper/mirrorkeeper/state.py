@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mirrorkeeper.content import INDEX_CACHE_CONTROL, INDEX_CONTENT_TYPE
 from mirrorkeeper.display import iso
 from mirrorkeeper.entries import Entry
 from mirrorkeeper.errors import MirrorkeeperError, StateConflictError, StorageError
@@ -843,6 +844,11 @@ class StateStore:
             return float(head.get("Metadata", {})[MTIME_META])
         except (KeyError, ValueError):
             return float(head["LastModified"].timestamp())
+
+    def publish_page(self, directory: str, page: bytes) -> None:
+        """A directory's index page of ours (the host's front page: directory '')."""
+        key = self.layout.directory_key(directory)
+        self._put(key, page, INDEX_CONTENT_TYPE, CacheControl=INDEX_CACHE_CONTROL)
 
     def publish(self, path: str, body: bytes, content_type: str) -> None:
         """Put a file of ours (the status page) into the served tree, never cached for long."""

@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from mirrorkeeper.host import entry_of, mirror_entries, summarise_all
 
     flags = flags_of(args)
-    entries = mirror_entries(MIRRORS, flags)
     values = resolve(MIRRORS, flags)
+    entries = [(e, v) for e, v in mirror_entries(MIRRORS, flags) if e.name == values["mirror"] or not values["mirror"]]
     if not entries:
         if not values["upstream"] and not values["bucket"]:
             raise ConfigError("no mirror to list: give the host's --config, or --bucket for a host of one")

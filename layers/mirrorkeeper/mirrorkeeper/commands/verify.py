@@ -61,17 +61,36 @@ def _read_event(path: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mirrorkeeper.host import mirror_entries
     from mirrorkeeper.verify.summary import print_verify_summary
-    from mirrorkeeper.verify.workflow import Deps, cli_trigger, run_chain
+    from mirrorkeeper.verify.workflow import Deps, cli_trigger, run_host
 
-    values = resolve(VERIFY, flags_of(args))
-    config = verify_config(values)
+    flags = flags_of(args)
+    values = resolve(VERIFY, flags)
     setup_logging(values["log_format"], values["log_level"])
+    entries = mirror_entries(VERIFY, flags)
+    host_values = resolve(VERIFY, flags, mirror="") if entries else values
+    host_deps = Deps.create(verify_config(host_values), values["metrics"], mirrors=[entry for entry, _ in entries])
+    settings = {entry.name: mirror_values for entry, mirror_values in entries}
+
+    def mirror_deps(name: str) -> Deps:
+        return Deps.create(verify_config(settings[name]), values["metrics"]) if name else host_deps
+
     trigger = _read_event(values["event"]) if values["event"] else cli_trigger(time.time())
-    state = run_chain(trigger, Deps.create(config, values["metrics"]))
+    result = run_host(trigger, host_deps, mirror_deps, only=values["mirror"] if entries else "")
+    states = result["mirrors"]
     if values["json"]:
-        json.dump(state, sys.stdout, indent=2, ensure_ascii=False, default=str)
+        # A host of one prints its one mirror's document, as it always has; a host, every mirror's and its own.
+        json.dump(states[0] if not entries else result, sys.stdout, indent=2, ensure_ascii=False, default=str)
         sys.stdout.write("\n")
     else:
-        print_verify_summary(state, config.mirror_name)
-    return int(ExitCode.OK) if state["health"]["overall"] == "ok" else int(ExitCode.FAILURE)
+        for state in states:
+            print_verify_summary(state, state["mirror"] or host_deps.config.mirror_name)
+        if entries:
+            host = result["host"]
+            print(
+                f"\nhost: {host['mirrors']} mirrors checked, not ok: {', '.join(host['not_ok']) or 'none'}; "
+                f"front page {host['front_page']}"
+            )
+    healthy = all(state["health"]["overall"] == "ok" for state in states)
+    return int(ExitCode.OK) if healthy else int(ExitCode.FAILURE)

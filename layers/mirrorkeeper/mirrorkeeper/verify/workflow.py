@@ -19,12 +19,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkeeper.aws import S3Client, s3_client, service_client
 from mirrorkeeper.config import VerifyConfig
-from mirrorkeeper.errors import ExitCode, StateConflictError
+from mirrorkeeper.errors import ConfigError, ExitCode, StateConflictError
+from mirrorkeeper.host import MirrorEntry, summarise_all
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.s3errors import s3_errors
 from mirrorkeeper.state import (
@@ -41,21 +43,32 @@ from mirrorkeeper.verify.drift import DriftReport, diff_mirror
 from mirrorkeeper.verify.events import (
     DiffInput,
     EcsTaskStateChange,
+    HostInput,
     InvalidEventError,
+    ListInput,
     ProbeInput,
     ProbeRun,
     PublishInput,
     StepError,
     parse_event,
 )
+from mirrorkeeper.verify.frontpage import MIRRORS_JSON_PATH, directory_pages, render_front_page, render_mirrors_json
 from mirrorkeeper.verify.health import OVERALL, assess, sync_from_exit
 from mirrorkeeper.verify.history import decide_notice, next_state
-from mirrorkeeper.verify.metrics import CloudWatchSink, EmfSink, MetricsSink, health_metrics
+from mirrorkeeper.verify.metrics import (
+    CloudWatchSink,
+    EmfSink,
+    MetricsSink,
+    host_points,
+    mirror_figures,
+    mirror_points,
+)
 from mirrorkeeper.verify.probes import choose_sample, probe_all
 from mirrorkeeper.verify.status import render_status_html, render_status_json
 
 log = logging.getLogger(__name__)
 SYNC_CONTAINER = "sync"
+MAP_CONCURRENCY = 10  # mirrors checked at once (the state machine's Map has the same bound)
 STATE_WRITE_ATTEMPTS = 3
 
 
@@ -70,13 +83,17 @@ class Deps:
     notifier: Notifier
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    # The host's mirrors (its config file), for the host's steps: which to check, and its front page.
+    mirrors: list[MirrorEntry] = field(default_factory=list)
 
     @property
     def store(self) -> StateStore:
         return StateStore(self.s3, self.config.layout)
 
     @classmethod
-    def create(cls, config: VerifyConfig, metrics: str = "cloudwatch") -> Deps:
+    def create(
+        cls, config: VerifyConfig, metrics: str = "cloudwatch", mirrors: list[MirrorEntry] | None = None
+    ) -> Deps:
         """``metrics``: "emf" in Lambda (stdout), "cloudwatch" elsewhere (PutMetricData), or "none"."""
         sink: MetricsSink
         if metrics == "emf":
@@ -88,7 +105,7 @@ class Deps:
         notifier: Notifier = (
             SnsNotifier(service_client("sns", config.aws), config.topic_arn) if config.topic_arn else LogNotifier()
         )
-        return cls(config, s3_client(config.aws), sink, notifier)
+        return cls(config, s3_client(config.aws), sink, notifier, mirrors=mirrors or [])
 
 
 class _NoMetrics:
@@ -257,12 +274,15 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
         render_status_html(state, config.mirror_name, config.sync_interval, now),
         "text/html; charset=utf-8",
     )
-    deps.metrics.emit(health_metrics(config.mirror_name, assessment, drift, probes, sync, new_report))
+    figures = mirror_figures(assessment, drift, probes, sync, new_report)
+    deps.metrics.emit(mirror_points(config.mirror_name, figures))
     log.info(
         "health published",
         extra={"overall": assessment.overall.label, "notice": notice.value if notice else None},
     )
     return {
+        "mirror": parsed.mirror,
+        "figures": figures,
         "overall": assessment.overall.label,
         "levels": state.levels,
         "findings": [f.to_json() for f in assessment.findings],
@@ -271,6 +291,64 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
         "previous_overall": previous.levels.get(OVERALL, "ok"),
         "status_page": status_url or STATUS_HTML_PATH,
     }
+
+
+# -- the host: which mirrors to check, then what all of them add up to ----------------------------
+
+
+def list_mirrors(event: Any, deps: Deps) -> dict[str, Any]:
+    """The mirrors this run checks: the one whose sync task just stopped, else every enabled, unpaused
+    mirror of the host ('' for a host of one)."""
+    parsed = parse_event(ListInput, event)
+    if parsed.only:
+        if parsed.only not in {m.name for m in deps.mirrors}:
+            raise ConfigError(f"no mirror {parsed.only!r} in the host's config file")
+        return {"mirrors": [{"mirror": parsed.only}]}
+    synced = parsed.trigger.detail.mirror if isinstance(parsed.trigger, EcsTaskStateChange) else None
+    live = [m.name for m in deps.mirrors if m.enabled and not m.paused]
+    if synced is not None and synced in live:
+        live = [synced]
+    return {"mirrors": [{"mirror": name} for name in live] if deps.mirrors else [{"mirror": ""}]}
+
+
+def publish_host(event: Any, deps: Deps) -> dict[str, Any]:
+    """Host-wide metrics from every mirror's figures (the fixed set the alarms watch) and, for a host of
+    several mirrors, its front page and ``/.mirrorkeeper/mirrors.json``."""
+    parsed = parse_event(HostInput, event)
+    figures = [r.health["figures"] for r in parsed.results if "figures" in r.health]
+    failed = [r.mirror for r in parsed.results if "figures" not in r.health]
+    deps.metrics.emit(host_points(figures))
+    not_ok = [r.mirror for r in parsed.results if r.health.get("overall", "ok") != "ok"]
+    front_page = ""
+    if deps.mirrors:
+        now = deps.clock()
+        summaries = summarise_all(deps.s3, deps.mirrors, now)
+        host = StateStore(deps.s3, deps.config.layout.host)
+        host_name = deps.config.host_name or deps.config.layout.bucket
+        host.publish_page("", render_front_page(host_name, summaries, now))
+        for directory, page in directory_pages(host_name, summaries, now).items():
+            host.publish_page(directory, page)
+        host.publish(MIRRORS_JSON_PATH, render_mirrors_json(summaries), "application/json")
+        front_page = deps.config.host_url or "/"
+    log.info("host published", extra={"mirrors": len(parsed.results), "not_ok": not_ok, "failed_steps": failed})
+    return {"mirrors": len(parsed.results), "not_ok": not_ok, "failed_steps": failed, "front_page": front_page}
+
+
+def run_host(
+    trigger: dict[str, Any], host_deps: Deps, mirror_deps: Callable[[str], Deps], only: str = ""
+) -> dict[str, Any]:
+    """What the deployed workflow does, in-process: list the mirrors, check each (several at once, as
+    the state machine's Map does), then the host's step. ``mirror_deps`` gives a mirror's Deps."""
+    listed = list_mirrors({"trigger": trigger, "only": only}, host_deps)["mirrors"]
+
+    def check(item: dict[str, str]) -> dict[str, Any]:
+        return run_chain(trigger, mirror_deps(item["mirror"]), item["mirror"])
+
+    with ThreadPoolExecutor(max(1, min(MAP_CONCURRENCY, len(listed))), thread_name_prefix="mirror") as pool:
+        states = list(pool.map(check, listed))
+    results = [{"mirror": state["mirror"], "health": state["health"]} for state in states]
+    host = publish_host({"trigger": trigger, "results": results}, host_deps)
+    return {"trigger": trigger, "mirrors": states, "host": host}
 
 
 # -- the chain ----------------------------------------------------------------------------------
@@ -291,9 +369,9 @@ STEPS = (
 )
 
 
-def run_chain(trigger: dict[str, Any], deps: Deps) -> dict[str, Any]:
-    """What the state machine does, in-process: returns the final state document."""
-    state: dict[str, Any] = {"trigger": trigger}
+def run_chain(trigger: dict[str, Any], deps: Deps, mirror: str = "") -> dict[str, Any]:
+    """What the state machine does for one mirror, in-process: returns the final state document."""
+    state: dict[str, Any] = {"trigger": trigger, "mirror": mirror}
     parse_event(DiffInput, state)  # a bad trigger stops here, as the first Lambda would refuse it
     for step in STEPS:
         try:
