@@ -1,9 +1,13 @@
 """A mirror host: two mirrors from two modules of one real rsync daemon, synced by the real CLI into
 one bucket on the moto server, each under its path; `mirrorkeeper mirrors` lists them."""
 
+import ftplib
 import json
+import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ import pytest
 
 from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from mirrorkeeper_dev.sampletree import openvz_like, write_file
-from tests.support import BUCKET, cli_env, run_cli, served_objects
+from tests.support import BUCKET, cli_env, run_cli, serve_cli, served_objects
 
 
 @pytest.fixture
@@ -141,3 +145,61 @@ def test_mirrors_lists_each_mirror_with_tunasyncs_fields(host: Any, s3: Any, end
     assert listed["debian"]["status"] == "failed" and listed["debian"]["last_ended_ts"] == 0  # never synced
     table = run_cli(["mirrors", "--config", str(config)], endpoint)
     assert table.returncode == 0 and table.stdout.splitlines()[1].split()[:3] == ["openvz", "/openvz/", "success"]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_verify_checks_every_mirror_and_the_front_page_lists_them(host: Any, s3: Any, endpoint: str) -> None:
+    write, *_ = host
+    # GIVEN a host of three mirrors, one of whose upstream is gone, synced and served over HTTP and FTP
+    config = write('\n[mirrors.gone]\nupstream = "rsync://127.0.0.1:1/nothing/"\n')
+    assert run_cli(["sync", "--config", str(config), "--all"], endpoint).returncode == 1
+    with serve_cli("serve-http", endpoint) as http_port, serve_cli("serve-ftp", endpoint) as ftp_port:
+        http = f"http://127.0.0.1:{http_port}/"
+        urls = ["--http-url", http, "--ftp-url", f"ftp://127.0.0.1:{ftp_port}/"]
+        # WHEN verify runs over the host
+        result = run_cli(["verify", "--config", str(config), *urls, "--json"], endpoint)
+        # THEN every mirror is checked under its own path, and only the broken one is not ok (exit 1)
+        assert result.returncode == 1, result.stderr
+        document = json.loads(result.stdout)
+        overall = {state["mirror"]: state["health"]["overall"] for state in document["mirrors"]}
+        assert overall == {"openvz": "ok", "debian": "ok", "gone": "degraded"}  # never published
+        assert document["host"]["not_ok"] == ["gone"]
+        probed = {e["url"] for s in document["mirrors"] if s["mirror"] == "debian" for e in s["probes"]["endpoints"]}
+        assert probed == {http + "debian/", f"ftp://127.0.0.1:{ftp_port}/debian/"}
+        # AND the front page lists them, linking the published ones, with no script (only JSON data)
+        status, page = http_get(http)
+        assert status == 200 and set(re.findall(rb"<script[^>]*>", page)) == {
+            b'<script type="application/json" id="mirrorkeeper-entries">'
+        }
+        assert b'href="/openvz/"' in page and b'href="/debian/"' in page and b'href="/gone/"' not in page
+        assert b'data-mirror="gone"' in page
+        # AND mirrors.json carries tunasync's fields for tools
+        status, body = http_get(http + ".mirrorkeeper/mirrors.json")
+        listed = {m["name"]: m for m in json.loads(body)}
+        assert status == 200 and {n: m["status"] for n, m in listed.items()} == {
+            "openvz": "success",
+            "debian": "success",
+            "gone": "failed",
+        }
+        assert listed["debian"]["upstream"].endswith("/debian/") and listed["openvz"]["last_update_ts"] > 0
+        # AND each mirror keeps its own status page under its path
+        assert http_get(http + "openvz/.mirrorkeeper/status.html")[0] == 200
+        assert b"debian" in http_get(http + "debian/.mirrorkeeper/status.json")[1]
+        # AND an FTP client lists the published mirrors at the root
+        with ftplib.FTP() as ftp:
+            ftp.connect("127.0.0.1", ftp_port, timeout=10)
+            ftp.login()
+            assert {"openvz", "debian"} <= set(ftp.nlst())
+            # (the broken mirror's directory holds its status page alone)
+            assert ftp.nlst("gone") in (["gone/.mirrorkeeper"], [".mirrorkeeper"])
+        # WHEN verify is asked for one mirror THEN it checks that one alone
+        one = run_cli(["verify", "--config", str(config), *urls, "--mirror", "debian", "--json"], endpoint)
+        assert one.returncode == 0, one.stderr
+        assert [state["mirror"] for state in json.loads(one.stdout)["mirrors"]] == ["debian"]

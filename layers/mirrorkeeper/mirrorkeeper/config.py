@@ -1044,12 +1044,14 @@ def resolve(
     fallback: Mapping[str, Any] | None = None,
     settings: Iterable[Setting] = SETTINGS,
     mirror: str | None = None,
+    file: "ConfigFile | None" = None,
 ) -> dict[str, Any]:
     """Every setting of ``command``: flag, environment, the config file (``mirror``'s table first, then
-    the host's), ``fallback``, default; parsed and checked. ``mirror`` defaults to the --mirror setting."""
+    the host's), ``fallback``, default; parsed and checked. ``mirror`` defaults to the --mirror setting;
+    ``file``, the config file already read (else it is read here)."""
     env = os.environ if environ is None else environ
     declared = settings_for(command, settings)
-    file = read_config(command, flags, env, settings)
+    file = read_config(command, flags, env, settings) if file is None else file
     if mirror is None and "mirror" in declared:
         mirror = _value(declared["mirror"], command, flags, env, file.host, {}) or None
     table = file.mirror_table(mirror) if mirror else {}

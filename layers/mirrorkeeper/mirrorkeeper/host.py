@@ -91,6 +91,8 @@ class MirrorSummary:
     files: int | None = None
     next_schedule: float | None = None
     health: dict[str, str] = field(default_factory=dict)
+    checked_at: float = 0.0  # its last verify, and that check's figures (for the host's metrics)
+    figures: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -150,7 +152,8 @@ def mirror_entries(
     """Every mirror of the host's config file, in its order, with its settings ([] for a host of one)."""
     environ = os.environ if environ is None else environ
     file = read_config(command, flags, environ)
-    return [(entry_of(values), values) for values in (resolve(command, flags, environ, mirror=n) for n in file.mirrors)]
+    resolved = (resolve(command, flags, environ, mirror=name, file=file) for name in file.mirrors)
+    return [(entry_of(values), values) for values in resolved]
 
 
 def entry_of(values: Mapping[str, Any]) -> MirrorEntry:
@@ -183,7 +186,7 @@ def summarise(client: S3Client, mirror: MirrorEntry, now: float) -> MirrorSummar
     if meta is not None and meta.totals is not None:
         summary.files, summary.size, _ = meta.totals
     health, _ = state.read_health()
-    summary.health = dict(health.levels)
+    summary.health, summary.checked_at, summary.figures = dict(health.levels), health.checked_at, health.figures
     if mirror.schedule is not None and mirror.enabled and not mirror.paused:
         summary.next_schedule = mirror.schedule.next_after(now)
     return summary

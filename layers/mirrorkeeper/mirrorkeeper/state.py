@@ -475,6 +475,9 @@ class HealthState:
     drift: int | None = None
     lag: int | None = None
     history: list[HistoryPoint] = field(default_factory=list)
+    # The last check's figures (mirrorkeeper.verify.metrics.mirror_figures): the host's metrics count
+    # a mirror that this run did not check by them.
+    figures: dict[str, Any] = field(default_factory=dict)
 
     def level(self, component: str) -> Level:
         return Level.parse(self.levels.get(component, "ok"))
@@ -505,6 +508,7 @@ class HealthState:
                 drift=doc.get("drift"),
                 lag=doc.get("lag"),
                 history=[HistoryPoint(**p) for p in doc.get("history", [])],
+                figures=dict(doc.get("figures") or {}),
             )
         except (TypeError, ValueError, KeyError):
             return cls()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import time
 from urllib.parse import quote
 
 from mirrorkeeper import __version__
@@ -55,12 +54,13 @@ def render_front_page(host_name: str, mirrors: list[MirrorSummary], now: float) 
         health = "".join(f"<td>{_badge(m.health.get(p, 'unknown'))}</td>" for p in protocols)
         last = f'<span class="num">{iso(m.last_update)}</span>' if m.last_update else '<span class="muted">never</span>'
         size = human_size(m.size) if m.size is not None else '<span class="muted">unknown</span>'
-        status_page = _href(m.path) + STATUS_HTML_PATH
+        # A mirror that never published has no tree to link to (its status page comes with its first verify).
+        name = f'<a href="{_e(_href(m.path))}">{_e(m.name)}</a>' if m.last_update else _e(m.name)
+        status = f'<a href="{_e(_href(m.path) + STATUS_HTML_PATH)}">status</a>' if m.health else ""
         rows.append(
-            f'<tr data-mirror="{_e(m.name)}"><th scope="row"><a href="{_e(_href(m.path))}">{_e(m.name)}</a></th>'
+            f'<tr data-mirror="{_e(m.name)}"><th scope="row">{name}</th>'
             f'<td><code>{_e("/" + m.path + "/")}</code></td><td class="muted">{_e(m.upstream)}</td>'
-            f'<td>{last}</td><td>{_badge(m.status)}</td><td class="s">{size}</td>{health}'
-            f'<td><a href="{_e(status_page)}">status</a></td></tr>'
+            f'<td>{last}</td><td>{_badge(m.status)}</td><td class="s">{size}</td>{health}<td>{status}</td></tr>'
         )
     title = _e(host_name)
     body = "\n".join(rows) or '<tr><td colspan="7" class="muted">no mirror configured</td></tr>'
@@ -84,7 +84,7 @@ def render_front_page(host_name: str, mirrors: list[MirrorSummary], now: float) 
 {body}
 </tbody>
 </table>
-{index_data(_entries([m.path for m in mirrors], "", mirrors))}
+{index_data(_entries("", mirrors))}
 <address>{title} &middot; mirrorkeeper {__version__}</address>
 </body>
 </html>
@@ -99,26 +99,28 @@ def render_mirrors_json(mirrors: list[MirrorSummary]) -> bytes:
 def directory_pages(host_name: str, mirrors: list[MirrorSummary], now: float) -> dict[str, bytes]:
     """Pages for the directories above mirrors whose path has several segments (``linux/`` above
     ``linux/debian``), by directory path: each lists the mirrors and directories below it."""
-    above = {parent for m in mirrors for parent in ancestors(m.path) if parent}
+    above = {parent for m in mirrors if m.last_update for parent in ancestors(m.path) if parent}
     pages = {}
     for directory in sorted(above):
-        below = [m for m in mirrors if m.path.startswith(directory + "/")]
+        below = [m for m in mirrors if m.path.startswith(directory + "/") and m.last_update]
         children = sorted({m.path[len(directory) + 1 :].split("/")[0] for m in below})
         links = "".join(f'<li><a href="{_e(_href(directory + "/" + c))}">{_e(c)}/</a></li>' for c in children)
         pages[directory] = (
             f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(host_name)}: /{_e(directory)}/'
             f'</title></head><body><h1>/{_e(directory)}/</h1><p><a href="/">All mirrors</a></p><ul>{links}</ul>'
-            f"{index_data(_entries([m.path for m in below], directory, below))}</body></html>\n"
+            f"{index_data(_entries(directory, below))}</body></html>\n"
         ).encode()
     return pages
 
 
-def _entries(paths: list[str], directory: str, mirrors: list[MirrorSummary]) -> list[dict[str, object]]:
-    """The directory entries under ``directory`` (all directories: mirrors, or directories above them),
-    each dated by the newest sync below it."""
+def _entries(directory: str, mirrors: list[MirrorSummary]) -> list[dict[str, object]]:
+    """The directory entries under ``directory``: the published mirrors' directories, or those above
+    them, each dated by the newest sync below it (a listing shows no directory that is not there)."""
     newest: dict[str, float] = {}
     for m in mirrors:
+        if m.last_update is None:
+            continue
         rest = m.path[len(directory) + 1 :] if directory else m.path
         name = rest.split("/")[0]
-        newest[name] = max(newest.get(name, 0.0), m.last_update or 0.0)
-    return [{"name": n, "type": "d", "mtime": int(t or time.time())} for n, t in sorted(newest.items())]
+        newest[name] = max(newest.get(name, 0.0), m.last_update)
+    return [{"name": n, "type": "d", "mtime": int(t)} for n, t in sorted(newest.items())]

@@ -87,6 +87,16 @@ def mirror_figures(
     }
 
 
+def carried_forward(figures: dict[str, Any], age: float) -> dict[str, Any]:
+    """A mirror's figures from a check ``age`` seconds ago, as they stand now: its copies are that much
+    older, its sync figures were counted then, and its latencies belong to that check's minute."""
+    return figures | {
+        "freshness": {protocol: seconds + max(age, 0.0) for protocol, seconds in figures["freshness"].items()},
+        "latency": {},
+        "sync": None,
+    }
+
+
 def _of(all_figures: list[dict[str, Any]], key: str, protocol: str) -> list[Any]:
     """Each mirror's ``key`` figure for ``protocol``, from the mirrors that have one."""
     return [f[key][protocol] for f in all_figures if protocol in f[key]]
