@@ -8,7 +8,8 @@ from typing import Any
 from mirrorkeeper.aws import check_bucket, s3_client
 from mirrorkeeper.config import ServeConfig, flags_of, resolve, serve_config
 from mirrorkeeper.logs import setup_logging
-from mirrorkeeper.serve.served import ObjectCache, ServedTree
+from mirrorkeeper.serve.served import EdgeWatch, ObjectCache, ServedTree
+from mirrorkeeper.state import StateStore
 
 
 def start_serving(command: str, args: argparse.Namespace) -> tuple[ServeConfig, ServedTree]:
@@ -19,7 +20,12 @@ def start_serving(command: str, args: argparse.Namespace) -> tuple[ServeConfig, 
     client = s3_client(config.aws, pool_size=config.max_connections)
     check_bucket(client, config.layout.bucket)
     cache = ObjectCache(config.cache_ttl) if config.cache_ttl > 0 else None
-    return config, ServedTree(client, config.layout, cache)
+    watch = (
+        EdgeWatch(StateStore(client, config.layout), cache, config.invalidation_poll)
+        if cache is not None and config.invalidation_poll > 0
+        else None
+    )
+    return config, ServedTree(client, config.layout, cache, watch)
 
 
 def listening_url(scheme: str, address: tuple[Any, ...]) -> str:
