@@ -91,6 +91,7 @@ class EndpointReport:
     url: str
     results: list[ProbeResult] = field(default_factory=list)
     trace_epoch: int | None = None
+    probed_at: float = 0.0  # when its probes started (what an invalidation must have completed before)
 
     @property
     def passed(self) -> int:
@@ -120,6 +121,7 @@ class EndpointReport:
             "protocol": self.protocol,
             "url": self.url,
             "trace_epoch": self.trace_epoch,
+            "probed_at": self.probed_at,
             "reachable": self.reachable,
             "passed": self.passed,
             "failed": self.failed,
@@ -201,7 +203,8 @@ def parse_trace_epoch(body: bytes) -> int | None:
 
 def check_mtime(served: float | None, sample: SampleFile, source: str) -> None:
     """Served mtime against the manifest's. Older means a cache still holds the copy the last sync
-    replaced (CloudFront does, for up to its TTL): STALE, which health forgives for a while."""
+    replaced (CloudFront does, for up to its TTL): STALE, which health forgives for a while, unless
+    the sync's invalidation of it had completed."""
     if served is None:
         raise ProbeFindingError(Outcome.WRONG_MTIME, f"no usable {source}; upstream mtime {sample.mtime}")
     if int(served) < sample.mtime:
@@ -414,7 +417,7 @@ def _timed(kind: ProbeKind, path: str, into: list[ProbeResult]) -> Iterator[None
 def probe_endpoint(
     protocol: str, url: str, sample: list[SampleFile], trace_path: str, timeout: float, concurrency: int
 ) -> EndpointReport:
-    report = EndpointReport(protocol, url)
+    report = EndpointReport(protocol, url, probed_at=time.time())
     if protocol == "rsync":
         with _timed(ProbeKind.HANDSHAKE, "", report.results):
             rsync_handshake(url, timeout)
