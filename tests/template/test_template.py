@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mirrorkeeper.config import setting
 from mirrorkeeper.serve.http import CONTENT_SECURITY_POLICY
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS
 from mirrorkeeper.verify.events import DiffInput, ScheduledVerify, parse_event
@@ -349,6 +350,28 @@ def test_the_task_execution_role_pulls_from_the_image_repository_alone(template:
         "123456789012.dkr.ecr.eu-west-1.amazonaws.com/x",
     ):
         assert not re.fullmatch(template["Parameters"]["SyncImageUri"]["AllowedPattern"], foreign)
+
+
+def test_the_sync_task_invalidates_the_stacks_distribution_and_nothing_else(template: dict[str, Any]) -> None:
+    # GIVEN the sync task's environment: the stack's distribution under the setting's variable
+    task = props(template, "SyncTaskDefinition")
+    env = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    assert env[setting("cloudfront_distribution_id").env] == {"Ref": "Distribution"}
+    # THEN the task role, and no one else, may create and read invalidations, on that distribution alone
+    invalidating = [
+        (logical_id, statement)
+        for logical_id, statement in _iam_documents(template)
+        if any(action.startswith("cloudfront:") for action in as_list(statement["Action"]))
+    ]
+    assert [logical_id for logical_id, _ in invalidating] == ["SyncTaskRole"]
+    ((_, statement),) = invalidating
+    assert sorted(as_list(statement["Action"])) == ["cloudfront:CreateInvalidation", "cloudfront:GetInvalidation"]
+    assert references(statement["Resource"]) == {"Distribution"}
+    resolver = Resolver(
+        template, {"UpstreamUrl": "rsync://e.org/m/", "AlertEmail": "a@e.org", "SyncImageUri": "x"}, PSEUDO
+    )
+    resolver.refs["Distribution"] = "E2QWRUHAPOMQZL"
+    assert resolver.resolve(statement["Resource"]) == "arn:aws:cloudfront::123456789012:distribution/E2QWRUHAPOMQZL"
 
 
 def test_the_pager_url_is_no_echo_and_sam_never_saves_it(template: dict[str, Any], tmp_path: Path) -> None:
