@@ -320,7 +320,10 @@ class EdgeWatch:
     def _follow(self, record: EdgeRecord | None) -> None:
         seen, self._run = self._run, record.run_id if record is not None else ""
         if seen is None:
-            return  # the first look comes before the first request: nothing is cached yet
+            # The first look: before the first request, so nothing is cached, unless earlier looks
+            # failed, and then what was cached meanwhile may predate any run.
+            self._cache.clear()
+            return
         if record is None or seen not in (record.run_id, record.previous):
             self._cache.clear()
             return
