@@ -88,20 +88,22 @@ def within_limits(paths: list[str]) -> bool:
 
 
 def coarsened(paths: list[str]) -> list[str]:
-    """``paths`` if CloudFront can have them in progress at once; otherwise everything at or below the
+    """``paths`` if CloudFront can have them in progress at once; otherwise everything below the
     deepest directory level that makes them fit, as one wildcard per directory of that level."""
     level = max((len(_segments(path)) for path in paths), default=0)
     while not within_limits(paths):
-        paths = _subsumed(
-            {
-                "/" + "".join(part + "/" for part in _segments(path)[:level]) + "*"
-                if len(_segments(path)) >= level
-                else path
-                for path in paths
-            }
-        )
+        paths = _subsumed({_coarser(path, level) for path in paths})
         level -= 1
     return paths
+
+
+def _coarser(path: str, level: int) -> str:
+    """The wildcard of ``path``'s ancestor directory at ``level`` when ``path`` lies below it."""
+    parts = _segments(path)
+    if len(parts) < level:
+        return path
+    directory = "/" + "".join(part + "/" for part in parts[:level])
+    return directory + "*" if len(path) > len(directory) else path
 
 
 class EdgePaths:
