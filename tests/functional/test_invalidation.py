@@ -70,6 +70,15 @@ def repository(upstream: Path) -> None:
     os.symlink("repo/README", upstream / "latest")
 
 
+def published_repository(upstream: Path, rsync_daemon: DaemonFactory, endpoint: str) -> tuple[Any, str, RsyncDaemon]:
+    """A distribution, and the repository published by a first sync naming it; its client, id and upstream."""
+    cloudfront, distribution_id = distribution(endpoint)
+    repository(upstream)
+    daemon = rsync_daemon(upstream)
+    assert sync(daemon, endpoint, "--cloudfront-distribution-id", distribution_id)[0] == 0
+    return cloudfront, distribution_id, daemon
+
+
 def update_in_place(upstream: Path) -> None:
     """What a repository update does: fixed names rewritten, a file gone, a file new."""
     for name in ("repodata/repomd.xml", "repodata/primary.xml.gz", "SHA256SUMS", "README", "a b+c%ü.rpm", "x*y.iso"):
@@ -85,11 +94,8 @@ def test_a_sync_invalidates_what_it_replaced_data_before_the_index_tiers_and_the
     upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
 ) -> None:
     # GIVEN a mirror published by a first sync, which replaced nothing and so invalidated nothing
-    cloudfront, distribution_id = distribution(endpoint)
-    repository(upstream)
-    daemon = rsync_daemon(upstream)
+    cloudfront, distribution_id, daemon = published_repository(upstream, rsync_daemon, endpoint)
     given = ("--cloudfront-distribution-id", distribution_id)
-    assert sync(daemon, endpoint, *given)[0] == 0
     assert recorded(cloudfront, distribution_id) == [] and last_report(s3)["invalidation"] == {}
     # WHEN upstream rewrites files in place, deletes one and adds others, and the next sync runs
     # (every request it sends, to S3 and to CloudFront, noted in order by a proxy)
@@ -163,10 +169,7 @@ def test_throttling_never_fails_the_run_and_what_was_not_invalidated_is_reported
     upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
 ) -> None:
     # GIVEN a published mirror, and CloudFront refusing every invalidation as too many in progress
-    cloudfront, distribution_id = distribution(endpoint)
-    repository(upstream)
-    daemon = rsync_daemon(upstream)
-    assert sync(daemon, endpoint)[0] == 0
+    cloudfront, distribution_id, daemon = published_repository(upstream, rsync_daemon, endpoint)
     update_in_place(upstream)
 
     def too_many(method: str, path: str, number: int) -> tuple[int, str] | None:
@@ -190,12 +193,9 @@ def test_throttling_never_fails_the_run_and_what_was_not_invalidated_is_reported
 def test_serve_http_serves_a_file_replaced_in_place_new_right_after_the_sync(
     upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
 ) -> None:
-    # GIVEN a published mirror (no distribution: serve-http follows the sync's record all the same)
-    # served by serve-http with an hour's cache, once following the sync (looking every 2 s at most)
-    # and once told never to look
-    repository(upstream)
-    daemon = rsync_daemon(upstream)
-    assert sync(daemon, endpoint)[0] == 0
+    # GIVEN a published mirror served by serve-http with an hour's cache, once following the sync
+    # (looking every 2 s at most) and once told never to look
+    _, _, daemon = published_repository(upstream, rsync_daemon, endpoint)
     ttl = ("--cache-ttl", "3600")
     with (
         serve_cli("serve-http", endpoint, *ttl, "--invalidation-poll", "2") as following,
@@ -206,7 +206,8 @@ def test_serve_http_serves_a_file_replaced_in_place_new_right_after_the_sync(
             assert request(port, url("old.txt"))[0] == 200
             assert b"new.txt" not in request(port, "/")[2]
         looked = time.monotonic()
-        # WHEN upstream rewrites README in place and deletes old.txt, and the sync publishes that
+        # WHEN upstream rewrites README in place and deletes old.txt, and a sync publishes that
+        # (naming no distribution: serve-http follows the sync's record all the same)
         update_in_place(upstream)
         assert sync(daemon, endpoint)[0] == 0
         time.sleep(max(0.0, looked + 2.5 - time.monotonic()))  # the following server's next look is due

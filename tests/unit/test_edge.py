@@ -9,6 +9,7 @@ from urllib.parse import quote
 import pytest
 from botocore.exceptions import ClientError
 
+from mirrorkeeper.errors import StorageError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.serve.routing import route
 from mirrorkeeper.serve.served import EdgeWatch, ObjectCache, ObjectInfo
@@ -76,6 +77,7 @@ def test_a_batch_over_cloudfronts_limits_is_coarsened_until_it_fits_and_still_co
     # the deepest level that fits: one wildcard per top directory when forty of them hold the files
     assert len(coarsened(files)) == 1  # forty wildcards do not fit; the root's does
     assert coarsened(wildcards) == ["/*"]
+    assert coarsened([*files, "/"]) == ["/*", "/"]  # the root's page is not below its wildcard
     assert coarsened([*files[:5], "/a/b/*"]) == [*files[:5], "/a/b/*"]
 
 
@@ -186,8 +188,11 @@ class FakeState:
         self.layout = MirrorLayout.create("mirror-test", "m")
         self.version: tuple[EdgeRecord | None, str] = (None, "")
         self.reads = 0
+        self.failing = False
 
     def edge_record_since(self, etag: str) -> tuple[EdgeRecord | None, str] | None:
+        if self.failing:
+            raise StorageError("S3 refused to read the record: AccessDenied")
         self.reads += 1
         return None if etag and etag == self.version[1] else self.version
 
@@ -226,3 +231,17 @@ def test_serve_http_drops_what_each_sync_invalidated_and_everything_after_a_miss
     now[0] = 6.0
     watch.check()
     assert cached() == set()
+
+
+def test_what_serve_http_cached_while_the_record_was_unreadable_goes_at_the_first_look_that_works() -> None:
+    state, now = FakeState(), [0.0]
+    cache = ObjectCache(3600, clock=lambda: now[0])
+    watch = EdgeWatch(state, cache, every=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    info = ObjectInfo(1, 1, '"e"', "text/plain", None, None)
+    state.failing = True
+    watch.check()
+    cache.store("m/pub/a", info)
+    state.failing = False
+    now[0] = 2.0
+    watch.check()
+    assert cache.lookup("m/pub/a") is None
