@@ -172,8 +172,6 @@ class CloudFront:
 
     def invalidate(self, batch: EdgeBatch) -> None:
         """Send ``batch`` and wait for it within the budget; its status, id and times say how it went."""
-        if self._client is None:
-            self._client = self._make_client()
         self._send(batch)
         self._await(batch)
         if batch.lost:
@@ -193,6 +191,8 @@ class CloudFront:
         backoff = FIRST_BACKOFF
         while True:
             try:
+                if self._client is None:
+                    self._client = self._make_client()
                 response = self._client.create_invalidation(
                     DistributionId=self.distribution,
                     InvalidationBatch={
