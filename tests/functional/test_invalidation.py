@@ -24,6 +24,7 @@ CLOUDFRONT_API = "/2020-05-31/distribution/"
 def distribution(endpoint: str) -> tuple[Any, str]:
     """A distribution on the moto server, as the stack makes one (origin path /pub); its client and id."""
     cloudfront = boto3.client("cloudfront", endpoint_url=endpoint, region_name="us-east-1")
+    # moto refuses an S3 origin whose domain does not name a bucket
     origin = {"Id": "mirror", "DomainName": f"{BUCKET}.s3.amazonaws.com", "OriginPath": "/pub"}
     created = cloudfront.create_distribution(
         DistributionConfig={
