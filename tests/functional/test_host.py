@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from mirrorkeeper_dev.sampletree import openvz_like, write_file
+from tests.functional.test_invalidation import distribution, recorded
 from tests.support import BUCKET, cli_env, run_cli, serve_cli, served_objects
 
 
@@ -169,7 +171,8 @@ def test_verify_checks_every_mirror_and_the_front_page_lists_them(host: Any, s3:
         assert result.returncode == 1, result.stderr
         document = json.loads(result.stdout)
         overall = {state["mirror"]: state["health"]["overall"] for state in document["mirrors"]}
-        assert overall == {"openvz": "ok", "debian": "ok", "gone": "degraded"}  # never published
+        findings = {state["mirror"]: state["health"]["findings"] for state in document["mirrors"]}
+        assert overall == {"openvz": "ok", "debian": "ok", "gone": "degraded"}, findings  # gone: never published
         assert document["host"]["not_ok"] == ["gone"]
         probed = {e["url"] for s in document["mirrors"] if s["mirror"] == "debian" for e in s["probes"]["endpoints"]}
         assert probed == {http + "debian/", f"ftp://127.0.0.1:{ftp_port}/debian/"}
@@ -203,3 +206,26 @@ def test_verify_checks_every_mirror_and_the_front_page_lists_them(host: Any, s3:
         one = run_cli(["verify", "--config", str(config), *urls, "--mirror", "debian", "--json"], endpoint)
         assert one.returncode == 0, one.stderr
         assert [state["mirror"] for state in json.loads(one.stdout)["mirrors"]] == ["debian"]
+
+
+def test_a_mirror_of_a_host_invalidates_under_its_path_and_serve_http_follows_it(
+    host: Any, s3: Any, endpoint: str
+) -> None:
+    write, _daemon, _openvz, debian = host
+    cloudfront, distribution_id = distribution(endpoint)
+    config = write()
+    given = ["--config", str(config), "--cloudfront-distribution-id", distribution_id]
+    assert run_cli(["sync", *given, "--all"], endpoint).returncode == 0
+    serve = ["--config", str(config), "--cache-ttl", "3600", "--invalidation-poll", "0.2"]
+    with serve_cli("serve-http", endpoint, *serve) as port:
+        release = f"http://127.0.0.1:{port}/debian/dists/stable/Release"
+        assert http_get(release) == (200, b"Suite: stable\n")  # now cached for an hour
+        # WHEN upstream rewrites a file in place and the mirror syncs again
+        write_file(debian / "dists/stable/Release", b"Suite: stable\nVersion: 2\n", 1_700_000_100)
+        assert run_cli(["sync", *given, "--mirror", "debian"], endpoint).returncode == 0
+        # THEN CloudFront was told the path under the mirror's own directory, and nothing outside it
+        paths = [p for i in recorded(cloudfront, distribution_id) for p in i["InvalidationBatch"]["Paths"]["Items"]]
+        assert "/debian/dists/stable/Release" in paths and all(p.startswith("/debian/") for p in paths), paths
+        # AND serve-http, following that mirror's record, serves the new copy despite its long TTL
+        time.sleep(0.3)
+        assert http_get(release) == (200, b"Suite: stable\nVersion: 2\n")

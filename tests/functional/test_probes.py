@@ -2,11 +2,13 @@
 rsync daemon does not have, a port nobody listens on, a server that accepts and never answers,
 content that is not what the manifest says."""
 
+import ftplib
 import hashlib
 import random
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -132,3 +134,36 @@ def test_every_hostile_name_probes_clean_on_both_protocols(
             failed = [(r.kind.value, r.path, r.detail) for r in report.results if not r.ok]
             assert failed == [], (protocol, failed[:5])
             assert report.passed == 3 + 2 * len(sample)
+
+
+def test_probes_of_many_mirrors_at_once_stay_within_the_servers_cap_and_wait_out_a_full_one(
+    s3: Any, endpoint: str, rsync_daemon: Any, upstream: Path
+) -> None:
+    # GIVEN a synced mirror behind front ends that allow one address 16 connections (their default)
+    for number in range(12):
+        write_file(upstream / f"pool/p{number}.rpm", b"package %d\n" % number, 1_700_000_000)
+    daemon = rsync_daemon(upstream)
+    assert run_cli(["sync", "--upstream", daemon.url, "--bucket", BUCKET], endpoint).returncode == 0
+    sample = [SampleFile(f"pool/p{n}.rpm", len(b"package %d\n" % n), 1_700_000_000, None, "random") for n in range(12)]
+    with serve_cli("serve-http", endpoint) as http_port, serve_cli("serve-ftp", endpoint) as ftp_port:
+        urls = {"http": f"http://127.0.0.1:{http_port}/", "ftp": f"ftp://127.0.0.1:{ftp_port}/"}
+        # WHEN five mirrors' probes run at once, each wanting eight connections per protocol
+        with ThreadPoolExecutor(10) as pool:
+            reports = list(
+                pool.map(
+                    lambda protocol: probe_endpoint(protocol, urls[protocol], sample, ".mirrorkeeper/trace", 10, 8),
+                    ["http", "ftp"] * 5,
+                )
+            )
+        # THEN no probe was refused: this process held no more connections to a server than one
+        # endpoint's probes would (8 HTTP, 4 FTP), not the 40 and 20 that would draw 503s and 421s
+        failed = [(r.protocol, p.kind.value, p.detail) for r in reports for p in r.results if not p.ok]
+        assert failed == []
+        # AND an FTP server at its cap for our address (another client holds every session) is waited
+        # out, as lftp does, not reported down
+        holders = [ftplib.FTP() for _ in range(16)]
+        for holder in holders:
+            holder.connect("127.0.0.1", ftp_port, timeout=5)
+        threading.Timer(1.0, lambda: [holder.close() for holder in holders]).start()
+        waited = probe_endpoint("ftp", urls["ftp"], sample[:1], ".mirrorkeeper/trace", 10, 1)
+        assert [p.detail for p in waited.results if not p.ok] == [] and waited.reachable

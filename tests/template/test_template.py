@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mirrorkeeper.config import setting
 from mirrorkeeper.serve.http import CONTENT_SECURITY_POLICY
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS
 from mirrorkeeper.verify.events import DiffInput, ScheduledVerify, parse_event
@@ -130,20 +131,34 @@ def test_verify_schedule_sends_the_scheduled_verify_event(template: dict[str, An
     assert props(template, "VerifySchedule")["ScheduleExpression"] == {"Fn::Sub": "cron(${VerifyMinute} * * * ? *)"}
 
 
-def test_workflow_calls_the_three_functions_in_the_order_mirrorkeeper_verify_does(template: dict[str, Any]) -> None:
+def test_workflow_calls_the_functions_in_the_order_mirrorkeeper_verify_does(template: dict[str, Any]) -> None:
     machine = props(template, "VerifyStateMachine")
     definition = json.loads((ROOT / machine["DefinitionUri"]).read_text())
     substitutions = machine["DefinitionSubstitutions"]
-    order, state = [], definition["StartAt"]
-    while state:
-        spec = definition["States"][state]
-        if spec["Type"] == "Task":
-            placeholder = spec["Resource"].removeprefix("${").removesuffix("}")
-            function_id = substitutions[placeholder]["Fn::GetAtt"][0]
-            order.append(props(template, function_id)["CodeUri"])
-        state = spec.get("Next")
-    assert order == ["functions/diff_manifests/", "functions/probe_endpoints/", "functions/publish_health/"]
-    # AND the workflow may invoke those three functions and nothing else
+
+    def tasks(states: dict[str, Any], state: str | None) -> list[str]:
+        """The functions called along Next, a Map's item processor at its place."""
+        order = []
+        while state:
+            spec = states[state]
+            if spec["Type"] == "Task":
+                placeholder = spec["Resource"].removeprefix("${").removesuffix("}")
+                function_id = substitutions[placeholder]["Fn::GetAtt"][0]
+                order.append(props(template, function_id)["CodeUri"])
+            elif spec["Type"] == "Map":
+                processor = spec["ItemProcessor"]
+                order += tasks(processor["States"], processor["StartAt"])
+            state = spec.get("Next")
+        return order
+
+    assert tasks(definition["States"], definition["StartAt"]) == [
+        "functions/list_mirrors/",
+        "functions/diff_manifests/",
+        "functions/probe_endpoints/",
+        "functions/publish_health/",
+        "functions/publish_host/",
+    ]
+    # AND the workflow may invoke those functions and nothing else
     invoked = [p["LambdaInvokePolicy"]["FunctionName"]["Ref"] for p in machine["Policies"]]
     assert sorted(invoked) == sorted(v["Fn::GetAtt"][0] for v in substitutions.values())
 
@@ -262,7 +277,7 @@ def _log_group_retained(template: dict[str, Any], ref: Any) -> bool:
 def test_every_function_is_python313_and_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
     globals_ = template["Globals"]["Function"]
     functions = resources_of_type(template, "AWS::Serverless::Function", "AWS::Lambda::Function")
-    assert len(functions) == 3
+    assert len(functions) == 5
     for logical_id, function in functions.items():
         p = function["Properties"]
         assert p.get("Runtime", globals_["Runtime"]) == "python3.13", logical_id
@@ -349,6 +364,28 @@ def test_the_task_execution_role_pulls_from_the_image_repository_alone(template:
         "123456789012.dkr.ecr.eu-west-1.amazonaws.com/x",
     ):
         assert not re.fullmatch(template["Parameters"]["SyncImageUri"]["AllowedPattern"], foreign)
+
+
+def test_the_sync_task_invalidates_the_stacks_distribution_and_nothing_else(template: dict[str, Any]) -> None:
+    # GIVEN the sync task's environment: the stack's distribution under the setting's variable
+    task = props(template, "SyncTaskDefinition")
+    env = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    assert env[setting("cloudfront_distribution_id").env] == {"Ref": "Distribution"}
+    # THEN the task role, and no one else, may create and read invalidations, on that distribution alone
+    invalidating = [
+        (logical_id, statement)
+        for logical_id, statement in _iam_documents(template)
+        if any(action.startswith("cloudfront:") for action in as_list(statement["Action"]))
+    ]
+    assert [logical_id for logical_id, _ in invalidating] == ["SyncTaskRole"]
+    ((_, statement),) = invalidating
+    assert sorted(as_list(statement["Action"])) == ["cloudfront:CreateInvalidation", "cloudfront:GetInvalidation"]
+    assert references(statement["Resource"]) == {"Distribution"}
+    resolver = Resolver(
+        template, {"UpstreamUrl": "rsync://e.org/m/", "AlertEmail": "a@e.org", "SyncImageUri": "x"}, PSEUDO
+    )
+    resolver.refs["Distribution"] = "E2QWRUHAPOMQZL"
+    assert resolver.resolve(statement["Resource"]) == "arn:aws:cloudfront::123456789012:distribution/E2QWRUHAPOMQZL"
 
 
 def test_the_pager_url_is_no_echo_and_sam_never_saves_it(template: dict[str, Any], tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mirrorkeeper.state import HealthState, Level, SyncOutcome
+from mirrorkeeper.state import EdgeBatch, EdgeRecord, EdgeStatus, HealthState, Level, SyncOutcome
 from mirrorkeeper.verify.alerts import SUBJECT_LIMIT, compose
 from mirrorkeeper.verify.drift import DriftReport
 from mirrorkeeper.verify.health import StepFailure, assess, sync_from_exit
@@ -66,6 +66,27 @@ def test_a_failed_file_probe_is_degraded_and_named() -> None:
     result = assess(NOW, HOUR, ["http"], clean_drift(), [endpoint(file=Outcome.WRONG_SIZE)], None)
     assert result.levels["http"] is Level.DEGRADED
     assert "a.rpm" in result.reasons("http")[0] and "wrong-size" in result.reasons("http")[0]
+
+
+def test_a_stale_copy_is_forgiven_within_the_grace_unless_its_invalidation_had_completed() -> None:
+    # GIVEN a probe, ten minutes after the sync, that found a.rpm served older than the manifest
+    report = endpoint(age=600.0, file=Outcome.STALE)
+    report.probed_at = NOW - 5
+    # WHEN the sync invalidated nothing, or its invalidation of a.rpm completed only after the probe
+    for edge in (None, EdgeRecord("r", batches=[EdgeBatch("data", ["/a.rpm"], EdgeStatus.COMPLETED, completed=NOW)])):
+        result = assess(NOW, HOUR, ["http"], clean_drift(), [report], None, edge=edge)
+        # THEN it is a cache not yet expired: ok, said so
+        assert result.levels["http"] is Level.OK and "older than the last sync" in result.reasons("http")[0]
+    # WHEN it completed before the probe (a wildcard over the directory counts)
+    for paths in (["/a.rpm"], ["/*"]):
+        edge = EdgeRecord("r", batches=[EdgeBatch("data", paths, EdgeStatus.COMPLETED, completed=NOW - 60)])
+        result = assess(NOW, HOUR, ["http"], clean_drift(), [report], None, edge=edge)
+        # THEN the edge kept a copy it was told to drop: degraded at once, whatever the grace
+        assert result.levels["http"] is Level.DEGRADED
+        assert result.reasons("http") == [
+            "1 files served older than the last sync although its invalidation of them had completed before the "
+            "probe (first: a.rpm: size); the edge did not drop them"
+        ]
 
 
 def test_drift_and_failed_sync_degrade_the_mirror_but_not_while_a_sync_runs() -> None:

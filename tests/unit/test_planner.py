@@ -211,3 +211,20 @@ def test_a_changed_link_target_republishes_the_link_and_a_tree_without_links_has
     assert [e.path for e in with_link.link_entries()] == ["l"]
     without = make_plan(tree(f("a", size=11), f("z")), [f("a"), f("z")], DEFAULT_LATE_PATTERNS)
     assert without.links == [] and [c.new.path for c in without.data] == ["a"]
+
+
+def test_the_plan_tells_replaced_objects_from_new_ones() -> None:
+    # GIVEN a published file, directory and links, and a file that becomes a directory
+    published = [f("a"), d("dir"), link("k", "a"), link("l", "a"), f("s"), f("x")]
+    # WHEN upstream changes the file, adds a directory and a link, retargets a link, retypes k and x
+    upstream = tree(
+        f("a", size=11), d("dir"), d("dir/new"), f("k"), link("l", "s"), link("m", "a"), f("s"), d("x"), f("x/in")
+    )
+    plan = make_plan(upstream, published, DEFAULT_LATE_PATTERNS)
+    # THEN only what replaces an object a cache may hold counts as replacing one (a link and a file
+    # share a key, a directory's is its marker)
+    assert {c.new.path: c.overwrites for c in plan.data} == {"a": True, "k": True, "x/in": False}
+    assert plan.new_objects == {"dir/new", "m", "x"}
+    # AND on a first sync even the root's page is new
+    assert "" in make_plan(upstream, [], DEFAULT_LATE_PATTERNS).new_objects
+    assert "" not in plan.new_objects

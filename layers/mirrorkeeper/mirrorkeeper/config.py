@@ -344,6 +344,13 @@ def parse_secret_ref(text: str) -> str:
     return ref
 
 
+def parse_distribution_id(text: str) -> str:
+    value = str(text).strip()
+    if value and not re.fullmatch(r"[A-Z0-9]{1,128}", value):
+        raise ValueError("not a CloudFront distribution id (uppercase letters and digits, such as E2QWRUHAPOMQZL)")
+    return value
+
+
 def parse_topic_arn(text: str) -> str:
     arn = str(text).strip()
     if arn and not arn.startswith("arn:"):
@@ -742,6 +749,26 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="CMD",
     ),
     Setting(
+        "cloudfront_distribution_id",
+        parse_distribution_id,
+        "",
+        "CloudFront distribution serving the mirror: what a run overwrites or deletes is invalidated there in "
+        "the same run; without it nothing is invalidated",
+        frozenset({SYNC}),
+        LOCATION,
+        default_text="none",
+    ),
+    Setting(
+        "invalidation_wait",
+        duration(0.0, 3600.0, zero=True),
+        300.0,
+        "seconds a run may spend waiting on CloudFront, in all: for its invalidations to complete, and for room "
+        "while too many are in progress; 0 sends them and waits for nothing",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="300",
+    ),
+    Setting(
         "rsync_timeout",
         count(1, 86400),
         300,
@@ -791,6 +818,16 @@ SETTINGS: tuple[Setting, ...] = (
         SERVE,
         LISTENING,
         default_text="10",
+    ),
+    Setting(
+        "invalidation_poll",
+        duration(zero=True, high=3600.0),
+        2.0,
+        "seconds between looks at what the last sync invalidated (one conditional GET, only while requests "
+        "arrive), whose paths then leave the cache; 0 never looks, so objects live the whole --cache-ttl",
+        frozenset({SERVE_HTTP}),
+        LISTENING,
+        default_text="2",
     ),
     Setting(
         "max_connections_per_ip",
@@ -1123,6 +1160,11 @@ class ConfigFile:
     host: dict[str, Any]
     mirrors: dict[str, dict[str, Any]]
 
+    @property
+    def served_paths(self) -> dict[str, str]:
+        """Each mirror's URL path, by name (its name unless its table gives a path)."""
+        return {name: parse_mirror_path(table.get("path", name)) or name for name, table in self.mirrors.items()}
+
     def mirror_table(self, name: str) -> dict[str, Any]:
         if name not in self.mirrors:
             known = ", ".join(self.mirrors) or "none"
@@ -1223,8 +1265,7 @@ def _check_names_and_paths(path: str, mirrors: dict[str, dict[str, Any]]) -> Non
     resource name in the stack (which drops the hyphens)."""
     served: dict[str, str] = {}
     squashed: dict[str, str] = {}
-    for name, table in mirrors.items():
-        mine = parse_mirror_path(table.get("path", name)) or name
+    for name, mine in ConfigFile(path, {}, mirrors).served_paths.items():
         for other_path, other in served.items():
             if mine == other_path or mine.startswith(other_path + "/") or other_path.startswith(mine + "/"):
                 raise ConfigError(
@@ -1314,6 +1355,8 @@ class SyncConfig:
     location: str = ""
     contact: str = ""
     sync_interval: float = default("sync_interval")
+    cloudfront_distribution_id: str = ""
+    invalidation_wait: float = default("invalidation_wait")
 
 
 def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SyncConfig:
@@ -1356,6 +1399,8 @@ class ServeConfig:
     masquerade_address: str | None = None
     cache_ttl: float = default("cache_ttl")
     one_cpu: bool = default("one_cpu")
+    # serve-http's alone: the sync's record is private state, which serve-ftp's task role cannot read.
+    invalidation_poll: float = 0.0
 
 
 def load_serve_config(command: str, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServeConfig:

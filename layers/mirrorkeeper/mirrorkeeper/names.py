@@ -1,11 +1,14 @@
-"""Mirror names are data: decode what rsync prints, and decide which names S3 can carry."""
+"""Mirror names are data: decode what rsync prints, decide which names S3 can carry, spell them as URLs."""
 
 import re
+from urllib.parse import quote
 
 from mirrorkeeper.layout import MirrorLayout
 
 _RSYNC_ESCAPE = re.compile(rb"\\#([0-7]{3})")
 MAX_KEY_BYTES = 1024
+# encodeURIComponent's unreserved set, so Python and JavaScript produce the same canonical URI
+_URI_SAFE = "-_.!~*'()"
 
 
 def decode_rsync_name(raw: bytes) -> bytes:
@@ -37,3 +40,11 @@ def refusal_reason(path_bytes: bytes, layout: MirrorLayout, reserved: tuple[str,
 def printable(path: str) -> str:
     r"""A one-line rendering of a name for plans and logs, with rsync's ``\#ooo`` for control characters."""
     return "".join(f"\\#{ord(c):03o}" if ord(c) < 32 or ord(c) == 127 else c for c in path)
+
+
+def url_path(path: str) -> str:
+    """The canonical URL path of mirror path ``path`` ('' the root, 'dir/' a directory's page): every
+    segment percent-encoded as the CloudFront Function re-encodes each request (``encodeURIComponent``).
+    It is what the origin is asked for, so it is also how CloudFront's cache keys, and therefore its
+    invalidation paths, spell the path."""
+    return "/" + "/".join(quote(part, safe=_URI_SAFE) for part in path.split("/"))

@@ -25,6 +25,7 @@ class S3Failure(StrEnum):
     CONFLICT = "conflict"  # a conditional request's precondition failed, or two writes raced
     THROTTLED = "throttled"  # slow down and retry
     ACCESS_DENIED = "access-denied"  # the credentials or the role do not allow it
+    NOT_MODIFIED = "not-modified"  # a conditional GET (If-None-Match) found the version the caller has
     OTHER = "other"
 
 
@@ -33,9 +34,19 @@ _CODES: dict[S3Failure, frozenset[str]] = {
     S3Failure.NO_BUCKET: frozenset({"NoSuchBucket"}),
     S3Failure.CONFLICT: frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}),
     S3Failure.THROTTLED: frozenset(
-        {"SlowDown", "503", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+        {
+            "SlowDown",
+            "503",
+            "Throttling",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "TooManyRequests",
+            # CloudFront: more invalidation paths in progress than it allows (3,000 files, 15 wildcards)
+            "TooManyInvalidationsInProgress",
+        }
     ),
     S3Failure.ACCESS_DENIED: frozenset({"AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId"}),
+    S3Failure.NOT_MODIFIED: frozenset({"304", "NotModified"}),
 }
 
 

@@ -11,6 +11,8 @@ each is read and written. No other module builds one of these keys or parses one
     <prefix>state/runs/last.json             and of the latest                       announce, mirrors
     <prefix>state/repair.json                RepairList: drift for the next sync to undo  verify → sync
     <prefix>state/failures.json              FailureLog: paths failing run after run, quarantine  sync
+    <prefix>state/invalidations.json         EdgeRecord: what the last run that overwrote or deleted
+                                             told the edge to forget          sync → serve-http, verify
     <prefix>state/health.json                HealthState: levels, last checks, 14 days    verify
     <prefix>pub/.mirrorkeeper/trace          our trace file (content.render_trace; its path is the
                                              trace_path setting, layout.DEFAULT_TRACE_PATH)   sync
@@ -43,6 +45,7 @@ from mirrorkeeper.entries import Entry
 from mirrorkeeper.errors import MirrorkeeperError, StateConflictError, StorageError
 from mirrorkeeper.layout import RESERVED_DIR, MirrorLayout
 from mirrorkeeper.manifest import ManifestError, ManifestHeader, Row, read_manifest, read_manifest_rows, write_manifest
+from mirrorkeeper.names import url_path
 from mirrorkeeper.s3errors import S3Failure, classify, is_conflict, is_missing, s3_errors
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ LOCK = "lock.json"
 REPAIR = "repair.json"
 FAILURES = "failures.json"
 HEALTH = "health.json"
+INVALIDATIONS = "invalidations.json"
 RUNS = "runs/"
 LAST_RUN = RUNS + "last.json"
 
@@ -249,6 +253,7 @@ class RunReport:
     # neither read the manifest nor planned: the run that published it (its report lists the
     # skipped names).
     unchanged_since: str = ""
+    invalidation: dict[str, Any] = field(default_factory=dict)  # EdgeRecord.summary(); {} when none
 
     @property
     def duration(self) -> float:
@@ -378,6 +383,113 @@ class FailureLog:
             return cls({str(p): PathFailure(**f) for p, f in doc["paths"].items()})
         except (TypeError, KeyError, AttributeError):
             return cls()
+
+
+# -- what a run told the edge to forget ---------------------------------------------------------
+
+
+class EdgeStatus(StrEnum):
+    COMPLETED = "completed"  # CloudFront reported it done: no edge location keeps the old copies
+    IN_PROGRESS = "in-progress"  # accepted, not seen done within the run's wait
+    THROTTLED = "throttled"  # refused for too many invalidations in progress, all through the wait
+    FAILED = "failed"  # refused otherwise (the role, the distribution id, the network): see ``error``
+    LOCAL = "local"  # no distribution configured: only mirrorkeeper's own front ends drop them
+
+
+@dataclass
+class EdgeBatch:
+    """One batch of paths a run asked the edge to forget, as CloudFront URL paths (names.url_path); a
+    path ending in ``*`` is a wildcard covering every path that begins with what precedes it."""
+
+    phase: str  # "data" (sent before the index tiers are published) or "final" (after the deletions)
+    paths: list[str]
+    status: EdgeStatus = EdgeStatus.LOCAL
+    id: str = ""  # CloudFront's invalidation id
+    created: float = 0.0
+    completed: float = 0.0  # when the run saw CloudFront report it done (0: not seen)
+    error: str = ""
+
+    @property
+    def wildcards(self) -> int:
+        return sum(path.endswith("*") for path in self.paths)
+
+    @property
+    def lost(self) -> bool:
+        """CloudFront never took it: the next run that touches these paths, or their TTL, covers them."""
+        return self.status in (EdgeStatus.THROTTLED, EdgeStatus.FAILED)
+
+    def covers(self, url: str) -> bool:
+        return any(url == path or (path.endswith("*") and url.startswith(path[:-1])) for path in self.paths)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "path_count": len(self.paths), "wildcards": self.wildcards}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> EdgeBatch:
+        return cls(
+            str(doc["phase"]),
+            [str(path) for path in doc["paths"]],
+            EdgeStatus(doc.get("status", EdgeStatus.LOCAL)),
+            str(doc.get("id", "")),
+            float(doc.get("created", 0.0)),
+            float(doc.get("completed", 0.0)),
+            str(doc.get("error", "")),
+        )
+
+
+@dataclass
+class EdgeRecord:
+    """``state/invalidations.json``: the batches of the last run that overwrote or deleted served
+    objects, rewritten after each batch. serve-http drops the same paths from its cache when the record
+    changes; verify fails a stale copy that a completed batch covered before the probe."""
+
+    run_id: str
+    # The run whose record this one replaced: a reader that did not see that one missed a run's batches.
+    previous: str = ""
+    distribution: str = ""
+    batches: list[EdgeBatch] = field(default_factory=list)
+    # The mirror's path on a host ('' for a host of one): the batches' paths start at the host's root.
+    root: str = ""
+
+    def invalidated(self, path: str, before: float) -> bool:
+        """True when a batch covering mirror path ``path`` was seen complete at ``before`` or earlier."""
+        url = url_path(f"{self.root}/{path}" if self.root else path)
+        return any(0 < batch.completed <= before and batch.covers(url) for batch in self.batches)
+
+    def summary(self) -> dict[str, Any]:
+        """The run report's ``invalidation`` section."""
+        return {
+            "distribution": self.distribution,
+            "paths": sum(len(batch.paths) for batch in self.batches),
+            "wildcards": sum(batch.wildcards for batch in self.batches),
+            "completed": bool(self.batches) and all(b.status is EdgeStatus.COMPLETED for b in self.batches),
+            "not_invalidated": sum(len(batch.paths) for batch in self.batches if batch.lost),
+            "batches": [batch.to_json() for batch in self.batches],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "run_id": self.run_id,
+            "previous": self.previous,
+            "distribution": self.distribution,
+            "batches": [batch.to_json() for batch in self.batches],
+            "root": self.root,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> EdgeRecord | None:
+        """The record, or None when ``doc`` is not one (a reader then assumes it missed a run)."""
+        try:
+            return cls(
+                str(doc["run_id"]),
+                str(doc.get("previous", "")),
+                str(doc.get("distribution", "")),
+                [EdgeBatch.from_json(batch) for batch in doc["batches"]],
+                str(doc.get("root", "")),
+            )
+        except (TypeError, KeyError, ValueError, AttributeError):
+            return None
 
 
 # -- health kept between verify runs ------------------------------------------------------------
@@ -557,6 +669,10 @@ class StateStore:
     @property
     def last_run_key(self) -> str:
         return self.key(LAST_RUN)
+
+    @property
+    def edge_key(self) -> str:
+        return self.key(INVALIDATIONS)
 
     def run_report_key(self, run_id: str) -> str:
         return self.key(f"{RUNS}{run_id}.json")
@@ -758,6 +874,38 @@ class StateStore:
             return RunReport.from_json(json.loads(body))
         except ValueError:
             return None
+
+    # -- what the edge was told to forget
+
+    def write_edge_record(self, record: EdgeRecord) -> None:
+        self._put(self.edge_key, _json_body(record.to_json()))
+
+    def edge_record(self) -> EdgeRecord | None:
+        """The last run's record; None when no run overwrote or deleted anything yet, or it is unreadable."""
+        changed = self.edge_record_since("")
+        return changed[0] if changed else None
+
+    def edge_record_since(self, etag: str) -> tuple[EdgeRecord | None, str] | None:
+        """The record and its ETag, or None while it is still the version ``etag`` names: one
+        conditional GET, which S3 answers with a bodiless 304 when nothing changed. (None, "") when
+        there is no record."""
+        key = self.edge_key
+        condition: dict[str, Any] = {"IfNoneMatch": etag} if etag else {}
+        with s3_errors(f"read {self._url(key)}"):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=key, **condition)
+                body = response["Body"].read()
+            except ClientError as exc:
+                if classify(exc) is S3Failure.NOT_MODIFIED:
+                    return None
+                if is_missing(exc):
+                    return None, ""
+                raise
+        try:
+            record = EdgeRecord.from_json(json.loads(body))
+        except ValueError:
+            record = None
+        return record, str(response.get("ETag", ""))
 
     # -- the repair list
 

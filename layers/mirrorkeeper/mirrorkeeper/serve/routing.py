@@ -20,14 +20,14 @@ against the same table (``cloudfront/cases.json``), so they cannot drift. The ru
 
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
+
+from mirrorkeeper.names import url_path
 
 MAX_PATH_BYTES = 1024  # S3's key limit; a longer resolved path cannot name a mirror file
 _MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SLASH = re.compile(r"%2[fF]")
 _UNENCODED = re.compile(r"[^\x21-\x7e]")  # clients must percent-encode these (RFC 3986)
-# encodeURIComponent's unreserved set, so Python and JavaScript produce the same canonical URI
-_URI_SAFE = "-_.!~*'()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class Route:
     @property
     def origin_uri(self) -> str:
         """The canonical, fully encoded URI the origin sees (what the CloudFront Function returns)."""
-        return "/" + "/".join(quote(part, safe=_URI_SAFE) for part in self.path.split("/"))
+        return url_path(self.path)
 
 
 def route(raw_target: str) -> Route:

@@ -1,15 +1,19 @@
 """The read side of the mirror: every S3 call the front ends make goes through here.
 
 Keys are only ever built as ``served_prefix + path`` from paths that :mod:`routing` or the FTP
-filesystem already cleaned, so nothing here can name private state. A missing key is ``None``,
+filesystem already cleaned, so no request can name private state (the one private object read, the
+sync's invalidation record, is read through :mod:`mirrorkeeper.state`). A missing key is ``None``,
 never an exception, so the front ends answer 404 / 550 without guessing from error text.
 
 An optional :class:`ObjectCache` keeps what recent reads returned (metadata of any object, whole
 bodies of small ones) for as long as each object's ``Cache-Control`` allows, capped by the cache's
 TTL: the trace file (``no-cache``) is always read from S3, index pages (``max-age=60``) and data
-(no header) for at most the TTL. Missing keys are never cached, so a new file shows at once.
+(no header) for at most the TTL. Missing keys are never cached, so a new file shows at once. An
+optional :class:`EdgeWatch` drops what each sync invalidated, as CloudFront does, so a file replaced
+in place is not served from memory for the rest of a long TTL.
 """
 
+import logging
 import posixpath
 import threading
 import time
@@ -29,12 +33,13 @@ from mirrorkeeper.errors import StorageError
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.names import MAX_KEY_BYTES
 from mirrorkeeper.s3errors import S3Failure, classify, s3_errors
-from mirrorkeeper.state import MTIME_META, SYMLINK_META
+from mirrorkeeper.state import MTIME_META, SYMLINK_META, EdgeRecord, StateStore
 
 CHUNK = 64 * 1024
 SMALL_BODY = 1024 * 1024  # bodies up to this size are cached whole; larger ones only their metadata
 CACHE_BYTES = 64 * 1024 * 1024  # the whole cache, bodies and an allowance per entry for metadata
 _ENTRY_OVERHEAD = 512  # rough bytes of one cached ObjectInfo and its key: bounds metadata-only entries too
+log = logging.getLogger(__name__)
 
 
 class ObjectChangedError(StorageError):
@@ -240,16 +245,97 @@ class ObjectCache:
                 self._uncacheable.clear()  # bounded; at worst one change goes unnoticed and the TTL applies
             self._uncacheable[key] = etag
             if seen is not None and seen != etag:
-                self._entries.clear()
-                self._bytes = 0
+                self._clear()
 
     def drop(self, key: str) -> None:
         with self._lock:
             if key in self._entries:
                 self._remove(key)
 
+    def drop_all(self, keys: set[str], prefixes: tuple[str, ...] = ()) -> None:
+        """Forget ``keys`` and every key beginning with one of ``prefixes``."""
+        with self._lock:
+            for key in [k for k in self._entries if k in keys or k.startswith(prefixes)]:
+                self._remove(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
     def _remove(self, key: str) -> None:
         self._bytes -= self._entries.pop(key).cost
+
+
+class EdgeWatch:
+    """Drops from the cache what the sync invalidated (its record, state.EdgeRecord), as CloudFront
+    drops it: a file changed in place is not served from memory once the sync has said so.
+
+    The record is looked at once per ``every`` seconds at most, by the request that finds the look
+    due (an idle server asks nothing): one conditional GET, a bodiless 304 while nothing changed.
+    Requests arriving meanwhile wait for that look, so none answers from a copy it condemns. A record
+    that does not follow the one seen last (a run was missed) or cannot be read empties the cache.
+    """
+
+    def __init__(
+        self, state: StateStore, cache: ObjectCache, every: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._state = state
+        self._cache = cache
+        self._every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._due = 0.0
+        self._etag = ""
+        self._run: str | None = None  # the run of the record seen last; None before the first look
+        self._failing = False
+
+    def check(self) -> None:
+        if self._clock() < self._due:
+            return
+        with self._lock:
+            if self._clock() < self._due:
+                return  # looked while we waited
+            try:
+                self._look()
+            finally:
+                self._due = self._clock() + self._every
+
+    def _look(self) -> None:
+        try:
+            changed = self._state.edge_record_since(self._etag)
+        except StorageError as exc:
+            if not self._failing:
+                log.warning("cannot read the sync's invalidations; objects live their TTL", extra={"error": str(exc)})
+            self._failing = True
+            return
+        self._failing = False
+        if changed is not None:
+            record, self._etag = changed
+            self._follow(record)
+
+    def _follow(self, record: EdgeRecord | None) -> None:
+        seen, self._run = self._run, record.run_id if record is not None else ""
+        if seen is None:
+            # The first look: before the first request, so nothing is cached, unless earlier looks
+            # failed, and then what was cached meanwhile may predate any run.
+            self._cache.clear()
+            return
+        if record is None or seen not in (record.run_id, record.previous):
+            self._cache.clear()
+            return
+        served = self._state.layout.host.served_prefix  # the record's paths start at the host's root
+        keys: set[str] = set()
+        prefixes: list[str] = []
+        for path in (path for batch in record.batches for path in batch.paths):
+            if path.endswith("*"):
+                prefixes.append(served + unquote(path[1:-1]))
+            else:
+                keys.add(served + unquote(path[1:]))
+        self._cache.drop_all(keys, tuple(prefixes))
 
 
 class _Flight[T]:
@@ -290,14 +376,37 @@ class _InFlight[T]:
             flight.done.set()
 
 
+class EdgeWatches:
+    """The :class:`EdgeWatch` of each mirror of a host, by its path ('' for a host of one): a request
+    asks the watch of the mirror it falls under, so only mirrors being read cost a look."""
+
+    def __init__(self, served_root: str, watches: dict[str, EdgeWatch]) -> None:
+        self._served_root = served_root
+        # Deepest path first: no two mirrors nest (config._check_names_and_paths), but the root '' does.
+        self._watches = sorted(watches.items(), key=lambda item: -len(item[0]))
+
+    def check(self, key: str) -> None:
+        for path, watch in self._watches:
+            if not path or key.startswith(f"{self._served_root}{path}/"):
+                watch.check()
+                return
+
+
 class ServedTree:
     """The served prefix of one mirror, seen as files and directories."""
 
-    def __init__(self, client: S3Client, layout: MirrorLayout, cache: ObjectCache | None = None) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        layout: MirrorLayout,
+        cache: ObjectCache | None = None,
+        watch: EdgeWatches | None = None,
+    ) -> None:
         self.client = client
         self.layout = layout
         self.bucket = layout.bucket
         self.cache = cache
+        self.watch = watch
         self._paginator: Any = None
         self._listings: _InFlight[list[Node] | None] = _InFlight()
 
@@ -310,7 +419,7 @@ class ServedTree:
     def head(self, key: str) -> ObjectInfo | None:
         if _too_long(key):
             return None
-        if self.cache is not None and (stored := self.cache.lookup(key)) is not None:
+        if (stored := self._lookup(key)) is not None:
             return stored.info
         with s3_errors(f"read {key}"):
             try:
@@ -333,6 +442,8 @@ class ServedTree:
             return None
         if self.cache is None:
             return self._get(key, byte_range, if_match)
+        if self.watch is not None:
+            self.watch.check(key)
         with self.cache.filling(key):
             stored = self.cache.lookup(key)
             if stored is not None and stored.body is not None and if_match in (None, stored.info.etag):
@@ -388,8 +499,15 @@ class ServedTree:
 
     def remembered(self, key: str) -> ObjectInfo | None:
         """What the cache knows about ``key`` right now, without asking S3 (None: nothing fresh)."""
-        stored = self.cache.lookup(key) if self.cache is not None else None
+        stored = self._lookup(key)
         return stored.info if stored is not None else None
+
+    def _lookup(self, key: str) -> _Stored | None:
+        if self.cache is None:
+            return None
+        if self.watch is not None:
+            self.watch.check(key)
+        return self.cache.lookup(key)
 
     def list_dir(self, path: str) -> list[Node] | None:
         """The entries of directory ``path``, or None when it does not exist.

@@ -32,6 +32,11 @@ class Change:
     old: Entry | None
     kind: ChangeKind
 
+    @property
+    def overwrites(self) -> bool:
+        """Its upload replaces an object a cache may hold (a new key, even a type change's, was never served)."""
+        return self.old is not None and _same_key(self.old, self.new)
+
 
 @dataclass
 class Plan:
@@ -45,6 +50,9 @@ class Plan:
     # Objects a type change (file <-> directory) leaves behind under the other key: part of a change.
     replaced: list[Entry] = field(default_factory=list)
     held: list[Entry] = field(default_factory=list)  # deletions kept back: still published
+    # Directories and symlinks whose object this run creates rather than replaces ('' for the root of
+    # a first sync): no cache holds them. (A file's Change says so itself.)
+    new_objects: set[str] = field(default_factory=set)
     old_files: int = 0
     old_bytes: int = 0
 
@@ -124,6 +132,8 @@ def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: Lat
         plan.target.append(new)
         if changed_paths is not None:
             changed_paths.add(new.path)
+        if new.type is not EntryType.FILE and (previous is None or not _same_key(previous, new)):
+            plan.new_objects.add(new.path)
         plan.dirty_dirs.add(new.parent)
         if new.type is EntryType.DIR:
             plan.dirty_dirs.add(new.path)
@@ -143,6 +153,8 @@ def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: Lat
         else:
             plan.deletes.append(old)
 
+    if old is None:
+        plan.new_objects.add("")
     for new in tree.entries:
         while old is not None and old.path < new.path:
             gone(old)
@@ -170,6 +182,11 @@ def make_plan(tree: UpstreamTree, published: Iterable[Entry], late_patterns: Lat
             and (entry.path in changed_paths or not tree.links[entry.path].via.isdisjoint(changed_paths))
         ]
     return plan
+
+
+def _same_key(old: Entry, new: Entry) -> bool:
+    """A directory's object is its marker ("x/"); a file's and a symlink's is "x"."""
+    return (old.type is EntryType.DIR) == (new.type is EntryType.DIR)
 
 
 def _count_old(plan: Plan, old: Entry) -> None:

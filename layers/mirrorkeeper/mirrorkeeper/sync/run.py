@@ -3,13 +3,15 @@
 ::
 
     lock ─▶ list upstream ─▶ plan (diff vs manifest, deletion guard) ─▶ for each batch:
-    fetch (rsync --files-from → staging) ║ upload previous batch ─▶ late files, tier by tier
-    ─▶ symlinks ─▶ directory index pages ─▶ deletions ─▶ manifest ─▶ trace ─▶ report ─▶ unlock
+    fetch (rsync --files-from → staging) ║ upload previous batch ─▶ invalidate replaced data
+    ─▶ late files, tier by tier ─▶ symlinks ─▶ directory index pages ─▶ deletions
+    ─▶ invalidate the rest ─▶ manifest ─▶ trace ─▶ report ─▶ unlock
 
 Publishing order is what keeps the mirror usable at every instant: data before the index files
-that name it, deletions only after everything new is in place, the manifest after the tree it
-describes, the trace file last. A run killed anywhere leaves a tree clients can use, and the
-next run's plan (made against the last *published* manifest) redoes whatever did not finish.
+that name it (and the caches rid of the data it replaced before then: sync/edge.py), deletions
+only after everything new is in place, the manifest after the tree it describes, the trace file
+last. A run killed anywhere leaves a tree clients can use, and the next run's plan (made against
+the last *published* manifest) redoes whatever did not finish, its invalidations included.
 
 No single path can stop the mirror: one that upstream will not send or S3 will not take is
 skipped for this run (its published copy stays), an index file naming it is held back, and
@@ -35,7 +37,7 @@ from stat import S_ISREG
 from typing import IO, cast
 from urllib.parse import quote
 
-from mirrorkeeper.aws import RequestCounter, S3Client, check_bucket
+from mirrorkeeper.aws import RequestCounter, S3Client, check_bucket, service_client
 from mirrorkeeper.config import SyncConfig
 from mirrorkeeper.content import (
     INDEX_CACHE_CONTROL,
@@ -56,6 +58,8 @@ from mirrorkeeper.state import (
     FRESH_CACHE_CONTROL,
     MTIME_META,
     SYMLINK_META,
+    EdgeBatch,
+    EdgeRecord,
     ManifestMeta,
     RepairList,
     RunReport,
@@ -63,6 +67,7 @@ from mirrorkeeper.state import (
     SyncResult,
     new_run_id,
 )
+from mirrorkeeper.sync.edge import CloudFront, EdgePaths
 from mirrorkeeper.sync.failures import RunFailures
 from mirrorkeeper.sync.indexes import holding_scope, named_files, names_failed
 from mirrorkeeper.sync.lease import Lease
@@ -115,9 +120,11 @@ class SyncRun:
         out: IO[str] | None = None,
         clock: Callable[[], float] = time.time,
         listing: ListingRun | None = None,
+        cloudfront: CloudFront | None = None,
     ) -> None:
         """``listing``: the upstream listing, already started by the caller (who closes it) so that it
-        runs while the caller starts up; without it, the run starts its own."""
+        runs while the caller starts up; without it, the run starts its own. ``cloudfront``: where
+        invalidations go; by default the distribution the settings name, if any."""
         self.config = config
         self.layout = config.layout
         self.client = client
@@ -140,6 +147,18 @@ class SyncRun:
         self._digests = Digests(0)
         self.failures: RunFailures | None = None  # from the plan on
         self._guard_reasons: list[str] = []
+        # What this run replaced in the served tree since its last batch of invalidations.
+        self._replaced_keys = EdgePaths(floor=len(self.layout.path.split("/")) if self.layout.path else 0)
+        self._edge_record: EdgeRecord | None = None
+        self._damaged: set[str] = set()
+        if cloudfront is None and config.cloudfront_distribution_id:
+            cloudfront = CloudFront(
+                lambda: service_client("cloudfront", config.aws),
+                config.cloudfront_distribution_id,
+                self.report.run_id,
+                config.invalidation_wait,
+            )
+        self.cloudfront = cloudfront
 
     # -- entry point ----------------------------------------------------------------------------
 
@@ -216,7 +235,7 @@ class SyncRun:
         self._phase("plan")
         # Published paths whose objects are missing or damaged are planned as never published:
         # fetched and uploaded again, like any new file.
-        damaged = set(repair.reupload) if repair else set()
+        damaged = self._damaged = set(repair.reupload) if repair else set()
         with self.state.manifest_entries() as published:
             trusted = (entry for entry in published if entry.path not in damaged) if damaged else published
             plan = make_plan(tree, trusted, self.config.late_patterns)
@@ -306,6 +325,7 @@ class SyncRun:
             with ThreadPoolExecutor(self.config.upload_concurrency, thread_name_prefix="upload") as pool:
                 self._phase("data")
                 self._transfer(plan, plan.data, staging_root, pool, "data")
+                self._invalidate("data")
                 for number, tier in enumerate(plan.late_tiers, 1):
                     self._phase(f"late-{number}")
                     self._transfer(plan, tier, staging_root, pool, f"late-{number}", indexes=True)
@@ -317,15 +337,17 @@ class SyncRun:
         finally:
             shutil.rmtree(staging_root, ignore_errors=True)
         self._phase("delete")
-        self.report.deleted_objects = self.store.delete_keys(
-            [
-                *(
-                    self.layout.directory_key(e.path) if e.type is EntryType.DIR else self.layout.served_key(e.path)
-                    for e in [*plan.deletes, *plan.replaced]
-                ),
-                *strays,
-            ]
-        )
+        doomed = [
+            *(
+                self.layout.directory_key(e.path) if e.type is EntryType.DIR else self.layout.served_key(e.path)
+                for e in [*plan.deletes, *plan.replaced]
+            ),
+            *strays,
+        ]
+        self.report.deleted_objects = self.store.delete_keys(doomed)
+        for key in doomed:
+            self._replaced(key)
+        self._invalidate("final")
         self._phase("manifest")
         count, size = _totals(plan.published())
         listing_key = self._listing_key()
@@ -339,6 +361,41 @@ class SyncRun:
             self._published(plan),
             meta,
         )
+
+    def _replaced(self, key: str) -> None:
+        """``key``, a served object, was overwritten or deleted: a cache may still hold its old copy."""
+        # CloudFront's paths start at the host's root: a mirror of a host's begin with its path.
+        self._replaced_keys.add(key.removeprefix(self.layout.host.served_prefix))
+
+    def _invalidate(self, phase: str) -> None:
+        """Tell the edge to forget what this run replaced since the last batch: CloudFront, when a
+        distribution is configured, and our own front ends through the record (state.EdgeRecord). A
+        failure here is reported, never raised: the objects are published either way."""
+        paths = self._replaced_keys.take()
+        if not paths:
+            return
+        self._phase(f"invalidate-{phase}")
+        batch = EdgeBatch(phase, paths)
+        if self.cloudfront is not None:
+            self.cloudfront.invalidate(batch)
+        try:
+            record = self._edge_record
+            if record is None:
+                previous = self.state.edge_record()
+                record = self._edge_record = EdgeRecord(
+                    self.report.run_id,
+                    previous.run_id if previous else "",
+                    self.config.cloudfront_distribution_id,
+                    root=self.layout.path,
+                )
+            record.batches.append(batch)
+            self.report.invalidation = record.summary()
+            self.state.write_edge_record(record)
+        except StorageError as exc:
+            log.warning(
+                "could not record the invalidated paths; serve-http keeps its copies up to --cache-ttl",
+                extra={"error": str(exc)},
+            )
 
     def _staging_root(self) -> Path:
         """A fresh staging directory for this run. Those of this mirror's earlier runs go first: we
@@ -564,6 +621,8 @@ class SyncRun:
     def _uploaded(self, plan: Plan, change: Change, digest: bytes, size: int, mtime: int) -> None:
         new = change.new
         self._digests.put(change.index, digest)
+        if change.overwrites or new.path in self._damaged:
+            self._replaced(self.layout.served_key(new.path))
         if size != new.size or mtime != new.mtime:
             # Changed upstream since the listing: record what was uploaded.
             self._as_listed = False
@@ -662,6 +721,8 @@ class SyncRun:
                     metadata,
                 )
                 plan.target[index] = replace(link, sha256=self._digests.hex(final_index) or final.sha256)
+            if link.path not in plan.new_objects:
+                self._replaced(self.layout.served_key(link.path))
             with self._report_lock:
                 self.report.links += 1
 
@@ -685,6 +746,8 @@ class SyncRun:
                 {MTIME_META: str(mtimes.get(directory, int(self.clock())))},
                 INDEX_CACHE_CONTROL,
             )
+            if directory not in plan.new_objects:
+                self._replaced(self.layout.directory_key(directory))
             with self._report_lock:
                 self.report.index_pages += 1
 

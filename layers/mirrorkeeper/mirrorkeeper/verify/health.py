@@ -8,7 +8,9 @@ sync outcome, drift, completeness). ``overall`` is the worst of them.
                         freshness (trace age) beyond DOWN_AFTER x the sync interval
               degraded  freshness beyond DEGRADED_AFTER x the sync interval; trace unreadable;
                         a missing path not answered 404 / 550; any sampled file, size, mtime,
-                        hash or root-listing probe failed; the probe step itself failed
+                        hash or root-listing probe failed (a copy older than the last sync only
+                        after the cache grace, or at once when the sync's invalidation of it had
+                        completed before the probe); the probe step itself failed
     mirror    degraded  drift (objects missing, extra or of the wrong size); the last sync failed
                         (non-zero exit other than "lock held", or the task never started); nothing
                         published yet; the drift check itself failed
@@ -24,7 +26,7 @@ from typing import Any
 
 from mirrorkeeper.display import human_age
 from mirrorkeeper.errors import ExitCode
-from mirrorkeeper.state import Level, SyncOutcome
+from mirrorkeeper.state import EdgeRecord, Level, SyncOutcome
 from mirrorkeeper.verify.drift import DriftReport
 from mirrorkeeper.verify.probes import EndpointReport, Outcome, ProbeKind
 
@@ -98,7 +100,11 @@ class Assessment:
         return [f.reason for f in self.findings if f.component == component]
 
 
-def assess_endpoint(report: EndpointReport, now: float, sync_interval: float, cache_grace: float) -> list[Finding]:
+def assess_endpoint(
+    report: EndpointReport, now: float, sync_interval: float, cache_grace: float, edge: EdgeRecord | None = None
+) -> list[Finding]:
+    """``edge``: what the last sync that replaced anything invalidated; a stale copy that one of its
+    completed invalidations covered is the edge ignoring it, never a cache not yet expired."""
     name = report.protocol
     if not report.reachable:
         first = report.results[0] if report.results else None
@@ -124,7 +130,21 @@ def assess_endpoint(report: EndpointReport, now: float, sync_interval: float, ca
     if report.missing_check is False:
         missing = next(r for r in report.results if r.kind is ProbeKind.MISSING)
         findings.append(Finding(name, Level.DEGRADED, f"wrong status for a missing file: {missing.detail}"))
-    stale = sum(r.outcome is Outcome.STALE for r in report.results)
+    kept = [
+        r
+        for r in report.results
+        if r.outcome is Outcome.STALE and edge is not None and edge.invalidated(r.path, report.probed_at)
+    ]
+    if kept:
+        findings.append(
+            Finding(
+                name,
+                Level.DEGRADED,
+                f"{len(kept)} files served older than the last sync although its invalidation of them had "
+                f"completed before the probe (first: {kept[0].path}: {kept[0].detail}); the edge did not drop them",
+            )
+        )
+    stale = sum(r.outcome is Outcome.STALE for r in report.results) - len(kept)
     synced_ago = now - report.trace_epoch if report.trace_epoch is not None else None
     forgiven = bool(stale) and synced_ago is not None and synced_ago <= cache_grace
     if forgiven and synced_ago is not None:
@@ -142,6 +162,7 @@ def assess_endpoint(report: EndpointReport, now: float, sync_interval: float, ca
         if r.kind in (ProbeKind.ROOT, ProbeKind.FILE, ProbeKind.DOWNLOAD)
         and not r.ok
         and not (forgiven and r.outcome is Outcome.STALE)
+        and r not in kept
     ]
     if failed:
         first = failed[0]
@@ -189,6 +210,7 @@ def assess(
     probes: list[EndpointReport] | StepFailure,
     sync: SyncOutcome | None,
     cache_grace: float = 3600.0,
+    edge: EdgeRecord | None = None,
 ) -> Assessment:
     findings = assess_mirror(drift, sync)
     if isinstance(probes, StepFailure):
@@ -197,7 +219,7 @@ def assess(
         ]
     else:
         for report in probes:
-            findings += assess_endpoint(report, now, sync_interval, cache_grace)
+            findings += assess_endpoint(report, now, sync_interval, cache_grace, edge)
     levels = {component: Level.OK for component in [*protocols, MIRROR]}
     for finding in findings:
         levels[finding.component] = max(levels.get(finding.component, Level.OK), finding.level)

@@ -37,7 +37,8 @@ from mirrorkeeper.tiers import LateTiers, late_tier
 
 READ_LIMIT = 1 << 20  # root listings and trace files are small; never buffer more than this
 _EPOCH_RE = re.compile(rb"^Epoch:\s*(\d+)\s*$", re.MULTILINE)
-FTP_SESSIONS = 4  # FTP servers cap sessions per address; the deployed one allows 16
+FTP_SESSIONS = 4  # FTP servers cap sessions per address; the deployed one allows 15
+BUSY_RETRIES = 4  # an FTP server at its cap of sessions for our address (421): tries after the first
 
 
 class Outcome(StrEnum):
@@ -91,6 +92,7 @@ class EndpointReport:
     url: str
     results: list[ProbeResult] = field(default_factory=list)
     trace_epoch: int | None = None
+    probed_at: float = 0.0  # when its probes started (what an invalidation must have completed before)
 
     @property
     def passed(self) -> int:
@@ -120,6 +122,7 @@ class EndpointReport:
             "protocol": self.protocol,
             "url": self.url,
             "trace_epoch": self.trace_epoch,
+            "probed_at": self.probed_at,
             "reachable": self.reachable,
             "passed": self.passed,
             "failed": self.failed,
@@ -201,7 +204,8 @@ def parse_trace_epoch(body: bytes) -> int | None:
 
 def check_mtime(served: float | None, sample: SampleFile, source: str) -> None:
     """Served mtime against the manifest's. Older means a cache still holds the copy the last sync
-    replaced (CloudFront does, for up to its TTL): STALE, which health forgives for a while."""
+    replaced (CloudFront does, for up to its TTL): STALE, which health forgives for a while, unless
+    the sync's invalidation of it had completed."""
     if served is None:
         raise ProbeFindingError(Outcome.WRONG_MTIME, f"no usable {source}; upstream mtime {sample.mtime}")
     if int(served) < sample.mtime:
@@ -311,8 +315,18 @@ class FtpSession:
     def __init__(self, url: str, timeout: float) -> None:
         parts = urlsplit(url)
         self.base = unquote(parts.path) if parts.path.endswith("/") else unquote(parts.path) + "/"
-        self.ftp = ftplib.FTP(timeout=timeout, encoding="utf-8")
-        self.ftp.connect(parts.hostname or "", parts.port or 21)
+        # Another prober sharing our address (a Lambda's NAT, the verify of another mirror) may hold
+        # the sessions the server allows it; as lftp does, wait and try again before calling it down.
+        for attempt in range(BUSY_RETRIES + 1):
+            self.ftp = ftplib.FTP(timeout=timeout, encoding="utf-8")
+            try:
+                self.ftp.connect(parts.hostname or "", parts.port or 21)
+                break
+            except ftplib.error_temp as exc:
+                self.ftp.close()
+                if not str(exc).startswith("421") or attempt == BUSY_RETRIES:
+                    raise
+                time.sleep(min(0.5 * 2**attempt, timeout / 4) * (1 + random.random()))
         self.ftp.login(unquote(parts.username or "anonymous"), unquote(parts.password or "mirrorkeeper@"))
         self.ftp.voidcmd("TYPE I")
 
@@ -391,6 +405,36 @@ def rsync_handshake(url: str, timeout: float) -> None:
 
 # -- the driver ---------------------------------------------------------------------------------
 
+
+class ServerSlots:
+    """The connections this process may hold open to one server at once, whichever mirror's probes
+    hold them: a host's mirrors are checked together against the same front ends, which cap the
+    connections of one client address (serve-http and serve-ftp: 16)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: dict[tuple[str, str], threading.BoundedSemaphore] = {}
+
+    @contextmanager
+    def hold(self, protocol: str, url: str, wanted: int) -> Iterator[int]:
+        """Up to ``wanted`` slots: waits for the first, takes the others only if free (so two
+        endpoint probes never wait on each other), and yields how many it got."""
+        with self._lock:
+            key = (protocol, urlsplit(url).netloc)
+            slots = self._slots.setdefault(key, threading.BoundedSemaphore(wanted))
+        slots.acquire()
+        granted = 1
+        while granted < wanted and slots.acquire(blocking=False):
+            granted += 1
+        try:
+            yield granted
+        finally:
+            for _ in range(granted):
+                slots.release()
+
+
+SERVER_SLOTS = ServerSlots()
+
 SESSIONS: dict[str, Callable[[str, float], Session]] = {"http": HttpSession, "ftp": FtpSession}
 
 
@@ -414,7 +458,7 @@ def _timed(kind: ProbeKind, path: str, into: list[ProbeResult]) -> Iterator[None
 def probe_endpoint(
     protocol: str, url: str, sample: list[SampleFile], trace_path: str, timeout: float, concurrency: int
 ) -> EndpointReport:
-    report = EndpointReport(protocol, url)
+    report = EndpointReport(protocol, url, probed_at=time.time())
     if protocol == "rsync":
         with _timed(ProbeKind.HANDSHAKE, "", report.results):
             rsync_handshake(url, timeout)
@@ -432,53 +476,53 @@ def probe_endpoint(
         found: Session = local.session
         return found
 
-    try:
-        with _timed(ProbeKind.ROOT, "", report.results):
-            session().root()
-        if not report.reachable:
-            return report
+    def trace() -> None:
+        body = session().read_small(trace_path)
+        epoch = parse_trace_epoch(body)
+        if epoch is None:
+            raise ProbeFindingError(Outcome.BAD_CONTENT, "the trace file has no 'Epoch:' line")
+        report.trace_epoch = epoch
 
-        def trace() -> None:
-            body = session().read_small(trace_path)
-            epoch = parse_trace_epoch(body)
-            if epoch is None:
-                raise ProbeFindingError(Outcome.BAD_CONTENT, "the trace file has no 'Epoch:' line")
-            report.trace_epoch = epoch
+    def check(item: SampleFile) -> None:
+        session().check_file(item)
 
-        def check(item: SampleFile) -> None:
-            session().check_file(item)
+    def download(item: SampleFile) -> None:
+        digest = session().download(item)
+        if digest != item.sha256:
+            raise ProbeFindingError(Outcome.WRONG_HASH, f"SHA-256 {digest[:16]}…, manifest says {item.sha256}")
 
-        def download(item: SampleFile) -> None:
-            digest = session().download(item)
-            if digest != item.sha256:
-                raise ProbeFindingError(Outcome.WRONG_HASH, f"SHA-256 {digest[:16]}…, manifest says {item.sha256}")
+    def run(kind: ProbeKind, path: str, probe: Callable[[], None]) -> list[ProbeResult]:
+        found: list[ProbeResult] = []
+        with _timed(kind, path, found):
+            try:
+                probe()
+            except ProbeFindingError:
+                raise
+            except BaseException:
+                local.session = None  # a broken connection is not reused
+                raise
+        return found
 
-        work: list[tuple[ProbeKind, str, Callable[[], None]]] = [
-            (ProbeKind.TRACE, trace_path, trace),
-            (ProbeKind.MISSING, (gone := missing_path()), lambda: session().check_missing(gone)),
-        ]
-        work += [(ProbeKind.FILE, s.path, lambda s=s: check(s)) for s in sample]  # type: ignore[misc]
-        work += [(ProbeKind.DOWNLOAD, s.path, lambda s=s: download(s)) for s in sample if s.download]  # type: ignore[misc]
-
-        def run(kind: ProbeKind, path: str, probe: Callable[[], None]) -> list[ProbeResult]:
-            found: list[ProbeResult] = []
-            with _timed(kind, path, found):
-                try:
-                    probe()
-                except ProbeFindingError:
-                    raise
-                except BaseException:
-                    local.session = None  # a broken connection is not reused
-                    raise
-            return found
-
-        workers = min(concurrency, FTP_SESSIONS) if protocol == "ftp" else concurrency
-        with ThreadPoolExecutor(max(workers, 1), thread_name_prefix=f"probe-{protocol}") as pool:
-            for found in pool.map(lambda item: run(*item), work):
-                report.results.extend(found)
-    finally:
-        for opened in sessions:
-            opened.close()
+    work: list[tuple[ProbeKind, str, Callable[[], None]]] = [
+        (ProbeKind.TRACE, trace_path, trace),
+        (ProbeKind.MISSING, (gone := missing_path()), lambda: session().check_missing(gone)),
+    ]
+    work += [(ProbeKind.FILE, s.path, lambda s=s: check(s)) for s in sample]  # type: ignore[misc]
+    work += [(ProbeKind.DOWNLOAD, s.path, lambda s=s: download(s)) for s in sample if s.download]  # type: ignore[misc]
+    workers = min(concurrency, FTP_SESSIONS) if protocol == "ftp" else concurrency
+    # Every connection is a pool thread's, so the slots held bound the connections open.
+    with (
+        SERVER_SLOTS.hold(protocol, url, max(workers, 1)) as granted,
+        ThreadPoolExecutor(granted, thread_name_prefix=f"probe-{protocol}") as pool,
+    ):
+        try:
+            report.results += pool.submit(run, ProbeKind.ROOT, "", lambda: session().root()).result()
+            if report.reachable:
+                for found in pool.map(lambda item: run(*item), work):
+                    report.results.extend(found)
+        finally:
+            for opened in sessions:
+                opened.close()
     return report
 
 

@@ -269,12 +269,15 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
     drift = parsed.drift.failure() if isinstance(parsed.drift, StepError) else parsed.drift
     probes = parsed.probes.failure() if isinstance(parsed.probes, StepError) else parsed.probes.endpoints
     report = _report_outcome(store.last_run_report())
+    edge = store.edge_record()
     from_event = _event_outcome(parsed.trigger) if isinstance(parsed.trigger, EcsTaskStateChange) else None
     status_url = config.http_url + STATUS_HTML_PATH if config.http_url else ""
     for _ in range(STATE_WRITE_ATTEMPTS):
         previous, etag = store.read_health()
         sync = latest_sync(previous.last_sync, report, from_event)
-        assessment = assess(now, config.sync_interval, list(config.endpoints), drift, probes, sync, config.cache_grace)
+        assessment = assess(
+            now, config.sync_interval, list(config.endpoints), drift, probes, sync, config.cache_grace, edge
+        )
         notice = decide_notice(previous, assessment, now, config.reminder_interval)
         state = next_state(previous, assessment, drift, probes, sync, notified=notice is not None)
         new_report = report if report and report.run_id != previous.last_report_run_id else None
