@@ -5,6 +5,8 @@ import io
 import os
 import re
 import secrets
+import shutil
+import subprocess
 import threading
 import time
 import urllib.request
@@ -102,6 +104,54 @@ def test_hostile_tree_is_served_byte_identical_by_the_cli_server(hostile_mirror:
         ftp.cwd("/current")
         assert ftp.pwd() == "/v1" and ftp.nlst() == ["pkg.rpm"]
         assert retr(ftp, "/latest.rpm") == b"rpm bytes"
+
+
+def test_lftp_mirrors_the_whole_root_as_upstream_plus_our_public_files(
+    hostile_mirror: Path, rsync_daemon: Callable[[Path], RsyncDaemon], s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    lftp = shutil.which("lftp")
+    if lftp is None:
+        pytest.fail("lftp not found on PATH: `make install` installs it (Debian package lftp); never skipped")
+    # GIVEN the hostile-name tree and a directory that lftp enters before .mirrorkeeper (it sorts
+    # first), synced by the real CLI; then a real verify run, which probes FTP and publishes the status page
+    upstream = hostile_mirror
+    write_file(upstream / "+early/file", b"early", 1_600_000_000)
+    synced = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET], endpoint)
+    assert synced.returncode == 0, synced.stderr
+    with serve_cli("serve-ftp", endpoint) as port:
+        verified = run_cli(["verify", "--bucket", BUCKET, "--ftp-url", f"ftp://127.0.0.1:{port}/"], endpoint)
+        assert verified.returncode == 0, verified.stderr
+        assert {"state/health.json", "pub/.mirrorkeeper/status.html"} <= {
+            item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+        }
+        # WHEN lftp mirrors the whole root
+        local = tmp_path / "copy"
+        script = (
+            "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 10; "
+            f"open -u anonymous,mirror-test@example.org ftp://127.0.0.1:{port}; mirror --verbose / {local}"
+        )
+        mirrored = subprocess.run([lftp, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    # THEN it got upstream's tree, and of ours exactly the files that are public over HTTP too
+    assert (mirrored.returncode, mirrored.stderr) == (0, ""), mirrored.stdout
+    ours = {
+        path: s3.get_object(Bucket=BUCKET, Key=f"pub/{path}")["Body"].read()
+        for path in (".mirrorkeeper/trace", ".mirrorkeeper/status.html", ".mirrorkeeper/status.json")
+    }
+    copied, upstream_files = tree_files(local), tree_files(upstream)
+    assert {path: content for path, (content, _) in copied.items()} == {
+        path: content for path, (content, _) in upstream_files.items()
+    } | ours
+    assert all(copied[path] == found for path, found in upstream_files.items())  # with upstream's mtimes
+    assert tree_shape(local) == tree_shape(upstream) | {".mirrorkeeper": "dir"} | dict.fromkeys(ours, "file")
+
+
+def tree_shape(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` by relative path: 'dir', 'file', or a symlink's target."""
+    shape = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        shape[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
+    return shape
 
 
 def test_resumed_downloads_start_at_the_rest_offset(s3: Any, endpoint: str) -> None:
@@ -227,18 +277,51 @@ def test_only_anonymous_and_ftp_log_in(s3: Any, endpoint: str) -> None:
             pass
 
 
-def test_traversal_never_leaves_the_served_tree(s3: Any, endpoint: str) -> None:
-    # GIVEN private state beside the served tree
+def test_our_public_files_are_entered_listed_and_fetched_and_nothing_leaves_the_served_tree(
+    s3: Any, endpoint: str
+) -> None:
+    # GIVEN private state beside the served tree, and our public files, under a directory that, like
+    # the sync and the status page leave it, has no marker object
     s3.put_object(Bucket=BUCKET, Key="state/lock.json", Body=b"private")
     put(s3, "pub/README", b"public")
+    ours = {"trace": b"trace", "status.html": b"<html></html>", "status.json": b"{}"}
+    for name, body in ours.items():
+        put(s3, f"pub/.mirrorkeeper/{name}", body)
     with ftp_server(endpoint) as port, session(port) as ftp:
-        # WHEN climbing out in every spelling THEN the root is as high as it goes and state is missing
-        ftp.cwd("../../..")
-        assert ftp.pwd() == "/" and "state" not in ftp.nlst()
-        for path in ("../state/lock.json", "/../state/lock.json", "/..//../state/lock.json", "state/lock.json"):
+        # WHEN a fresh session enters it by any path, before listing anything
+        for path in ("/.mirrorkeeper", "/.mirrorkeeper/", ".mirrorkeeper", "/./.mirrorkeeper/."):
+            ftp.cwd("/")
+            ftp.cwd(path)
+            # THEN it is a directory whose files are listed and served
+            assert ftp.pwd() == "/.mirrorkeeper", path
+        assert sorted(ftp.nlst()) == sorted(ours)
+        assert {name: facts["type"] for name, facts in ftp.mlsd("/.mirrorkeeper")} == dict.fromkeys(ours, "file")
+        assert {name: retr(ftp, name) for name in ours} == ours
+        for missing in ("CWD /.mirrorkeeper/trace", "CWD /.mirrorkeeper/nothing", "SIZE /.mirrorkeeper/nothing"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
+                ftp.sendcmd(missing)
+        # AND climbing out in every spelling stops at the root, where state is missing
+        for climb in ("..", "../..", "/..", "../../..", "/.mirrorkeeper/../..", ".mirrorkeeper/../../.."):
+            ftp.cwd("/.mirrorkeeper")
+            ftp.cwd(climb)
+            assert ftp.pwd() == "/", climb
+            assert "state" not in ftp.nlst()
+        ftp.cwd("/.mirrorkeeper")
+        for path in (
+            "../state/lock.json",
+            "/../state/lock.json",
+            "/..//../state/lock.json",
+            "state/lock.json",
+            ".mirrorkeeper/../../state/lock.json",
+            "/.mirrorkeeper/../../../state/lock.json",
+            "../../state/lock.json",
+        ):
             with pytest.raises(ftplib.error_perm, match=r"^550"):
                 retr(ftp, path)
-        assert retr(ftp, "/../README") == b"public"
+        for path in ("../state", "/../state", ".mirrorkeeper/../../state", "/.mirrorkeeper/../../state"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
+                ftp.cwd(path)
+        assert retr(ftp, "../README") == retr(ftp, "/../README") == b"public"
 
 
 def test_a_listing_costs_one_list_request_not_one_per_entry(s3: Any, endpoint: str) -> None:
