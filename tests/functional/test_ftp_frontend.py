@@ -6,6 +6,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -28,7 +29,7 @@ from mirrorkeeper.serve.ftp import RETR_CHUNK, make_server
 from mirrorkeeper.serve.served import ObjectCache, ServedTree
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import write_file
-from tests.support import BUCKET, run_cli, serve_cli, tree_files
+from tests.support import BUCKET, free_port_range, run_cli, serve_cli, tree_files
 
 
 @contextmanager
@@ -57,8 +58,9 @@ def ftp_server(
 
 
 @contextmanager
-def session(port: int, user: str = "anonymous") -> Iterator[ftplib.FTP]:
-    ftp = ftplib.FTP(timeout=10, encoding="utf-8")
+def session(port: int, user: str = "anonymous", source: str | None = None) -> Iterator[ftplib.FTP]:
+    """A logged-in session, from loopback address ``source`` when given (127.0.0.2, ...)."""
+    ftp = ftplib.FTP(timeout=10, encoding="utf-8", source_address=(source, 0) if source else None)
     ftp.connect("127.0.0.1", port)
     ftp.login(user, "mirror-test@example.org")
     try:
@@ -366,6 +368,74 @@ def test_passive_range_masquerade_banner_and_connection_limits(s3: Any, endpoint
             with pytest.raises(ftplib.error_temp, match=r"^421"):
                 third.connect("127.0.0.1", port)
             third.close()
+
+
+def test_a_passive_request_finding_every_port_held_is_refused_and_never_sent_outside_the_range(
+    s3: Any, endpoint: str
+) -> None:
+    put(s3, "pub/a", b"a file")
+    low, high = free_port_range(2)
+    # Clients come from 127.0.0.2 and up: 127.0.0.1 is where serve_cli checked that the server listens.
+    with (
+        serve_cli("serve-ftp", endpoint, "--passive-ports", f"{low}-{high}") as port,
+        session(port, source="127.0.0.2") as first,
+        session(port, source="127.0.0.3") as second,
+    ):
+        # GIVEN two clients whose PASV holds each of the two ports (nobody connects to them yet)
+        held = [passive_port(first.sendcmd("PASV")), passive_port(second.sendcmd("PASV"))]
+        assert sorted(held) == [low, high]
+        # AND the default cap: one session per client address, fewer than the two ports
+        with pytest.raises(ftplib.error_temp, match=r"^421"), session(port, source="127.0.0.2"):
+            pass
+        with session(port, source="127.0.0.4") as third:
+            # WHEN a third client asks for a data port THEN it is refused, never given one outside the range
+            for command in ("PASV", "EPSV"):
+                with pytest.raises(ftplib.error_temp, match=r"^425 ") as refused:
+                    third.sendcmd(command)
+                assert not re.search(r"\d{4}", str(refused.value)), refused.value
+            # AND once a client connects to its port, that port takes the next client
+            first.voidcmd("TYPE I")
+            with socket.create_connection(("127.0.0.1", held[0]), 10, ("127.0.0.2", 0)) as data:
+                assert first.sendcmd("RETR /a").startswith("1")
+                assert data.makefile("rb").read() == b"a file"
+            first.voidresp()
+            assert passive_port(third.sendcmd("EPSV")) == held[0]
+        assert retr(second, "/a") == b"a file"  # asking again frees its own port first
+
+
+def passive_port(reply: str) -> int:
+    """The port a 227 (h1,h2,h3,h4,p1,p2) or 229 (|||port|) reply names."""
+    if reply.startswith("227"):
+        numbers = re.search(r"\((\d+(?:,\d+){5})\)", reply)
+        assert numbers is not None, reply
+        high, low = numbers.group(1).split(",")[4:]
+        return int(high) * 256 + int(low)
+    extended = re.search(r"\(\|\|\|(\d+)\|\)", reply)
+    assert reply.startswith("229") and extended is not None, reply
+    return int(extended.group(1))
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (
+            ["--passive-ports", "60000-60001", "--max-connections-per-ip", "3"],
+            ["--max-connections-per-ip 3", "2 ports"],
+        ),
+        (
+            ["--passive-ports", "60000-60015", "--max-connections-per-ip", "16"],
+            ["--max-connections-per-ip", "60000-60015"],
+        ),
+        (["--passive-ports", "60000-60000"], ["--passive-ports 60000-60000"]),
+    ],
+)
+def test_a_per_address_cap_not_below_the_passive_ports_is_a_usage_error(options: list[str], named: list[str]) -> None:
+    # WHEN serve-ftp is given a per-address cap that would let one client hold every passive port
+    result = run_cli(["serve-ftp", "--bucket", BUCKET, *options], "http://127.0.0.1:9")
+    # THEN it refuses to start: one line naming both settings, and exit 2
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(words in result.stderr for words in named), result.stderr
 
 
 def test_a_directory_of_more_than_a_thousand_entries_is_listed_whole_from_one_paginated_listing(

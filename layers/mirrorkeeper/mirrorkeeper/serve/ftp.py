@@ -8,6 +8,9 @@ never appear as files. Missing paths raise ``FileNotFoundError``, which pyftpdli
 Symlinks: ``LIST`` shows them as ``l`` entries with their target (``ls -l`` style) and MLSD as
 ``type=OS.unix=slink:TARGET``; ``RETR`` of a file symlink sends its target's bytes; ``CWD`` into
 a directory symlink enters the target directory (``PWD`` then names the target).
+
+Passive data ports: with a range configured, a ``PASV``/``EPSV`` that finds every port of it taken
+is answered 425, never with a port outside it (the load balancer forwards only the range).
 """
 
 import errno
@@ -23,6 +26,7 @@ from typing import Any
 from pyftpdlib.authorizers import AuthenticationFailed, DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.servers import ThreadedFTPServer
 
@@ -311,13 +315,38 @@ class MirrorDTPHandler(DTPHandler):  # type: ignore[misc]
     ac_out_buffer_size = RETR_CHUNK
 
 
+class PassivePortsTakenError(Exception):
+    """Every port of the passive range is taken: the client is told to come back, not sent elsewhere."""
+
+
+class MirrorPassiveDTP(PassiveDTP):  # type: ignore[misc]
+    """pyftpdlib's passive listener, held to the configured range."""
+
+    def listen(self, num: int) -> None:
+        # When every port of the range is taken, pyftpdlib binds any free port instead (and listens
+        # unbound, on a port the kernel picks, when the last one refused bind() for permission): a port
+        # the load balancer does not forward, where the client's data connection would hang and fail.
+        ports = self.cmd_channel.passive_ports
+        if ports is not None and self.socket.getsockname()[1] not in ports:
+            self.close()
+            raise PassivePortsTakenError
+        super().listen(num)
+
+
 class MirrorFTPHandler(FTPHandler):  # type: ignore[misc]
     dtp_handler = MirrorDTPHandler
+    passive_dtp = MirrorPassiveDTP
 
     def push_dtp_data(self, data: Any, isproducer: bool = False, file: Any = None, cmd: str | None = None) -> None:
         if isproducer and isinstance(data, FileProducer) and isinstance(file, S3ReadFile):
             data = _ViewProducer(data)
         super().push_dtp_data(data, isproducer, file, cmd)
+
+    def _make_epasv(self, extmode: bool = False) -> None:
+        try:
+            super()._make_epasv(extmode)
+        except PassivePortsTakenError:
+            self.respond_w_warning("425 Every passive port is taken; try again in a few seconds.")
 
     def ftp_STOU(self, line: str) -> None:  # noqa: N802 - pyftpdlib dispatches on this exact name
         # pyftpdlib checks STOU's permission only after creating the file, and a read-only
