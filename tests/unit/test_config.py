@@ -120,6 +120,14 @@ def test_http_connections_per_address_know_no_passive_ports() -> None:
     assert load_serve_config("serve-http", {"bucket": "mirror-test"}, {}).max_connections_per_ip == 16
 
 
+def test_the_masquerade_address_is_the_ipv4_address_pasv_replies_carry() -> None:
+    config = load_serve_config("serve-ftp", {"bucket": "mirror-test", "masquerade_address": "192.0.2.10"}, {})
+    assert config.masquerade_address == "192.0.2.10"
+    for wrong in ("2001:db8::1", "ftp.example.org", "192.0.2.300"):
+        with pytest.raises(ConfigError, match="expected an IPv4 address"):
+            load_serve_config("serve-ftp", {"bucket": "mirror-test", "masquerade_address": wrong}, {})
+
+
 # -- one declaration per setting -------------------------------------------------------------
 
 COMMANDS = ("sync", "serve-http", "serve-ftp", "verify", "announce")

@@ -6,7 +6,8 @@ import socket
 import pytest
 
 from mirrorkeeper.commands.serve_common import listening_url
-from mirrorkeeper.serve.http import address_family, client_key
+from mirrorkeeper.serve.http import client_key
+from mirrorkeeper.serve.sockets import address_family
 
 
 @pytest.mark.parametrize(

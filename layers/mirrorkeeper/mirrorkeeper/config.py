@@ -10,6 +10,7 @@ operator knows which knob to turn; the command line turns it into one line and e
 """
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -225,6 +226,17 @@ def parse_port_range(text: str) -> tuple[int, int] | None:
     if not 0 < low <= high:
         raise ValueError("expected FIRST-LAST with 0 < FIRST <= LAST")
     return low, high
+
+
+def parse_ipv4(text: str) -> str:
+    """An IPv4 address, or '' for none: a PASV reply has room for nothing else."""
+    value = str(text).strip()
+    if value:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError("expected an IPv4 address such as 192.0.2.10 (PASV replies carry IPv4 only)") from None
+    return value
 
 
 def parse_endpoint_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
@@ -624,9 +636,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "masquerade_address",
-        plain,
+        parse_ipv4,
         "",
-        "address announced in PASV replies (the load balancer's public address)",
+        "IPv4 address announced in PASV replies (the load balancer's public address); IPv6 clients use EPSV",
         frozenset({SERVE_FTP}),
         FTP,
         default_text="the listening address",

@@ -10,10 +10,12 @@ Symlinks: ``LIST`` shows them as ``l`` entries with their target (``ls -l`` styl
 a directory symlink enters the target directory (``PWD`` then names the target).
 
 Passive data ports: with a range configured, a ``PASV``/``EPSV`` that finds every port of it taken
-is answered 425, never with a port outside it (the load balancer forwards only the range).
+is answered 425, never with a port outside it (the load balancer forwards only the range). An IPv6
+client is refused ``PASV``, whose reply has room for an IPv4 address only, and told to use ``EPSV``.
 """
 
 import errno
+import ipaddress
 import logging
 import posixpath
 import time
@@ -33,6 +35,7 @@ from pyftpdlib.servers import ThreadedFTPServer
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.layout import RESERVED_DIR
 from mirrorkeeper.serve.served import Node, NodeKind, ObjectBody, ServedTree
+from mirrorkeeper.serve.sockets import both_families, listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +323,12 @@ class PassivePortsTakenError(Exception):
 
 
 class MirrorPassiveDTP(PassiveDTP):  # type: ignore[misc]
-    """pyftpdlib's passive listener, held to the configured range."""
+    """pyftpdlib's passive listener, held to the configured range and dual-stack whatever the host says."""
+
+    def create_socket(self, family: int, type: int) -> None:
+        super().create_socket(family, type)
+        # On a dual-stack server an IPv4 client's data port is bound on its ::ffff:a.b.c.d address.
+        both_families(self.socket)
 
     def listen(self, num: int) -> None:
         # When every port of the range is taken, pyftpdlib binds any free port instead (and listens
@@ -341,6 +349,15 @@ class MirrorFTPHandler(FTPHandler):  # type: ignore[misc]
         if isproducer and isinstance(data, FileProducer) and isinstance(file, S3ReadFile):
             data = _ViewProducer(data)
         super().push_dtp_data(data, isproducer, file, cmd)
+
+    def ftp_PASV(self, line: str) -> None:  # noqa: N802 - pyftpdlib dispatches on this exact name
+        # A 227 reply has room for an IPv4 address only (RFC 959): pyftpdlib would put an IPv6 client's
+        # address where the four numbers go, or send it the masquerade address, IPv4 it may not reach.
+        client = ipaddress.ip_address(self.remote_ip)
+        if client.version == 6 and client.ipv4_mapped is None:
+            self.respond("425 Use EPSV over IPv6 (RFC 2428).")
+            return
+        super().ftp_PASV(line)
 
     def _make_epasv(self, extmode: bool = False) -> None:
         try:
@@ -376,7 +393,7 @@ def make_server(
         "permit_foreign_addresses": False,
     }
     handler = type("ConfiguredMirrorFTPHandler", (MirrorFTPHandler,), attributes)
-    server = ThreadedFTPServer(address, handler)
+    server = ThreadedFTPServer(listening_socket(*address), handler)
     server.max_cons = max_connections
     server.max_cons_per_ip = max_connections_per_ip
     return server
