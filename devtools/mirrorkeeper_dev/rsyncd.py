@@ -22,24 +22,37 @@ def free_port() -> int:
 
 
 class RsyncDaemon:
-    def __init__(self, root: Path, module: str = "mirror", port: int | None = None, rsync: str = "rsync") -> None:
+    """``root`` served as ``module``; ``more`` serves further modules ({name: directory}) from the same daemon."""
+
+    def __init__(
+        self,
+        root: Path,
+        module: str = "mirror",
+        port: int | None = None,
+        rsync: str = "rsync",
+        more: dict[str, Path] | None = None,
+    ) -> None:
         self.root, self.module, self.rsync = Path(root), module, rsync
+        self.modules = {module: Path(root), **{name: Path(path) for name, path in (more or {}).items()}}
         self.port = port or free_port()
         self._dir: Path | None = None  # config and log, from start() until stop()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"rsync://127.0.0.1:{self.port}/{self.module}/"
+        return self.url_of(self.module)
+
+    def url_of(self, module: str) -> str:
+        return f"rsync://127.0.0.1:{self.port}/{module}/"
 
     def start(self) -> "RsyncDaemon":
         self._dir = Path(tempfile.mkdtemp(prefix="rsyncd-"))
         config, log = self._dir / "rsyncd.conf", self._dir / "rsyncd.log"
         # use chroot = no: we are not root everywhere; munge symlinks = no: serve links as they are.
-        config.write_text(
-            f"use chroot = no\nmunge symlinks = no\nmax connections = 64\nlog file = {log}\n"
-            f"[{self.module}]\npath = {self.root}\nread only = yes\nlist = yes\n"
+        modules = "".join(
+            f"[{name}]\npath = {path}\nread only = yes\nlist = yes\n" for name, path in self.modules.items()
         )
+        config.write_text(f"use chroot = no\nmunge symlinks = no\nmax connections = 64\nlog file = {log}\n{modules}")
         self._process = subprocess.Popen(
             [self.rsync, "--daemon", "--no-detach", f"--config={config}", f"--port={self.port}", "--address=127.0.0.1"],
             stdin=subprocess.DEVNULL,

@@ -81,7 +81,7 @@ def test_verify_reports_each_protocol_and_exits_by_health(tmp_path: Path, moto_p
         assert healthy.returncode == 0, healthy.stderr
         state = json.loads(healthy.stdout)
         assert state["health"]["levels"] == {"http": "ok", "ftp": "ok", "mirror": "ok", "overall": "ok"}
-        assert set(state) == {"trigger", "drift", "probes", "health"}
+        assert set(state) == {"trigger", "mirror", "drift", "probes", "health"}
     # WHEN the front ends are gone: exit 1, both protocols down, the table says so
     down = run_cli(["verify", "--bucket", BUCKET, *urls], moto_process)
     assert down.returncode == 1, down.stderr

@@ -4,7 +4,6 @@ real processes on loopback, SNS messages read back through an SQS subscription o
 Each fault turns the right level and sends exactly one message; recovery sends one "resolved".
 """
 
-import importlib.util
 import json
 import time
 from collections.abc import Iterator
@@ -21,9 +20,10 @@ from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.verify.alerts import SnsNotifier
 from mirrorkeeper.verify.events import InvalidEventError
 from mirrorkeeper.verify.metrics import CloudWatchSink
-from mirrorkeeper.verify.workflow import Deps, cli_trigger, run_chain
+from mirrorkeeper.verify.workflow import Deps, cli_trigger, publish_host, run_chain
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import openvz_like
+from tests import asl
 from tests.faultproxy import fault_proxy
 from tests.support import BUCKET, run_cli, serve_cli
 
@@ -133,11 +133,13 @@ def test_a_healthy_mirror_is_ok_emits_metrics_publishes_status_and_sends_nothing
     assert state["drift"]["drift"] == 0 and state["drift"]["completion_pct"] == 100.0
     # AND no message was sent
     assert mirror.messages() == []
-    # AND metrics reached CloudWatch with the Mirror and Protocol dimensions the alarms use
+    # AND the mirror's two metrics reached CloudWatch, and the host's step adds the host-wide set the
+    # alarms use (per protocol, with no Mirror dimension)
+    publish_host({"trigger": state["trigger"], "results": [{"mirror": "", "health": state["health"]}]}, mirror.deps())
     cloudwatch = boto3.client("cloudwatch", endpoint_url=mirror.endpoint)
     fresh = cloudwatch.list_metrics(Namespace=NAMESPACE, MetricName="FreshnessSeconds")["Metrics"]
-    protocols = {d["Value"] for m in fresh for d in m["Dimensions"] if d["Name"] == "Protocol"}
-    assert protocols == {"http", "ftp"}
+    assert {d["Value"] for m in fresh for d in m["Dimensions"] if d["Name"] == "Mirror"} == {"test mirror"}
+    assert {d["Value"] for m in fresh for d in m["Dimensions"] if d["Name"] == "Protocol"} == {"http", "ftp"}
     assert cloudwatch.list_metrics(Namespace=NAMESPACE, MetricName="SyncDurationSeconds")["Metrics"]
     # AND the status page is served by the front end itself
     status = mirror.s3.get_object(Bucket=BUCKET, Key="pub/.mirrorkeeper/status.json")
@@ -256,27 +258,8 @@ def test_a_successful_sync_task_event_is_ok(mirror: Mirror) -> None:
     assert mirror.messages() == []
 
 
-@dataclass
-class FakeLambdaContext:
-    """The attributes Powertools reads from Lambda's context object."""
-
-    function_name: str = "mirrorkeeper-verify"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:mirrorkeeper-verify"
-    aws_request_id: str = "5f7e1c9a-0000-4000-8000-000000000000"
-
-
-def load_handler(name: str) -> Any:
-    path = REPO / "functions" / name / "app.py"
-    spec = importlib.util.spec_from_file_location(f"lambda_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.handler
-
-
 @pytest.fixture
-def lambda_env(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def lambda_env(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> asl.Workflow:
     """The environment template.yaml gives the three functions, pointed at the test's servers."""
     config = mirror.config
     for name, value in {
@@ -292,55 +275,46 @@ def lambda_env(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
         "POWERTOOLS_METRICS_NAMESPACE": NAMESPACE,
     }.items():
         monkeypatch.setenv(name, value)
-    definition = json.loads((REPO / "statemachine" / "verify.asl.json").read_text())
-    names = {"DiffManifests": "diff_manifests", "ProbeEndpoints": "probe_endpoints", "PublishHealth": "publish_health"}
-    return {"definition": definition, "handlers": {state: load_handler(name) for state, name in names.items()}}
-
-
-def run_state_machine(lambda_env: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:
-    """Step Functions' walk over the definition for the states it uses: Pass with Parameters, Task
-    with ResultPath, on success."""
-    definition, handlers = lambda_env["definition"], lambda_env["handlers"]
-    name, document = definition["StartAt"], trigger
-    while True:
-        state = definition["States"][name]
-        if state["Type"] == "Pass":
-            document = {key.removesuffix(".$"): document for key in state["Parameters"]}
-        else:
-            document[state["ResultPath"].removeprefix("$.")] = handlers[name](document, FakeLambdaContext())
-        if state.get("End"):
-            return document
-        name = state["Next"]
+    return asl.deployed_workflow()
 
 
 def test_the_lambdas_in_state_machine_order_agree_with_mirrorkeeper_verify(
-    mirror: Mirror, lambda_env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    mirror: Mirror, lambda_env: asl.Workflow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     trigger = ecs_event("ecs-task-stopped-failed.json", time.time() + 5)
     # WHEN the failed-sync event runs through the three handlers, as the state machine chains them
-    deployed = run_state_machine(lambda_env, trigger)
+    deployed = asl.execute(lambda_env, trigger)
     emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    published = json.loads(mirror.s3.get_object(Bucket=BUCKET, Key="state/health.json")["Body"].read())
     # AND, from the same starting state, through mirrorkeeper verify's chain
     mirror.s3.delete_object(Bucket=BUCKET, Key="state/health.json")
     local = mirror.verify(trigger=trigger)
-    # THEN both reach the same verdict and findings
-    assert levels(deployed) == levels(local) == {"http": "ok", "ftp": "ok", "mirror": "degraded", "overall": "degraded"}
-    assert [f["reason"] for f in deployed["health"]["findings"]] == [f["reason"] for f in local["health"]["findings"]]
+    # THEN both reach the same verdict and findings (the deployed one as its status page tells it)
+    assert [r["mirror"] for r in deployed["results"]] == [""] and deployed["host"]["not_ok"] == [""]
+    assert deployed["results"][0]["health"]["overall"] == local["health"]["overall"] == "degraded"
+    assert published["levels"] == levels(local)
+    assert levels(local) == {"http": "ok", "ftp": "ok", "mirror": "degraded", "overall": "degraded"}
+    local_reasons = [f["reason"] for f in local["health"]["findings"] if f["component"] == "mirror"]
+    assert published["mirror_reasons"] == local_reasons and local_reasons
     assert len(mirror.messages()) == 2  # one per run: each started from an empty history
-    # AND the Lambda's metrics left as EMF with exactly the Mirror / Protocol dimension sets
-    dimension_sets = {
-        tuple(dims) for doc in emitted for block in doc["_aws"]["CloudWatchMetrics"] for dims in block["Dimensions"]
-    }
-    assert ("Mirror",) in dimension_sets and ("Mirror", "Protocol") in dimension_sets
-    names = {m["Name"] for doc in emitted for block in doc["_aws"]["CloudWatchMetrics"] for m in block["Metrics"]}
-    assert {"HealthLevel", "FreshnessSeconds", "MissingFileCheck", "SyncFailed", "CompletionPercent"} <= names
+    # AND the mirror's Lambda sent its two metrics as EMF with the Mirror dimension, the host's its set
+    # with none or Protocol alone
+    names: dict[tuple[str, ...], set[str]] = {}
+    for doc in emitted:
+        for block in doc["_aws"]["CloudWatchMetrics"]:
+            for dims in block["Dimensions"]:
+                names.setdefault(tuple(dims), set()).update(m["Name"] for m in block["Metrics"])
+    assert names[("Mirror",)] == {"HealthLevel", "FreshnessSeconds"}
+    assert set(names) == {("Mirror",), (), ("Protocol",)}
+    assert {"HealthLevel", "MirrorsNotOk", "SyncFailed"} <= names[()]
+    assert {"FreshnessSeconds", "ProbesFailed"} <= names[("Protocol",)]
 
 
-def test_a_malformed_event_is_refused_with_the_field_named(lambda_env: dict[str, Any]) -> None:
-    handler = lambda_env["handlers"]["PublishHealth"]
+def test_a_malformed_event_is_refused_with_the_field_named(lambda_env: asl.Workflow) -> None:
+    handler = lambda_env.handlers["PublishHealth"]
     event = {"trigger": json.loads((REPO / "events" / "scheduled-verify.json").read_text()), "drift": {}}
     with pytest.raises(InvalidEventError, match="probes"):
-        handler(event, FakeLambdaContext())
+        handler(event)
 
 
 def test_unreachable_s3_is_one_line_and_exit_1() -> None:

@@ -9,6 +9,8 @@ virtualenv (`make tools`): moto's CloudFormation does not run that transform, an
 implementation here could agree with itself rather than with AWS."""
 
 import functools
+import ipaddress
+import itertools
 import json
 import re
 import subprocess
@@ -30,7 +32,7 @@ class _Loader(yaml.SafeLoader):
 
 
 def _short_form(loader: _Loader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    name = suffix if suffix in ("Ref", "Condition") else f"Fn::{suffix}"
     value: Any
     if isinstance(node, yaml.ScalarNode):
         value = loader.construct_scalar(node)
@@ -128,7 +130,15 @@ class Resolver:
         self.values.update(pseudo)
         self.refs: dict[str, Any] = {}  # logical id -> what Ref returns
         self.attrs: dict[str, dict[str, Any]] = {}  # logical id -> GetAtt attributes
-        self.conditions = {name: self.resolve(expr) for name, expr in template.get("Conditions", {}).items()}
+        # a condition may name others (`Condition: X`), so each is decided when first asked for
+        self.conditions: dict[str, bool] = {}
+        for name in template.get("Conditions", {}):
+            self._condition(name)
+
+    def _condition(self, name: str) -> bool:
+        if name not in self.conditions:
+            self.conditions[name] = bool(self.resolve(self.template["Conditions"][name]))
+        return self.conditions[name]
 
     def active(self, logical_id: str) -> bool:
         condition = self.template["Resources"][logical_id].get("Condition")
@@ -151,12 +161,12 @@ class Resolver:
             "Ref": self._ref,
             "Fn::GetAtt": lambda a: self.attrs[a[0]][a[1]],
             "Fn::Sub": self._sub,
-            "Fn::If": lambda a: self.resolve(a[1] if self.conditions[a[0]] else a[2]),
+            "Fn::If": lambda a: self.resolve(a[1] if self._condition(a[0]) else a[2]),
             "Fn::Equals": lambda a: self.resolve(a[0]) == self.resolve(a[1]),
             "Fn::Not": lambda a: not self.resolve(a[0]),
             "Fn::And": lambda a: all(self.resolve(x) for x in a),
             "Fn::Or": lambda a: any(self.resolve(x) for x in a),
-            "Condition": lambda a: self.conditions[a],
+            "Condition": self._condition,
             "Fn::Join": lambda a: a[0].join(str(x) for x in self.resolve(a[1])),
             "Fn::Select": lambda a: self.resolve(a[1])[int(self.resolve(a[0]))],
             "Fn::Split": lambda a: str(self.resolve(a[1])).split(a[0]),
@@ -164,6 +174,7 @@ class Resolver:
                 self.resolve(a[2])
             ],
             "Fn::GetAZs": lambda a: [f"{self.values['AWS::Region']}{z}" for z in "abc"],
+            "Fn::Cidr": lambda a: cidr(self.resolve(a[0]), int(self.resolve(a[1])), int(self.resolve(a[2]))),
         }
 
     def _ref(self, name: str) -> Any:
@@ -186,6 +197,13 @@ class Resolver:
             return str(self._ref(name))
 
         return _SUB_VAR.sub(replace, text).replace("${!", "${")
+
+
+def cidr(block: str, count: int, host_bits: int) -> list[str]:
+    """Fn::Cidr: the first `count` blocks of `host_bits` host bits each (a /64 has 64) in `block`."""
+    network = ipaddress.ip_network(block)
+    blocks = network.subnets(new_prefix=network.max_prefixlen - host_bits)
+    return [str(b) for b in itertools.islice(blocks, count)]
 
 
 def resources_of_type(template: Mapping[str, Any], *types: str) -> dict[str, dict[str, Any]]:

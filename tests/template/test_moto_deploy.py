@@ -7,15 +7,17 @@ policies) nor the AWS::LanguageExtensions transform, so the template is read wit
 loops expanded (tests/template/cfn.py) and each resource is created through its own service API, as
 CloudFormation would. Types moto lacks (CloudFront, SAM functions and layer, Elastic IPs on NLBs) get
 a stand-in identity. The moto server runs the state machines started in it, so the FTP target
-registration is run, not only read.
+registration is run, not only read. The stack is deployed as the defaults make it, and once more with
+a dual-stack FTP load balancer (FtpIpAddressType), whose IPv6 network moto makes too.
 """
 
 import graphlib
+import ipaddress
 import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -37,21 +39,30 @@ PARAMETERS = {
 
 
 class Deployer:
-    def __init__(self, endpoint: str, template: dict[str, Any]) -> None:
+    def __init__(self, endpoint: str, template: dict[str, Any], parameters: dict[str, str] | None = None) -> None:
         self.template = template
         self.client_for = lambda service: boto3.client(service, endpoint_url=endpoint, region_name=REGION)
         account = self.client_for("sts").get_caller_identity()["Account"]
         self.account = account
         self.r = Resolver(
             template,
-            PARAMETERS,
+            {**PARAMETERS, **(parameters or {})},
             {"AWS::Region": REGION, "AWS::StackName": STACK, "AWS::AccountId": account, "AWS::Partition": "aws"},
         )
 
-    def deploy(self) -> list[str]:
+    def deploy(self, roots: Callable[[str, dict[str, Any]], bool] | None = None) -> list[str]:
+        """Create the stack's resources, or only those `roots` picks (by logical id and resource) and
+        what they need."""
         resources = self.template["Resources"]
         active = [k for k in resources if self.r.active(k)]
         graph = {k: (references(resources[k]) | set(resources[k].get("DependsOn", []))) & set(active) for k in active}
+        if roots is not None:
+            needed, todo = set(), [k for k in active if roots(k, resources[k])]
+            while todo:
+                if (k := todo.pop()) not in needed:
+                    needed.add(k)
+                    todo += graph[k]
+            graph = {k: graph[k] for k in needed}
         order = list(graphlib.TopologicalSorter(graph).static_order())
         for logical_id in order:
             resource = resources[logical_id]
@@ -76,6 +87,16 @@ class Deployer:
     # ─── network ───
     def create_aws_ec2_vpc(self, logical_id: str, p: dict[str, Any]) -> None:
         self.r.refs[logical_id] = self.client_for("ec2").create_vpc(CidrBlock=p["CidrBlock"])["Vpc"]["VpcId"]
+        self.r.attrs[logical_id] = {"CidrBlock": p["CidrBlock"], "Ipv6CidrBlocks": []}
+
+    def create_aws_ec2_vpccidrblock(self, logical_id: str, p: dict[str, Any]) -> None:
+        association = self.client_for("ec2").associate_vpc_cidr_block(
+            VpcId=p["VpcId"], AmazonProvidedIpv6CidrBlock=p["AmazonProvidedIpv6CidrBlock"]
+        )["Ipv6CidrBlockAssociation"]
+        self.r.refs[logical_id] = association["AssociationId"]
+        # what GetAtt Vpc.Ipv6CidrBlocks returns from now on
+        (vpc_id,) = [k for k, ref in self.r.refs.items() if ref == p["VpcId"]]
+        self.r.attrs[vpc_id]["Ipv6CidrBlocks"].append(association["Ipv6CidrBlock"])
 
     def create_aws_ec2_subnet(self, logical_id: str, p: dict[str, Any]) -> None:
         subnet = self.client_for("ec2").create_subnet(
@@ -83,25 +104,44 @@ class Deployer:
         )
         self.r.refs[logical_id] = subnet["Subnet"]["SubnetId"]
 
+    def create_aws_ec2_subnetcidrblock(self, logical_id: str, p: dict[str, Any]) -> None:
+        association = self.client_for("ec2").associate_subnet_cidr_block(**p)["Ipv6CidrBlockAssociation"]
+        self.r.refs[logical_id] = association["AssociationId"]
+
+    def create_aws_ec2_internetgateway(self, logical_id: str, _: dict[str, Any]) -> None:
+        gateway = self.client_for("ec2").create_internet_gateway()["InternetGateway"]
+        self.r.refs[logical_id] = gateway["InternetGatewayId"]
+
+    def create_aws_ec2_vpcgatewayattachment(self, logical_id: str, p: dict[str, Any]) -> None:
+        self.client_for("ec2").attach_internet_gateway(**p)
+        self.r.refs[logical_id] = f"{logical_id}-{p['VpcId']}"
+
+    def create_aws_ec2_routetable(self, logical_id: str, p: dict[str, Any]) -> None:
+        table = self.client_for("ec2").create_route_table(**p)["RouteTable"]
+        self.r.refs[logical_id] = table["RouteTableId"]
+
+    def create_aws_ec2_route(self, logical_id: str, p: dict[str, Any]) -> None:
+        self.client_for("ec2").create_route(**p)
+        self.r.refs[logical_id] = f"{logical_id}-{p['RouteTableId']}"
+
+    def create_aws_ec2_subnetroutetableassociation(self, logical_id: str, p: dict[str, Any]) -> None:
+        self.r.refs[logical_id] = self.client_for("ec2").associate_route_table(**p)["AssociationId"]
+
     def create_aws_ec2_securitygroup(self, logical_id: str, p: dict[str, Any]) -> None:
         ec2 = self.client_for("ec2")
         group = ec2.create_security_group(GroupName=logical_id, Description=p["GroupDescription"], VpcId=p["VpcId"])
         self.r.refs[logical_id] = group["GroupId"]
 
-        def rules(key: str) -> list[dict[str, Any]]:
-            return [
-                {
-                    "IpProtocol": r["IpProtocol"],
-                    "FromPort": int(r["FromPort"]),
-                    "ToPort": int(r["ToPort"]),
-                    "IpRanges": [{"CidrIp": r["CidrIp"], "Description": r["Description"]}],
-                }
-                for r in p.get(key, [])
-            ]
+        self.r.attrs[logical_id] = {"GroupId": group["GroupId"]}
+        ingress = [_permission(rule) for rule in p.get("SecurityGroupIngress", [])]
+        if ingress:
+            ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=ingress)
+        egress = [_permission(rule) for rule in p.get("SecurityGroupEgress", [])]
+        ec2.authorize_security_group_egress(GroupId=group["GroupId"], IpPermissions=egress)
 
-        if rules("SecurityGroupIngress"):
-            ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=rules("SecurityGroupIngress"))
-        ec2.authorize_security_group_egress(GroupId=group["GroupId"], IpPermissions=rules("SecurityGroupEgress"))
+    def create_aws_ec2_securitygroupegress(self, logical_id: str, p: dict[str, Any]) -> None:
+        self.client_for("ec2").authorize_security_group_egress(GroupId=p["GroupId"], IpPermissions=[_permission(p)])
+        self.r.refs[logical_id] = f"{logical_id}-{p['GroupId']}"
 
     def create_aws_ec2_eip(self, logical_id: str, _: dict[str, Any]) -> None:
         address = self.client_for("ec2").allocate_address(Domain="vpc")
@@ -110,9 +150,14 @@ class Deployer:
 
     def create_aws_elasticloadbalancingv2_loadbalancer(self, logical_id: str, p: dict[str, Any]) -> None:
         lb = self.client_for("elbv2").create_load_balancer(
-            Name=f"{STACK}-{logical_id}"[:32], Type=p["Type"], Scheme=p["Scheme"], SubnetMappings=p["SubnetMappings"]
+            Name=f"{STACK}-{logical_id}"[:32],
+            Type=p["Type"],
+            Scheme=p["Scheme"],
+            IpAddressType=p["IpAddressType"],
+            SubnetMappings=p["SubnetMappings"],
         )["LoadBalancers"][0]
         self.r.refs[logical_id] = lb["LoadBalancerArn"]
+        self.r.attrs[logical_id] = {"DNSName": lb["DNSName"]}
 
     def create_aws_elasticloadbalancingv2_targetgroup(self, logical_id: str, p: dict[str, Any]) -> None:
         elbv2 = self.client_for("elbv2")
@@ -325,6 +370,21 @@ class Deployer:
         self.r.refs[logical_id] = p["DashboardName"]
 
 
+def _permission(rule: dict[str, Any]) -> dict[str, Any]:
+    """A security group rule as CloudFormation writes it, as the EC2 API takes it."""
+    ranges = (
+        {"Ipv6Ranges": [{"CidrIpv6": rule["CidrIpv6"], "Description": rule["Description"]}]}
+        if "CidrIpv6" in rule
+        else {"IpRanges": [{"CidrIp": rule["CidrIp"], "Description": rule["Description"]}]}
+    )
+    return {
+        "IpProtocol": rule["IpProtocol"],
+        "FromPort": int(rule["FromPort"]),
+        "ToPort": int(rule["ToPort"]),
+        **ranges,
+    }
+
+
 @pytest.fixture(scope="module")
 def moto_running_state_machines() -> Iterator[str]:
     """A moto server of this module's own that runs the state machines started in it."""
@@ -427,9 +487,11 @@ def _run(deployed: Deployer, state_machine: str, event: dict[str, Any]) -> dict[
     return execution  # type: ignore[no-any-return]
 
 
-def _ftp_task_event(last: str, desired: str) -> dict[str, Any]:
-    """An ECS Task State Change event of the FTP service, as far as the workflow reads it."""
+def _ftp_task_event(last: str, desired: str, ipv6: str | None = None) -> dict[str, Any]:
+    """An ECS Task State Change event of the FTP service, as far as the workflow reads it; with an
+    IPv6 address for a task in an IPv6 subnet of an account with ECS's dualStackIPv6 setting on."""
     details = [{"name": "subnetId", "value": "subnet-0"}, {"name": "privateIPv4Address", "value": "10.42.0.7"}]
+    details += [{"name": "ipv6Address", "value": ipv6}] if ipv6 else []
     return {
         "source": "aws.ecs",
         "detail-type": "ECS Task State Change",
@@ -437,24 +499,78 @@ def _ftp_task_event(last: str, desired: str) -> dict[str, Any]:
     }
 
 
-def test_ftp_task_is_registered_in_every_passive_group_and_nowhere_else(deployed: Deployer) -> None:
+def _targets(deployed: Deployer) -> dict[int, list[str]]:
+    """The FTP load balancer's target groups by port, with the addresses registered in each."""
     elbv2 = deployed.client_for("elbv2")
     groups = elbv2.describe_target_groups(LoadBalancerArn=deployed.r.refs["FtpLoadBalancer"])["TargetGroups"]
+    return {
+        g["Port"]: [
+            t["Target"]["Id"]
+            for t in elbv2.describe_target_health(TargetGroupArn=g["TargetGroupArn"])["TargetHealthDescriptions"]
+        ]
+        for g in groups
+    }
 
-    def targets() -> dict[int, list[str]]:
-        return {
-            g["Port"]: [
-                t["Target"]["Id"]
-                for t in elbv2.describe_target_health(TargetGroupArn=g["TargetGroupArn"])["TargetHealthDescriptions"]
-            ]
-            for g in groups
-        }
 
+def test_ftp_task_is_registered_in_every_passive_group_and_nowhere_else(deployed: Deployer) -> None:
     passive = set(range(60000, 60000 + int(deployed.r.values["FtpPassivePorts"])))
-    assert {g["Port"] for g in groups} == {2121, *passive}
+    assert set(_targets(deployed)) == {2121, *passive}
     # WHEN the task runs THEN it is in every passive group; the control group is ECS's to fill
     assert _run(deployed, "FtpTargetsStateMachine", _ftp_task_event("RUNNING", "RUNNING"))["status"] == "SUCCEEDED"
-    assert targets() == {2121: [], **{port: ["10.42.0.7"] for port in passive}}
+    assert _targets(deployed) == {2121: [], **{port: ["10.42.0.7"] for port in passive}}
     # WHEN it is on its way out THEN it leaves them all
     assert _run(deployed, "FtpTargetsStateMachine", _ftp_task_event("DEACTIVATING", "STOPPED"))["status"] == "SUCCEEDED"
-    assert targets() == {port: [] for port in {2121, *passive}}
+    assert _targets(deployed) == {port: [] for port in {2121, *passive}}
+
+
+DUAL_STACK = {"FtpIpAddressType": "dualstack"}
+
+
+def _network_and_ftp_targets(logical_id: str, resource: dict[str, Any]) -> bool:
+    return resource["Type"].startswith(("AWS::EC2::", "AWS::ElasticLoadBalancingV2::")) or (
+        logical_id == "FtpTargetsStateMachine"
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed_dual_stack() -> Iterator[Deployer]:
+    """The network, the FTP load balancer and its target registration of a stack with a dual-stack
+    FTP load balancer, in a moto server of its own (the rest is as `deployed` has it)."""
+    port = free_port()
+    with serving([sys.executable, "-m", "tests.template.moto_sfn_server", str(port)], port, what="moto"):
+        deployer = Deployer(f"http://127.0.0.1:{port}", load_template(DUAL_STACK), DUAL_STACK)
+        deployer.deploy(_network_and_ftp_targets)
+        yield deployer
+
+
+def test_dual_stack_makes_the_ipv6_network_its_load_balancer_needs(deployed_dual_stack: Deployer) -> None:
+    d = deployed_dual_stack
+    ec2 = d.client_for("ec2")
+    (vpc,) = ec2.describe_vpcs(VpcIds=[d.r.refs["Vpc"]])["Vpcs"]
+    (block,) = [ipaddress.ip_network(a["Ipv6CidrBlock"]) for a in vpc["Ipv6CidrBlockAssociationSet"]]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]
+    assert len(subnets) == 2
+    given = [ipaddress.ip_network(a["Ipv6CidrBlock"]) for s in subnets for a in s["Ipv6CidrBlockAssociationSet"]]
+    assert len(set(given)) == len(subnets) and all(n.prefixlen == 64 and n.subnet_of(block) for n in given)
+    for subnet in subnets:
+        filters = [{"Name": "association.subnet-id", "Values": [subnet["SubnetId"]]}]
+        (table,) = ec2.describe_route_tables(Filters=filters)["RouteTables"]
+        to_the_internet = [r for r in table["Routes"] if r.get("DestinationIpv6CidrBlock") == "::/0"]
+        assert [r["GatewayId"] for r in to_the_internet] == [d.r.refs["InternetGateway"]], subnet["SubnetId"]
+    elbv2 = d.client_for("elbv2")
+    (lb,) = elbv2.describe_load_balancers(LoadBalancerArns=[d.r.refs["FtpLoadBalancer"]])["LoadBalancers"]
+    assert lb["IpAddressType"] == "dualstack"
+    assert d.r.resolve(d.template["Outputs"]["FtpDualStackUrl"]["Value"]) == f"ftp://{lb['DNSName']}/"
+    # the sync task may go to the upstream over IPv6
+    (sync,) = ec2.describe_security_groups(GroupIds=[d.r.refs["SyncSecurityGroup"]])["SecurityGroups"]
+    tcp = [p for p in sync["IpPermissionsEgress"] if p["IpProtocol"] == "tcp"]
+    assert [(p["FromPort"], r["CidrIpv6"]) for p in tcp for r in p.get("Ipv6Ranges", [])] == [(873, "::/0")]
+
+
+def test_dual_stack_registers_the_ftp_task_by_its_ipv4_address(deployed_dual_stack: Deployer) -> None:
+    # the target groups are IPv4: IPv6 clients reach the task from the load balancer's IPv4 address
+    d = deployed_dual_stack
+    passive = set(range(60000, 60000 + int(d.r.values["FtpPassivePorts"])))
+    event = _ftp_task_event("RUNNING", "RUNNING", ipv6="2600:1f18:4c2:9e00::7")
+    assert _run(d, "FtpTargetsStateMachine", event)["status"] == "SUCCEEDED"
+    assert _targets(d) == {2121: [], **{port: ["10.42.0.7"] for port in passive}}

@@ -180,7 +180,7 @@ def test_every_checked_setting_refuses_a_bad_value_from_each_source_and_names_it
         sources = [
             ({name: bad}, {}, setting.flag),
             ({}, {setting.env: bad}, setting.env),
-            ({"config": str(config_file)}, {}, f"config file key {name!r}"),
+            ({"config": str(config_file)}, {}, f"key {name!r}"),
         ]
         for flags, env, named in sources:
             # THEN it is a configuration error that names where the value came from

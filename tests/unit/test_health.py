@@ -9,7 +9,7 @@ from mirrorkeeper.verify.alerts import SUBJECT_LIMIT, compose
 from mirrorkeeper.verify.drift import DriftReport
 from mirrorkeeper.verify.health import StepFailure, assess, sync_from_exit
 from mirrorkeeper.verify.history import Notice, decide_notice, next_state
-from mirrorkeeper.verify.metrics import health_metrics
+from mirrorkeeper.verify.metrics import host_points, mirror_figures, mirror_points
 from mirrorkeeper.verify.probes import EndpointReport, Outcome, ProbeKind, ProbeResult
 
 HOUR = 3600.0
@@ -148,13 +148,30 @@ def test_alert_subject_is_short_ascii_and_the_json_names_the_change() -> None:
     assert "unreachable" in message.text and "status.html" in message.text
 
 
-def test_metrics_carry_mirror_and_protocol_dimensions() -> None:
-    result = assess(NOW, HOUR, ["http"], clean_drift(), [endpoint(age=120)], None)
+def test_each_mirror_has_two_metrics_and_the_host_a_fixed_set_whatever_the_mirrors() -> None:
+    # GIVEN two verified mirrors: one fresh, one stale with a failed probe and a new sync report
+    fresh = assess(NOW, HOUR, ["http"], clean_drift(), [endpoint(age=120)], None)
+    stale_probes = [endpoint(age=9 * HOUR, file=Outcome.WRONG_SIZE)]
+    stale = assess(NOW, HOUR, ["http"], clean_drift(), stale_probes, None)
     sync = SyncOutcome(NOW, True, 0, "synced", "run-report", "r1", 12.5, 1000, 7, 20)
-    points = health_metrics("openvz", result, clean_drift(), [endpoint(age=120)], sync, sync)
-    by_name = {(p.name, p.dimensions): p for p in points}
-    fresh = by_name[("FreshnessSeconds", (("Mirror", "openvz"), ("Protocol", "http")))]
-    assert fresh.values == (120.0,)
-    assert by_name[("HealthLevel", (("Mirror", "openvz"),))].values == (0.0,)
-    assert by_name[("SyncFilesChanged", (("Mirror", "openvz"),))].values == (7.0,)
-    assert len(by_name[("ProbeLatency", (("Mirror", "openvz"), ("Protocol", "http")))].values) == 4
+    figures = [
+        mirror_figures(fresh, clean_drift(), [endpoint(age=120)], sync, None),
+        mirror_figures(stale, clean_drift(), stale_probes, sync, sync),
+    ]
+    # THEN a mirror sends its health level and its stalest protocol's freshness, nothing more
+    points = mirror_points("openvz", figures[1])
+    assert {(p.name, p.dimensions, p.values) for p in points} == {
+        ("HealthLevel", (("Mirror", "openvz"),), (float(Level.DOWN),)),
+        ("FreshnessSeconds", (("Mirror", "openvz"),), (9 * HOUR,)),
+    }
+    # AND the host's figures hold the worst mirror, the sums and the new report's values
+    host = {(p.name, p.dimensions): p.values for p in host_points(figures)}
+    assert host[("FreshnessSeconds", (("Protocol", "http"),))] == (9 * HOUR,)
+    assert host[("ProbesFailed", (("Protocol", "http"),))] == (1.0,)
+    assert host[("HealthLevel", ())] == (float(Level.DOWN),) and host[("MirrorsNotOk", ())] == (1.0,)
+    assert host[("SyncFilesChanged", ())] == (7.0,)
+    assert len(host[("ProbeLatency", (("Protocol", "http"),))]) == 8
+    # AND however many mirrors there are, the host's metrics are the same set (their cost is fixed)
+    many = host_points(figures * 25)
+    assert {(p.name, p.dimensions) for p in many} == set(host)
+    assert all("Mirror" not in dict(p.dimensions) for p in many)

@@ -11,14 +11,16 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from mirrorkeeper.verify.events import (
     DiffInput,
     EcsTaskStateChange,
+    HostInput,
     InvalidEventError,
+    ListInput,
     ProbeInput,
     PublishInput,
     ScheduledVerify,
     StepError,
     parse_event,
 )
-from mirrorkeeper.verify.workflow import STEPS, cli_trigger
+from mirrorkeeper.verify.workflow import MAP_CONCURRENCY, STEPS, cli_trigger
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = json.loads((REPO / "statemachine" / "verify.asl.json").read_text())
@@ -29,21 +31,44 @@ def load_event(name: str) -> Any:
     return json.loads((EVENTS / name).read_text())
 
 
-def task_states_in_order() -> list[tuple[str, dict[str, Any]]]:
-    """Walk the state machine from StartAt along Next, as Step Functions would on success."""
-    states, name, seen = DEFINITION["States"], DEFINITION["StartAt"], []
+def states_in_order(machine: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Walk a state machine (or a Map's item processor) from StartAt along Next, as Step Functions
+    would on success."""
+    states, name, seen = machine["States"], machine["StartAt"], []
     while True:
         state = states[name]
-        if state["Type"] == "Task":
-            seen.append((name, state))
+        seen.append((name, state))
         if state.get("End"):
             return seen
         name = state["Next"]
 
 
-def test_the_state_machine_runs_the_steps_of_mirrorkeeper_verify_in_the_same_order() -> None:
-    tasks = task_states_in_order()
+def test_the_host_steps_frame_a_map_over_the_mirrors() -> None:
+    top = states_in_order(DEFINITION)
+    assert [(name, state["Type"]) for name, state in top] == [
+        ("Trigger", "Pass"),
+        ("ListMirrors", "Task"),
+        ("CheckMirrors", "Map"),
+        ("PublishHost", "Task"),
+    ]
+    listing, checks, host = (state for _, state in top[1:])
+    assert listing["Resource"] == "${ListMirrorsFunctionArn}" and host["Resource"] == "${PublishHostFunctionArn}"
+    assert checks["ItemsPath"] == "$." + listing["ResultPath"].removeprefix("$.") + ".mirrors"
+    assert checks["MaxConcurrency"] == MAP_CONCURRENCY
+    assert checks["ItemSelector"] == {"trigger.$": "$.trigger", "mirror.$": "$$.Map.Item.Value.mirror"}
+    assert host["Parameters"] == {"trigger.$": "$.trigger", "results.$": checks["ResultPath"]}
+    # Neither host step is caught: a host that cannot list its mirrors or publish fails the execution.
+    assert "Catch" not in listing and "Catch" not in host
+
+
+def test_each_mirrors_checks_run_the_steps_of_mirrorkeeper_verify_in_the_same_order() -> None:
+    processor = DEFINITION["States"]["CheckMirrors"]["ItemProcessor"]
+    walked = states_in_order(processor)
+    tasks = [(name, state) for name, state in walked if state["Type"] == "Task"]
     assert [name for name, _ in tasks] == [step.name for step in STEPS]
+    # The item's result is what publish-host reads: the mirror and its health (or the error).
+    last = walked[-1][1]
+    assert last["Type"] == "Pass" and last["Parameters"] == {"mirror.$": "$.mirror", "health.$": "$.health"}
     for (name, state), step in zip(tasks, STEPS, strict=True):
         assert state["Resource"] == "${" + name + "FunctionArn}"
         assert state["ResultPath"] == "$." + step.result_key
@@ -55,6 +80,13 @@ def test_the_state_machine_runs_the_steps_of_mirrorkeeper_verify_in_the_same_ord
         # Only Lambda's own transient errors are retried: a malformed event must not loop.
         for retry in state.get("Retry", []):
             assert all(error.startswith("Lambda.") for error in retry["ErrorEquals"])
+
+
+def test_the_health_kept_per_mirror_is_what_publish_host_reads() -> None:
+    publish = DEFINITION["States"]["CheckMirrors"]["ItemProcessor"]["States"]["PublishHealth"]
+    assert set(publish["ResultSelector"]) == {"overall.$", "figures.$", "notice.$"}
+    parsed = parse_event(HostInput, load_event("publish-host.json"))
+    assert {key for result in parsed.results for key in result.health} == {"overall", "figures", "notice"}
 
 
 def test_the_trigger_is_kept_under_trigger_like_the_local_runner_does() -> None:
@@ -75,6 +107,8 @@ def test_step_inputs_in_events_parse() -> None:
     published = parse_event(PublishInput, load_event("publish-health.json"))
     assert not isinstance(published.drift, StepError) and not isinstance(published.probes, StepError)
     assert published.probes.endpoints and published.probes.endpoints[0].results
+    assert isinstance(parse_event(ListInput, load_event("list-mirrors.json")).trigger, ScheduledVerify)
+    assert [r.mirror for r in parse_event(HostInput, load_event("publish-host.json")).results] == ["debian", "openvz"]
 
 
 def test_a_recorded_step_failure_is_told_apart_from_a_report() -> None:

@@ -26,6 +26,7 @@ COMMANDS = {
     "serve-ftp": "mirrorkeeper.commands.serve_ftp",
     "verify": "mirrorkeeper.commands.verify",
     "announce": "mirrorkeeper.commands.announce",
+    "mirrors": "mirrorkeeper.commands.mirrors",
 }
 PLUGIN_GROUP = "mirrorkeeper.commands"
 

@@ -34,8 +34,11 @@ SERVE_HTTP = "serve-http"
 SERVE_FTP = "serve-ftp"
 VERIFY = "verify"
 ANNOUNCE = "announce"
+MIRRORS = "mirrors"
 SERVE = frozenset({SERVE_HTTP, SERVE_FTP})
-ALL = frozenset({SYNC, SERVE_HTTP, SERVE_FTP, VERIFY, ANNOUNCE})
+ALL = frozenset({SYNC, SERVE_HTTP, SERVE_FTP, VERIFY, ANNOUNCE, MIRRORS})
+# Commands that act on one mirror of a host (or each of them in turn).
+PER_MIRROR = frozenset({SYNC, VERIFY, ANNOUNCE, MIRRORS})
 
 # -- parsers: text (or a TOML value as text) → value, ValueError with a sentence otherwise -------
 
@@ -161,6 +164,11 @@ def plain(value: str) -> str:
 def parse_upstream(text: str) -> str:
     """Validate an rsync:// URL and give it the trailing slash that means 'the module's contents'."""
     parts = urlsplit(text.strip())
+    if parts.password is not None:
+        raise ValueError(
+            "the upstream URL carries a password in clear: give the user in rsync_user and the password as a "
+            "reference in rsync_password (file:, env: or secretsmanager:)"
+        )
     if parts.scheme != "rsync":
         raise ValueError("the upstream must be an rsync:// URL, such as rsync://mirror.example.org/module/")
     if not parts.hostname:
@@ -294,6 +302,61 @@ def parse_directory(text: str) -> str:
     return path
 
 
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+
+
+def parse_mirror_name(text: str) -> str:
+    name = str(text).strip()
+    if name and not _NAME.fullmatch(name):
+        raise ValueError(
+            "a mirror's name is 1-63 lowercase letters, digits and hyphens, starting with one of the first two"
+        )
+    return name
+
+
+def parse_mirror_path(text: str) -> str:
+    """The URL path a mirror is served under: '' (the root, a host of one) or segments such as
+    'openvz' or 'linux/debian', each a safe name (no '.', '..', spaces or upper case)."""
+    path = str(text).strip().strip("/")
+    if path and not all(_SEGMENT.fullmatch(part) for part in path.split("/")):
+        raise ValueError(
+            "a mirror's path is one or more segments of lowercase letters, digits, '.', '_' and '-', each starting "
+            "with a letter or digit, such as openvz or linux/debian"
+        )
+    return path
+
+
+def parse_filters(text: str | list[Any]) -> tuple[str, ...]:
+    """rsync filter patterns ('*.tmp', 'isos/', '/private/**'), as a TOML list or comma-separated."""
+    items = text if isinstance(text, list) else [] if not str(text).strip() else str(text).split(",")
+    patterns = tuple(str(item).strip() for item in items)
+    for pattern in patterns:
+        if not pattern or any(ord(c) < 32 for c in pattern):
+            raise ValueError(f"{pattern!r} is not an rsync pattern")
+    return patterns
+
+
+def parse_bwlimit(text: str) -> int:
+    """A bandwidth limit such as 10M (bytes per second; 0 for none), as rsync's --bwlimit takes it in KiB."""
+    value = size(0, 100 * 1024**3)(text)
+    return -(-value // 1024)
+
+
+SECRET_SCHEMES = ("file:", "env:", "secretsmanager:")
+
+
+def parse_secret_ref(text: str) -> str:
+    """Where a secret is kept, never the secret: file:PATH, env:VARIABLE or secretsmanager:ARN-OR-NAME."""
+    ref = str(text).strip()
+    if ref and not (ref.startswith(SECRET_SCHEMES) and ref.split(":", 1)[1]):
+        raise ValueError(
+            "is a secret given in clear, or not a reference: give file:PATH, env:VARIABLE or "
+            "secretsmanager:ARN-OR-NAME, never the secret itself"
+        )
+    return ref
+
+
 def parse_topic_arn(text: str) -> str:
     arn = str(text).strip()
     if arn and not arn.startswith("arn:"):
@@ -324,6 +387,9 @@ class Setting:
     env_fallbacks: tuple[str, ...] = ()
     switch: bool = False
     metavar: str | None = None
+    # May be given per mirror in a host's config file ([mirrors.NAME]), or for all of them in [host].
+    per_mirror: bool = False
+    file_key: str | None = None  # the config file's name for it, when not the setting's own
 
     @property
     def flag(self) -> str:
@@ -410,6 +476,36 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="FILE",
     ),
     Setting(
+        "host_name",
+        plain,
+        "",
+        "the host's name (mirrors.example.org), shown in pages, traces and alerts",
+        ALL,
+        LOCATION,
+        default_text="the bucket",
+        file_key="name",
+    ),
+    Setting(
+        "mirror",
+        parse_mirror_name,
+        "",
+        "the mirror of the config file's [mirrors.NAME] tables to act on",
+        PER_MIRROR,
+        LOCATION,
+        default_text="a host of one: no config file tables",
+        metavar="NAME",
+    ),
+    Setting(
+        "path",
+        parse_mirror_path,
+        "",
+        "the URL path the mirror is served under (a mirror of a host: its name by default)",
+        PER_MIRROR,
+        LOCATION,
+        default_text="the root",
+        per_mirror=True,
+    ),
+    Setting(
         "mirror_name",
         plain,
         "",
@@ -417,6 +513,7 @@ SETTINGS: tuple[Setting, ...] = (
         ALL,
         LOCATION,
         default_text="the bucket",
+        per_mirror=True,
     ),
     # -- output (every command)
     Setting(
@@ -441,9 +538,101 @@ SETTINGS: tuple[Setting, ...] = (
         parse_upstream,
         "",
         "rsync://HOST[:PORT]/MODULE/ to mirror",
-        frozenset({SYNC, ANNOUNCE}),
+        frozenset({SYNC, ANNOUNCE, VERIFY, MIRRORS}),
         LOCATION,
         default_text="none",
+        per_mirror=True,
+    ),
+    Setting(
+        "all",
+        parse_bool,
+        False,
+        "sync every enabled mirror of the config file, one after another (each with its own lease; one failing "
+        "never stops the others; the exit code is the most serious of theirs)",
+        frozenset({SYNC}),
+        LOCATION,
+        switch=True,
+    ),
+    Setting(
+        "exclude",
+        parse_filters,
+        (),
+        "rsync patterns of upstream paths not to mirror (a TOML list, or comma-separated)",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="none",
+        per_mirror=True,
+    ),
+    Setting(
+        "include",
+        parse_filters,
+        (),
+        "rsync patterns to mirror even where an exclude pattern matches (checked first)",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="none",
+        per_mirror=True,
+    ),
+    Setting(
+        "bwlimit",
+        parse_bwlimit,
+        0,
+        "rsync's bandwidth limit, bytes per second, such as 10M (0: none)",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="none",
+        per_mirror=True,
+    ),
+    Setting(
+        "rsync_user",
+        plain,
+        "",
+        "user name for an upstream module that asks for one",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="none",
+        per_mirror=True,
+    ),
+    Setting(
+        "rsync_password",
+        parse_secret_ref,
+        "",
+        "where the rsync password is kept: file:PATH, env:VARIABLE or secretsmanager:ARN-OR-NAME (never the "
+        "password itself)",
+        frozenset({SYNC}),
+        TUNING,
+        default_text="none",
+        per_mirror=True,
+        metavar="REF",
+    ),
+    Setting(
+        "minute",
+        count(0, 59),
+        7,
+        "minute past the hour the mirror's schedule starts its sync",
+        frozenset({VERIFY, MIRRORS}),
+        RULES,
+        per_mirror=True,
+    ),
+    Setting(
+        "enabled",
+        parse_bool,
+        True,
+        "whether the mirror is synced at all (false: listed as disabled)",
+        PER_MIRROR,
+        LOCATION,
+        default_text="yes",
+        per_mirror=True,
+    ),
+    Setting(
+        "paused",
+        parse_bool,
+        False,
+        "a paused mirror keeps what it serves but is not synced by its schedule or --all",
+        PER_MIRROR,
+        LOCATION,
+        default_text="no",
+        per_mirror=True,
     ),
     Setting(
         "dry_run",
@@ -463,6 +652,7 @@ SETTINGS: tuple[Setting, ...] = (
         frozenset({SYNC}),
         SAFETY,
         default_text="10",
+        per_mirror=True,
     ),
     Setting(
         "max_delete",
@@ -472,6 +662,7 @@ SETTINGS: tuple[Setting, ...] = (
         frozenset({SYNC}),
         SAFETY,
         default_text="no limit",
+        per_mirror=True,
     ),
     Setting(
         "min_delete_guard",
@@ -481,6 +672,7 @@ SETTINGS: tuple[Setting, ...] = (
         "repository)",
         frozenset({SYNC}),
         SAFETY,
+        per_mirror=True,
     ),
     Setting(
         "quarantine_after",
@@ -489,6 +681,7 @@ SETTINGS: tuple[Setting, ...] = (
         "runs in a row a path may fail the same way before it is quarantined (retried daily, alerted once)",
         frozenset({SYNC}),
         SAFETY,
+        per_mirror=True,
     ),
     Setting(
         "force_delete",
@@ -545,14 +738,16 @@ SETTINGS: tuple[Setting, ...] = (
         frozenset({SYNC, VERIFY}),
         TUNING,
         default_text="apt, yum and checksum files",
+        per_mirror=True,
     ),
     Setting(
         "trace_path",
         parse_trace_path,
         DEFAULT_TRACE_PATH,
         "trace file path inside the mirror",
-        frozenset({SYNC, VERIFY}),
+        frozenset({SYNC, VERIFY, MIRRORS}),
         TUNING,
+        per_mirror=True,
     ),
     Setting(
         "rsync_command",
@@ -571,6 +766,7 @@ SETTINGS: tuple[Setting, ...] = (
         "the run fails",
         frozenset({SYNC}),
         TUNING,
+        per_mirror=True,
     ),
     # -- serve-http and serve-ftp
     Setting("host", plain, "127.0.0.1", "address to listen on", SERVE, LISTENING),
@@ -685,11 +881,13 @@ SETTINGS: tuple[Setting, ...] = (
         duration(high=30 * 86400.0),
         3600.0,
         "how often the sync runs, e.g. 1h: stale beyond 2x is degraded, beyond 6x down",
-        frozenset({VERIFY, ANNOUNCE}),
+        frozenset({SYNC, VERIFY, ANNOUNCE, MIRRORS}),
         RULES,
         default_text="1h",
         # The announcement states the frequency: it must come from the operator or the stack, never a guess.
         command_defaults={ANNOUNCE: None},
+        per_mirror=True,
+        file_key="interval",
     ),
     Setting(
         "topic_arn",
@@ -774,7 +972,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_bool,
         False,
         "print the workflow's final state document as JSON",
-        frozenset({VERIFY}),
+        frozenset({VERIFY, MIRRORS}),
         OUTPUT,
         switch=True,
     ),
@@ -793,7 +991,7 @@ SETTINGS: tuple[Setting, ...] = (
         plain,
         "",
         "physical location: country, state/province, city",
-        frozenset({ANNOUNCE}),
+        frozenset({SYNC, ANNOUNCE}),
         ANNOUNCING,
         default_text="the stack's MirrorLocation",
     ),
@@ -802,7 +1000,7 @@ SETTINGS: tuple[Setting, ...] = (
         plain,
         "",
         "admin email, ideally a generic address",
-        frozenset({ANNOUNCE}),
+        frozenset({SYNC, ANNOUNCE}),
         ANNOUNCING,
         default_text="the stack's AdminContact",
     ),
@@ -866,16 +1064,39 @@ def resolve(
     environ: Mapping[str, str] | None = None,
     fallback: Mapping[str, Any] | None = None,
     settings: Iterable[Setting] = SETTINGS,
+    mirror: str | None = None,
+    file: "ConfigFile | None" = None,
 ) -> dict[str, Any]:
-    """Every setting of ``command``: flag, environment, config file, ``fallback``, default; parsed and checked."""
+    """Every setting of ``command``: flag, environment, the config file (``mirror``'s table first, then
+    the host's), ``fallback``, default; parsed and checked. ``mirror`` defaults to the --mirror setting;
+    ``file``, the config file already read (else it is read here)."""
     env = os.environ if environ is None else environ
     declared = settings_for(command, settings)
-    config_path = _value(declared["config"], command, flags, env, {}, {}) if "config" in declared else ""
-    file = _read_config_file(config_path, settings) if config_path else {}
+    file = read_config(command, flags, env, settings) if file is None else file
+    if mirror is None and "mirror" in declared:
+        mirror = _value(declared["mirror"], command, flags, env, file.host, {}) or None
+    table = file.mirror_table(mirror) if mirror else {}
     values: dict[str, Any] = {}
     for name, setting in declared.items():
-        values[name] = _value(setting, command, flags, env, file, fallback or {})
+        values[name] = _value(setting, command, flags, env, file.host, fallback or {}, table, mirror)
+    if mirror:
+        values["mirror"] = mirror
+        if "path" in declared and not values["path"]:
+            values["path"] = mirror  # a mirror of a host is served under its name unless its table says
     return values
+
+
+def read_config(
+    command: str, flags: Mapping[str, Any], environ: Mapping[str, str], settings: Iterable[Setting] = SETTINGS
+) -> "ConfigFile":
+    """The config file named by --config / MIRRORKEEPER_CONFIG for ``command`` (empty when none)."""
+    declared = settings_for(command, settings)
+    path = _value(declared["config"], command, flags, environ, {}, {}) if "config" in declared else ""
+    if not path:
+        return ConfigFile("", {}, {})
+    # A config file in S3 is read with the endpoint and region of the flags and environment.
+    where = {name: _value(declared[name], command, flags, environ, {}, {}) for name in ("endpoint_url", "region")}
+    return ConfigFile.read(path, settings, AwsConfig(where["endpoint_url"] or None, where["region"]))
 
 
 def _value(
@@ -883,8 +1104,10 @@ def _value(
     command: str,
     flags: Mapping[str, Any],
     env: Mapping[str, str],
-    file: Mapping[str, Any],
+    host: Mapping[str, Any],
     fallback: Mapping[str, Any],
+    table: Mapping[str, Any] | None = None,
+    mirror: str | None = None,
 ) -> Any:
     given = flags.get(setting.name)
     if given is not None:
@@ -892,9 +1115,11 @@ def _value(
     for variable in (setting.env, *setting.env_fallbacks):
         if variable in env:
             return _convert(env[variable], setting, variable)
-    for key in (setting.name, setting.name.replace("_", "-")):
-        if key in file:
-            return _convert(file[key], setting, f"config file key {key!r}")
+    key = setting.file_key or setting.name
+    if table and key in table:
+        return _convert(table[key], setting, f"[mirrors.{mirror}] {key!r}")
+    if key in host:
+        return _convert(host[key], setting, f"config file key {key!r}")
     if setting.name in fallback:
         return _convert(fallback[setting.name], setting, f"the stack's output for {setting.name}")
     return setting.default_for(command)
@@ -909,12 +1134,50 @@ def _convert(raw: Any, setting: Setting, source: str) -> Any:
         raise ConfigError(f"{source}={raw!r} is invalid: {exc}") from None
 
 
-def _read_config_file(path: str, settings: Iterable[Setting]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ConfigFile:
+    """A TOML config file: host-wide settings (at the top, or in a ``[host]`` table) and one
+    ``[mirrors.NAME]`` table per mirror of the host. Checked whole when read: a bad key or value in
+    any mirror is a ConfigError naming the mirror and the key, before anything runs."""
+
+    path: str
+    host: dict[str, Any]
+    mirrors: dict[str, dict[str, Any]]
+
+    def mirror_table(self, name: str) -> dict[str, Any]:
+        if name not in self.mirrors:
+            known = ", ".join(self.mirrors) or "none"
+            where = f"config file {self.path}" if self.path else "no config file (--config)"
+            raise ConfigError(f"no mirror {name!r} in {where}; its mirrors: {known}")
+        return self.mirrors[name]
+
+    @classmethod
+    def read(cls, path: str, settings: Iterable[Setting] = SETTINGS, aws: "AwsConfig | None" = None) -> "ConfigFile":
+        loaded = _load_toml(path, aws)
+        known = {key: s for s in (*SETTINGS, *settings) for key in {s.name, s.file_key or s.name}}
+        # A [host] table holds the host's settings; a plain `host = "::"` is serve's listening address.
+        host_table = loaded.pop("host") if isinstance(loaded.get("host"), dict) else {}
+        mirror_tables = loaded.pop("mirrors", {})
+        if not isinstance(host_table, dict) or not isinstance(mirror_tables, dict):
+            raise ConfigError(f"config file {path}: [host] and [mirrors.NAME] must be tables")
+        host = _normalised(loaded, known, path, "")
+        for key, value in _normalised(host_table, known, path, "[host] ").items():
+            if key in host:
+                raise ConfigError(f"config file {path}: {key!r} is set both at the top and in [host]; keep one")
+            host[key] = value
+        mirrors = {name: _mirror_table(path, name, table, known) for name, table in mirror_tables.items()}
+        _check_names_and_paths(path, mirrors)
+        return cls(path, host, mirrors)
+
+
+def _load_toml(path: str, aws: "AwsConfig | None" = None) -> dict[str, Any]:
     import tomllib  # here, not at the top: most runs (the container's) are configured by environment alone
 
     try:
+        if path.startswith("s3://"):
+            return tomllib.loads(_read_s3_text(path, aws or AwsConfig(None, "us-east-1")))
         with open(path, "rb") as handle:
-            loaded = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; fix --config / MIRRORKEEPER_CONFIG") from None
     except IsADirectoryError:
@@ -923,11 +1186,79 @@ def _read_config_file(path: str, settings: Iterable[Setting]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not readable; fix its permissions or --config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    known = {s.name for s in SETTINGS} | {s.name for s in settings}
-    for key in loaded:
-        if key.replace("-", "_") not in known:
-            raise ConfigError(f"config file {path}: unknown key {key!r}; see 'mirrorkeeper COMMAND --help'")
-    return loaded
+
+
+def _read_s3_text(url: str, aws: "AwsConfig") -> str:
+    """A config file kept in S3 (``s3://BUCKET/KEY``: in AWS, where `make deploy` puts the host's)."""
+    from mirrorkeeper.aws import s3_client
+    from mirrorkeeper.s3errors import is_missing, s3_errors
+
+    bucket, _, key = url[len("s3://") :].partition("/")
+    client = s3_client(aws)
+    with s3_errors(f"read the config file {url}"):
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            if is_missing(exc):
+                raise FileNotFoundError(url) from None
+            raise
+    return bytes(body).decode("utf-8")
+
+
+def _normalised(table: dict[str, Any], known: dict[str, Setting], path: str, where: str) -> dict[str, Any]:
+    """``table`` with its keys spelt as the settings' file keys (``max_delete`` or ``max-delete``).
+    ``name`` is the host's name in [host] alone."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        setting = known.get(key.replace("-", "_"))
+        if setting is None or (key == "name" and not where):
+            raise ConfigError(f"config file {path}: {where}unknown key {key!r}; see 'mirrorkeeper COMMAND --help'")
+        _convert(value, setting, f"config file {path} {where}key {key!r}")
+        out[setting.file_key or setting.name] = value
+    return out
+
+
+def _mirror_table(path: str, name: str, table: Any, known: dict[str, Setting]) -> dict[str, Any]:
+    where = f"[mirrors.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: {where} must be a table")
+    try:
+        parse_mirror_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"config file {path}: {where}: {exc}") from None
+    mirror: dict[str, Any] = {}
+    for key, value in table.items():
+        setting = known.get(key.replace("-", "_"))
+        if setting is None or not setting.per_mirror:
+            hint = " (a host-wide setting: put it in [host])" if setting is not None else ""
+            raise ConfigError(f"config file {path}: {where} unknown key {key!r}{hint}")
+        mirror[setting.file_key or setting.name] = value
+        _convert(value, setting, f"config file {path} {where} key {key!r}")
+    if not mirror.get("upstream"):
+        raise ConfigError(f'config file {path}: {where} has no upstream: add upstream = "rsync://HOST/MODULE/"')
+    return mirror
+
+
+def _check_names_and_paths(path: str, mirrors: dict[str, dict[str, Any]]) -> None:
+    """Two mirrors may not share a path or nest one in the other; nor may two names make the same
+    resource name in the stack (which drops the hyphens)."""
+    served: dict[str, str] = {}
+    squashed: dict[str, str] = {}
+    for name, table in mirrors.items():
+        mine = parse_mirror_path(table.get("path", name)) or name
+        for other_path, other in served.items():
+            if mine == other_path or mine.startswith(other_path + "/") or other_path.startswith(mine + "/"):
+                raise ConfigError(
+                    f"config file {path}: [mirrors.{name}] path {mine!r} and [mirrors.{other}] path {other_path!r} "
+                    "share or nest: give each mirror a path of its own"
+                )
+        served[mine] = name
+        twin = squashed.setdefault(name.replace("-", ""), name)
+        if twin != name:
+            raise ConfigError(
+                f"config file {path}: mirror names {twin!r} and {name!r} differ only by hyphens, which the stack's "
+                "resource names drop: rename one"
+            )
 
 
 def require(values: Mapping[str, Any], name: str, example: str, settings: Iterable[Setting] = SETTINGS) -> Any:
@@ -971,7 +1302,7 @@ def load_aws_config(values: Mapping[str, Any]) -> AwsConfig:
 
 
 def load_layout(values: Mapping[str, Any]) -> MirrorLayout:
-    return MirrorLayout.create(require(values, "bucket", "NAME"), values["prefix"])
+    return MirrorLayout.create(require(values, "bucket", "NAME"), values["prefix"], values.get("path", ""))
 
 
 @dataclass(frozen=True)
@@ -995,6 +1326,15 @@ class SyncConfig:
     mirror_name: str = ""
     rsync_command: str = default("rsync_command")
     rsync_timeout: int = default("rsync_timeout")
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    bwlimit: int = 0
+    rsync_password: str = ""  # a reference (file:, env:, secretsmanager:), read by credentials.read_secret
+    mirror: str = ""  # the mirror of a host ('' for a host of one)
+    host_name: str = ""
+    location: str = ""
+    contact: str = ""
+    sync_interval: float = default("sync_interval")
 
 
 def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SyncConfig:
@@ -1003,14 +1343,20 @@ def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None
 
 def sync_config(values: Mapping[str, Any]) -> SyncConfig:
     layout = load_layout(values)
+    upstream = require(values, "upstream", "rsync://HOST/MODULE/")
+    if values["rsync_user"]:
+        # rsync://user@host/: the daemon asks for this user's password (RSYNC_PASSWORD).
+        scheme, rest = upstream.split("://", 1)
+        upstream = f"{scheme}://{values['rsync_user']}@{rest.split('@', 1)[-1]}"
     return pick(
         SyncConfig,
         values,
-        upstream=require(values, "upstream", "rsync://HOST/MODULE/"),
+        upstream=upstream,
         layout=layout,
         aws=load_aws_config(values),
         staging_dir=Path(values["staging_dir"]) if values["staging_dir"] else None,
-        mirror_name=values["mirror_name"] or layout.bucket,
+        mirror_name=values["mirror_name"] or values.get("mirror") or layout.bucket,
+        host_name=values["host_name"] or layout.bucket,
     )
 
 
@@ -1098,6 +1444,8 @@ class VerifyConfig:
     download_max_bytes: int = default("download_max_bytes")
     reminder_interval: float = default("reminder_interval")
     cache_grace: float = default("cache_grace")
+    host_name: str = ""
+    host_url: str = ""  # the host's HTTP root, where its front page is (http_url is this mirror's)
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -1112,12 +1460,22 @@ def load_verify_config(flags: Mapping[str, Any], environ: Mapping[str, str] | No
 
 def verify_config(values: Mapping[str, Any]) -> VerifyConfig:
     layout = load_layout(values)
+
+    def under(url: str) -> str:
+        """The host's URL of a protocol, made this mirror's: its path below the root."""
+        return url + layout.path + "/" if url and layout.path else url
+
     config = pick(
         VerifyConfig,
         values,
         layout=layout,
         aws=load_aws_config(values),
-        mirror_name=values["mirror_name"] or layout.bucket,
+        mirror_name=values["mirror_name"] or values.get("mirror") or layout.bucket,
+        http_url=under(values["http_url"]),
+        ftp_url=under(values["ftp_url"]),
+        rsync_url=under(values["rsync_url"]),
+        host_name=values["host_name"] or layout.bucket,
+        host_url=values["http_url"],
     )
     if not config.endpoints:
         raise ConfigError(

@@ -124,7 +124,7 @@ def render_index(directory: str, children: Iterable[Entry], mirror_name: str) ->
 <tr><th>Name</th><th>Last modified (UTC)</th><th class="s">Size</th></tr>
 {chr(10).join(rows)}
 </table>
-<script type="application/json" id="{INDEX_DATA_ID}">{_script_json(described)}</script>
+{index_data(described)}
 <address>{html.escape(mirror_name)} &middot; mirrorkeeper {__version__}</address>
 </body>
 </html>
@@ -139,6 +139,11 @@ def _describe(entry: Entry) -> dict[str, object]:
     if entry.type is EntryType.SYMLINK:
         described["target"] = entry.target or ""
     return described
+
+
+def index_data(entries: list[dict[str, object]]) -> str:
+    """The machine-readable entries of an index page (what :func:`parse_index_entries` reads back)."""
+    return f'<script type="application/json" id="{INDEX_DATA_ID}">{_script_json(entries)}</script>'
 
 
 def _script_json(value: object) -> str:

@@ -96,3 +96,8 @@ class DeletionGuardError(MirrorkeeperError):
 
 class StateConflictError(StorageError):
     """A state object changed between our read and our conditional write (another run wrote it)."""
+
+
+class HealthNotPublishedError(MirrorkeeperError):
+    """A mirror's publish-health step failed: its status page and metrics are stale (the other
+    mirrors' and the host's were published)."""

@@ -8,6 +8,13 @@ state is never reachable by construction (docs/architecture.md, "Bucket layout")
     <root>/state/...          manifest, last upstream listing, run reports, lock, health
                               (their keys and formats: mirrorkeeper.state)
 
+A host of several mirrors keeps each under its path, on both sides, and its own pages apart:
+
+    <root>/pub/<path>/...     mirror <path>'s tree (its trace, status page: <path>/.mirrorkeeper/)
+    <root>/state/<path>/...   its private state
+    <root>/pub/               the host's front page (an index of mirrors), pub/.mirrorkeeper/mirrors.json
+    <root>/state/.host/       the host's own state (no mirror path starts with '.')
+
 A directory is an object whose key ends in "/" (``pub/dir/``): it marks empty directories and
 holds that directory's index page, so ``GET /dir/`` returns the page with no rewrite and no
 upstream name (which never ends in "/") can collide with it.
@@ -36,22 +43,41 @@ def normalize_prefix(prefix: str) -> str:
     return "".join(p + "/" for p in parts)
 
 
+HOST_STATE_DIR = ".host/"
+
+
 @dataclass(frozen=True, slots=True)
 class MirrorLayout:
+    """One mirror's place in the bucket: ``path`` '' for a host of one (the whole served tree)."""
+
     bucket: str
     prefix: str = ""
+    path: str = ""
 
     @classmethod
-    def create(cls, bucket: str, prefix: str = "") -> "MirrorLayout":
-        return cls(bucket=bucket, prefix=normalize_prefix(prefix))
+    def create(cls, bucket: str, prefix: str = "", path: str = "") -> "MirrorLayout":
+        return cls(bucket=bucket, prefix=normalize_prefix(prefix), path=normalize_prefix(path).rstrip("/"))
+
+    @property
+    def _below(self) -> str:
+        return self.path + "/" if self.path else ""
 
     @property
     def served_prefix(self) -> str:
-        return self.prefix + SERVED_DIR
+        return self.prefix + SERVED_DIR + self._below
 
     @property
     def state_prefix(self) -> str:
-        return self.prefix + STATE_DIR
+        return self.prefix + STATE_DIR + self._below
+
+    @property
+    def host(self) -> "MirrorLayout":
+        """The host's own places: the root of the served tree (its front page) and ``state/.host/``."""
+        return MirrorLayout(self.bucket, self.prefix)
+
+    @property
+    def host_state_prefix(self) -> str:
+        return self.prefix + STATE_DIR + HOST_STATE_DIR
 
     def served_key(self, path: str) -> str:
         """Key of a mirror file at relative ``path``."""

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mirrorkeeper.content import INDEX_CACHE_CONTROL, INDEX_CONTENT_TYPE
 from mirrorkeeper.display import iso
 from mirrorkeeper.entries import Entry
 from mirrorkeeper.errors import MirrorkeeperError, StateConflictError, StorageError
@@ -474,6 +475,9 @@ class HealthState:
     drift: int | None = None
     lag: int | None = None
     history: list[HistoryPoint] = field(default_factory=list)
+    # The last check's figures (mirrorkeeper.verify.metrics.mirror_figures): the host's metrics count
+    # a mirror that this run did not check by them.
+    figures: dict[str, Any] = field(default_factory=dict)
 
     def level(self, component: str) -> Level:
         return Level.parse(self.levels.get(component, "ok"))
@@ -504,6 +508,7 @@ class HealthState:
                 drift=doc.get("drift"),
                 lag=doc.get("lag"),
                 history=[HistoryPoint(**p) for p in doc.get("history", [])],
+                figures=dict(doc.get("figures") or {}),
             )
         except (TypeError, ValueError, KeyError):
             return cls()
@@ -828,6 +833,26 @@ class StateStore:
                 raise
 
     # -- our public files
+
+    def published_at(self, path: str) -> float | None:
+        """When the served file of ours at ``path`` (the trace) was written: its mtime, or None."""
+        key = self.layout.served_key(path)
+        with s3_errors(f"read {self._url(key)}"):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if is_missing(exc):
+                    return None
+                raise
+        try:
+            return float(head.get("Metadata", {})[MTIME_META])
+        except (KeyError, ValueError):
+            return float(head["LastModified"].timestamp())
+
+    def publish_page(self, directory: str, page: bytes) -> None:
+        """A directory's index page of ours (the host's front page: directory '')."""
+        key = self.layout.directory_key(directory)
+        self._put(key, page, INDEX_CONTENT_TYPE, CacheControl=INDEX_CACHE_CONTROL)
 
     def publish(self, path: str, body: bytes, content_type: str) -> None:
         """Put a file of ours (the status page) into the served tree, never cached for long."""

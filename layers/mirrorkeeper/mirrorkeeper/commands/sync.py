@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 from contextlib import ExitStack
+from typing import Any
 
-from mirrorkeeper.config import SYNC, add_flags, flags_of, resolve, sync_config
-from mirrorkeeper.errors import UpstreamError
+from mirrorkeeper.config import SYNC, ConfigFile, add_flags, flags_of, read_config, resolve, settings_for, sync_config
+from mirrorkeeper.errors import ConfigError, ExitCode, MirrorkeeperError, UpstreamError, worst
 from mirrorkeeper.sync.rsync import ListingRun, RsyncClient
 
 DESCRIPTION = """\
@@ -59,9 +61,61 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    values = resolve(SYNC, flags_of(args))
+    flags = flags_of(args)
+    values = resolve(SYNC, flags)
+    host = read_config(SYNC, flags, os.environ)
+    if values["all"]:
+        return sync_all(flags, host)
+    if host.mirrors and not values["mirror"]:
+        raise ConfigError(
+            f"config file {host.path} has mirrors ({', '.join(host.mirrors)}): name one with --mirror NAME, or --all"
+        )
+    return sync_one(values)
+
+
+def sync_all(flags: dict[str, Any], host: ConfigFile) -> int:
+    """Every enabled mirror of the host, one after another, each with its own lease: one failing never
+    stops the others. The exit code is the most serious of theirs; each that did not end cleanly gets
+    its line on stderr."""
+    for name in ("upstream", "path", "mirror"):
+        setting = settings_for(SYNC)[name]
+        if flags.get(name) is not None or setting.env in os.environ:
+            raise ConfigError(f"{setting.flag} ({setting.env}) names one mirror: it cannot apply to --all")
+    if not host.mirrors:
+        raise ConfigError("--all syncs the mirrors of a config file: give one with --config (MIRRORKEEPER_CONFIG)")
+    codes: dict[str, int] = {}
+    for name in host.mirrors:
+        values = resolve(SYNC, flags, mirror=name)
+        if not values["enabled"] or values["paused"]:
+            print(json.dumps({"mirror": name, "result": "paused" if values["enabled"] else "disabled"}))
+            continue
+        try:
+            codes[name] = sync_one(values, prefix=f"{name}: ")
+        except MirrorkeeperError as exc:
+            codes[name] = int(exc.exit_code)
+            result = "locked" if exc.exit_code is ExitCode.LOCKED else "failed"
+            print(json.dumps({"mirror": name, "result": result, "exit_code": codes[name]}))
+            print(f"mirrorkeeper sync: {name}: error: {exc}", file=sys.stderr)
+    code = worst(list(codes.values()))
+    if code:
+        bad = ", ".join(f"{name} exit {c}" for name, c in codes.items() if c)
+        print(
+            f"mirrorkeeper sync: {len([c for c in codes.values() if c])} of {len(codes)} mirrors did not sync "
+            f"cleanly ({bad}); each has its own line above and its own run report",
+            file=sys.stderr,
+        )
+    return code
+
+
+def sync_one(values: dict[str, Any], prefix: str = "") -> int:
     config = sync_config(values)
-    rsync = RsyncClient(config.rsync_command, config.rsync_timeout)
+    password = ""
+    if config.rsync_password:
+        from mirrorkeeper.credentials import read_secret
+
+        what = f"[mirrors.{config.mirror}] rsync_password" if config.mirror else "--rsync-password"
+        password = read_secret(config.rsync_password, config.aws, what)
+    rsync = RsyncClient.for_sync(config, password)
     with ExitStack() as stack:
         # Listing upstream takes about as long as importing boto3 and building its client: start
         # rsync first, before even the logging set-up, so the two overlap (for a run with nothing
@@ -104,8 +158,10 @@ def run(args: argparse.Namespace) -> int:
             "held_deletions",
         )
     }
+    if config.mirror:
+        summary = {"mirror": config.mirror, **summary}
     print(json.dumps(summary), file=sys.stdout if not config.dry_run else sys.stderr)
     if report.exit_code:
         # Held deletions (4) and skipped paths (5) end a run that published: say so in one line.
-        print(f"mirrorkeeper sync: {report.error}", file=sys.stderr)
+        print(f"mirrorkeeper sync: {prefix}{report.error}", file=sys.stderr)
     return report.exit_code

@@ -37,6 +37,7 @@ class RunFailures:
     def __post_init__(self) -> None:
         # Quarantined before this run (and so already alerted): what this run quarantines still counts.
         self._known = set(self.log.quarantined())
+        self.stored = bool(self.log.paths)  # whether state/failures.json exists, so a clean run leaves it be
 
     def skip_quarantined(self, path: str) -> bool:
         """True (and noted) when ``path`` is quarantined and its daily retry is not due."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from mirrorkeeper.config import SyncConfig
 from mirrorkeeper.entries import EntryType
 from mirrorkeeper.errors import StagingFullError, UpstreamError
 from mirrorkeeper.names import decode_rsync_name
@@ -141,12 +142,39 @@ def _day_epoch(day: bytes) -> int:
 class RsyncClient:
     command: str = "rsync"
     timeout: int = 300
+    include: tuple[str, ...] = ()  # rsync patterns, checked before the excludes
+    exclude: tuple[str, ...] = ()
+    bwlimit: int = 0  # KiB/s while fetching; 0 for none
+    password: str = field(default="", repr=False)  # for a module that asks for one (RSYNC_PASSWORD)
+
+    @classmethod
+    def for_sync(cls, config: SyncConfig, password: str = "") -> RsyncClient:
+        return cls(config.rsync_command, config.rsync_timeout, config.include, config.exclude, config.bwlimit, password)
 
     def _base_args(self) -> list[str]:
         # TCP_NODELAY: rsync sends its handshake in writes of a few bytes, and Nagle's algorithm
         # holds each until the daemon's delayed ACK (40 ms on Linux) arrives; measured, that was a
         # quarter of the time it takes to list a 20,000-file module on a fast link.
-        return [*self.command.split(), "--no-motd", "--no-h", "--contimeout=30", "--sockopts=TCP_NODELAY"]
+        return [
+            *self.command.split(),
+            "--no-motd",
+            "--no-h",
+            "--contimeout=30",
+            "--sockopts=TCP_NODELAY",
+            *(f"--include={pattern}" for pattern in self.include),
+            *(f"--exclude={pattern}" for pattern in self.exclude),
+        ]
+
+    def _fetch_base(self) -> list[str]:
+        return [
+            *self._base_args(),
+            f"--timeout={self.timeout}",
+            *([f"--bwlimit={self.bwlimit}"] if self.bwlimit else []),
+        ]
+
+    @property
+    def _env(self) -> dict[str, str]:
+        return {"RSYNC_PASSWORD": self.password} if self.password else {}
 
     def start_list(self, url: str) -> ListingRun:
         """Start listing ``url`` recursively in the background; ``ListingRun.listing()`` collects it.
@@ -154,7 +182,7 @@ class RsyncClient:
         The listing watches its own output for silence instead of passing ``--timeout``: rsync
         forwards that option to the daemon, whose sender then stalls once more on a delayed ACK
         (about 45 ms a listing, measured against rsync 3.x daemons)."""
-        return ListingRun(url, [*self._base_args(), "--list-only", "-rl", url], stall_timeout=self.timeout)
+        return ListingRun(url, [*self._base_args(), "--list-only", "-rl", url], self.timeout, self._env)
 
     def list(self, url: str) -> Listing:
         """List ``url`` recursively. Raises UpstreamError when nothing could be listed at all."""
@@ -170,8 +198,8 @@ class RsyncClient:
             tempfile.NamedTemporaryFile(prefix="files-from-", dir=dest.parent) as files_from,
             tempfile.TemporaryFile() as err,
         ):
-            args = _fetch_args([*self._base_args(), f"--timeout={self.timeout}"], url, paths, files_from, dest)
-            code = _start(args, stdout=subprocess.DEVNULL, stderr=err).wait()
+            args = _fetch_args(self._fetch_base(), url, paths, files_from, dest)
+            code = _start(args, stdout=subprocess.DEVNULL, stderr=err, env=self._env).wait()
             message = _read_tail(err)
             err.seek(0)
             failed, _ = path_complaints(err.read(_STDERR_LIMIT))
@@ -196,9 +224,10 @@ class RsyncClient:
         upstream mtime to ``out`` (see :func:`streamed_mtime`): the file's own is not to be trusted once
         the caller has punched holes in it."""
         dest.mkdir(parents=True, exist_ok=True)
-        base = [*self._base_args(), f"--timeout={self.timeout}"]
-        args = _fetch_args(base, url, [path], files_from, dest, "--inplace", f"--out-format={_MTIME_FORMAT}")
-        return _start(args, stdout=out, stderr=err, new_session=True)
+        args = _fetch_args(
+            self._fetch_base(), url, [path], files_from, dest, "--inplace", f"--out-format={_MTIME_FORMAT}"
+        )
+        return _start(args, stdout=out, stderr=err, new_session=True, env=self._env)
 
 
 _MTIME_FORMAT = "mtime %M"
@@ -238,14 +267,14 @@ class ListingRun:
     seconds means the upstream stopped answering: rsync is then stopped and the listing fails.
     """
 
-    def __init__(self, url: str, args: list[str], stall_timeout: float) -> None:
+    def __init__(self, url: str, args: list[str], stall_timeout: float, env: dict[str, str] | None = None) -> None:
         self.url = url
         self.stall_timeout = stall_timeout
         # Both files live as long as this object: close() (or the with block) closes them.
         self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
         try:
-            self._process = _start(args, stdout=self._out, stderr=self._err)
+            self._process = _start(args, stdout=self._out, stderr=self._err, env=env)
         except BaseException:
             self._out.close()
             self._err.close()
@@ -356,7 +385,11 @@ class ListingRun:
 
 
 def _start(
-    args: list[str], stdout: int | IO[bytes], stderr: int | IO[bytes], new_session: bool = False
+    args: list[str],
+    stdout: int | IO[bytes],
+    stderr: int | IO[bytes],
+    new_session: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
@@ -364,7 +397,7 @@ def _start(
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **_RSYNC_ENV},
+            env={**os.environ, **_RSYNC_ENV, **(env or {})},
             start_new_session=new_session,
         )
     except FileNotFoundError:

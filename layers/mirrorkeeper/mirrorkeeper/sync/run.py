@@ -124,7 +124,7 @@ class SyncRun:
         self.counter = counter
         self.store = MirrorStore(client, config.layout, config.multipart_threshold)
         self.state = StateStore(client, config.layout)
-        self.rsync = rsync or RsyncClient(config.rsync_command, config.rsync_timeout)
+        self.rsync = rsync or RsyncClient.for_sync(config)
         self.interactive = interactive
         self.out = out or sys.stdout
         self.clock = clock
@@ -198,7 +198,9 @@ class SyncRun:
         if digest is None:
             return None
         key = hashlib.sha256(_LISTING_KEY_VERSION)
-        for part in (self.config.upstream, self.layout.served_prefix, self.config.trace_path, RESERVED_DIR, digest):
+        config = self.config
+        filters = "\0".join([*config.include, "\1", *config.exclude])
+        for part in (config.upstream, self.layout.served_prefix, config.trace_path, RESERVED_DIR, filters, digest):
             key.update(b"\0" + part.encode())
         return key.hexdigest()
 
@@ -404,7 +406,7 @@ class SyncRun:
         upstream = {e.path for e in tree.entries} if failures.log.paths else set()
         gone = [path for path in failures.log.paths if path not in upstream and path not in tree.unreadable]
         newly = failures.settle(attempted, gone)
-        if failures.log.paths or attempted or gone or newly:
+        if failures.log.paths or failures.stored:
             self.state.write_failures(failures.log)
         failures.report(self.report, newly)
 

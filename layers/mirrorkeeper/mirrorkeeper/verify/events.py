@@ -38,6 +38,15 @@ class EcsContainer(_Model):
     reason: str = ""
 
 
+class EcsContainerOverride(_Model):
+    name: str = ""
+    command: list[str] = Field(default_factory=list)
+
+
+class EcsOverrides(_Model):
+    containerOverrides: list[EcsContainerOverride] = Field(default_factory=list)  # noqa: N815
+
+
 class EcsTaskDetail(_Model):
     taskArn: str  # noqa: N815
     lastStatus: Literal["STOPPED"]  # noqa: N815
@@ -45,6 +54,16 @@ class EcsTaskDetail(_Model):
     stopCode: str = ""  # noqa: N815
     stoppedAt: datetime | None = None  # noqa: N815
     containers: list[EcsContainer] = Field(default_factory=list)
+    overrides: EcsOverrides | None = None
+
+    @property
+    def mirror(self) -> str | None:
+        """The mirror the task synced (its schedule runs ``sync --mirror NAME``); None for another command."""
+        for override in self.overrides.containerOverrides if self.overrides else ():
+            command = override.command
+            if "--mirror" in command[:-1]:
+                return command[command.index("--mirror") + 1]
+        return None
 
 
 class EcsTaskStateChange(EventBridgeModel):
@@ -96,17 +115,38 @@ class ProbeRun:
 
 class DiffInput(_Model):
     trigger: Trigger
+    mirror: str = ""  # the mirror of a host this check is for ('' for a host of one)
 
 
 class ProbeInput(_Model):
     trigger: Trigger
+    mirror: str = ""
 
 
 class PublishInput(_Model):
     trigger: Trigger
+    mirror: str = ""
     # StepError first: every DriftReport field has a default, so any object would pass as one.
     drift: StepError | DriftReport = Field(union_mode="left_to_right")
     probes: StepError | ProbeRun = Field(union_mode="left_to_right")
+
+
+class ListInput(_Model):
+    trigger: Trigger
+    only: str = ""  # one mirror to check (mirrorkeeper verify --mirror NAME), else as the trigger says
+
+
+class MirrorResult(_Model):
+    """What one mirror's checks hand the host's step: its name and its publish-health result (or the
+    error that step ended with)."""
+
+    mirror: str = ""
+    health: dict[str, Any] = Field(default_factory=dict)
+
+
+class HostInput(_Model):
+    trigger: Trigger
+    results: list[MirrorResult] = Field(default_factory=list)
 
 
 # Pydantic puts the discriminator's value in an error's location (trigger.aws.ecs.detail...), a

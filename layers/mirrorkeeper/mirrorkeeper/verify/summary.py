@@ -18,6 +18,9 @@ def _age(seconds: float | None) -> str:
 def print_verify_summary(state: dict[str, Any], mirror: str, out: IO[str] | None = None) -> None:
     out = out or sys.stdout
     health = state["health"]
+    if "Error" in health:
+        out.write(f"\n{mirror}: HEALTH NOT PUBLISHED ({health['Error']}: {health['Cause']})\n")
+        return
     levels: dict[str, str] = health["levels"]
     now = time.time()
     rows: list[list[object]] = [["protocol", "level", "freshness", "probes passed", "missing file"]]

@@ -1,12 +1,18 @@
-"""The verify workflow: diff-manifests → probe-endpoints → publish-health.
+"""The verify workflow: list-mirrors, then for each mirror diff-manifests → probe-endpoints →
+publish-health, then publish-host.
 
-The deployed workflow is ``statemachine/verify.asl.json`` (Step Functions, one Lambda per step);
-``mirrorkeeper verify`` runs :data:`STEPS` here, in the same order, on the same event shapes:
+The deployed workflow is ``statemachine/verify.asl.json`` (Step Functions, one Lambda per step, a
+Map over the mirrors); ``mirrorkeeper verify`` runs the same steps here (:func:`run_host`), in the
+same order, on the same event shapes:
 
     {"trigger": <ECS Task State Change | scheduled verify>}
-      + "drift":  diff_manifests(...)    or {"Error", "Cause"} when the step failed
-      + "probes": probe_endpoints(...)   or {"Error", "Cause"}
-      + "health": publish_health(...)
+      + "mirrors": list_mirrors(...)     {"mirrors": [{"mirror": NAME}, ...]} ('' for a host of one)
+      for each: {"trigger", "mirror"}
+        + "drift":  diff_manifests(...)  or {"Error", "Cause"} when the step failed
+        + "probes": probe_endpoints(...) or {"Error", "Cause"}
+        + "health": publish_health(...)  or {"Error", "Cause"}
+      + "results": [{"mirror", "health"}, ...]
+      + "host": publish_host(...)
 
 A failed diff or probe step does not stop the chain (the state machine's Catch, the local
 runner's except): it becomes a finding. A malformed event is an :class:`InvalidEventError`
@@ -19,12 +25,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkeeper.aws import S3Client, s3_client, service_client
-from mirrorkeeper.config import VerifyConfig
-from mirrorkeeper.errors import ExitCode, StateConflictError
+from mirrorkeeper.config import VERIFY, VerifyConfig, resolve, verify_config
+from mirrorkeeper.errors import ConfigError, ExitCode, HealthNotPublishedError, StateConflictError
+from mirrorkeeper.host import MirrorEntry, mirror_entries, summarise_all
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.s3errors import s3_errors
 from mirrorkeeper.state import (
@@ -41,21 +49,33 @@ from mirrorkeeper.verify.drift import DriftReport, diff_mirror
 from mirrorkeeper.verify.events import (
     DiffInput,
     EcsTaskStateChange,
+    HostInput,
     InvalidEventError,
+    ListInput,
     ProbeInput,
     ProbeRun,
     PublishInput,
     StepError,
     parse_event,
 )
+from mirrorkeeper.verify.frontpage import MIRRORS_JSON_PATH, directory_pages, render_front_page, render_mirrors_json
 from mirrorkeeper.verify.health import OVERALL, assess, sync_from_exit
 from mirrorkeeper.verify.history import decide_notice, next_state
-from mirrorkeeper.verify.metrics import CloudWatchSink, EmfSink, MetricsSink, health_metrics
+from mirrorkeeper.verify.metrics import (
+    CloudWatchSink,
+    EmfSink,
+    MetricsSink,
+    carried_forward,
+    host_points,
+    mirror_figures,
+    mirror_points,
+)
 from mirrorkeeper.verify.probes import choose_sample, probe_all
 from mirrorkeeper.verify.status import render_status_html, render_status_json
 
 log = logging.getLogger(__name__)
 SYNC_CONTAINER = "sync"
+MAP_CONCURRENCY = 10  # mirrors checked at once (the state machine's Map has the same bound)
 STATE_WRITE_ATTEMPTS = 3
 
 
@@ -70,13 +90,17 @@ class Deps:
     notifier: Notifier
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    # The host's mirrors (its config file), for the host's steps: which to check, and its front page.
+    mirrors: list[MirrorEntry] = field(default_factory=list)
 
     @property
     def store(self) -> StateStore:
         return StateStore(self.s3, self.config.layout)
 
     @classmethod
-    def create(cls, config: VerifyConfig, metrics: str = "cloudwatch") -> Deps:
+    def create(
+        cls, config: VerifyConfig, metrics: str = "cloudwatch", mirrors: list[MirrorEntry] | None = None
+    ) -> Deps:
         """``metrics``: "emf" in Lambda (stdout), "cloudwatch" elsewhere (PutMetricData), or "none"."""
         sink: MetricsSink
         if metrics == "emf":
@@ -88,7 +112,31 @@ class Deps:
         notifier: Notifier = (
             SnsNotifier(service_client("sns", config.aws), config.topic_arn) if config.topic_arn else LogNotifier()
         )
-        return cls(config, s3_client(config.aws), sink, notifier)
+        return cls(config, s3_client(config.aws), sink, notifier, mirrors=mirrors or [])
+
+
+@dataclass(frozen=True)
+class HostDeps:
+    """The host's Deps (its mirrors, its front page, its metrics) and a way to each mirror's, from one
+    reading of the settings and config file. A host of one is its own only mirror, named ''."""
+
+    host: Deps
+    settings: dict[str, dict[str, Any]]
+    metrics: str
+
+    @classmethod
+    def load(cls, flags: dict[str, Any], metrics: str, environ: dict[str, str] | None = None) -> HostDeps:
+        entries = mirror_entries(VERIFY, flags, environ)
+        values = resolve(VERIFY, flags, environ, mirror="" if entries else None)
+        deps = Deps.create(verify_config(values), metrics, mirrors=[entry for entry, _ in entries])
+        return cls(deps, {entry.name: mirror_values for entry, mirror_values in entries}, metrics)
+
+    def mirror(self, name: str) -> Deps:
+        if not name and not self.settings:
+            return self.host
+        if name not in self.settings:
+            raise ConfigError(f"no mirror {name!r} in the host's config file; its mirrors: {', '.join(self.settings)}")
+        return Deps.create(verify_config(self.settings[name]), self.metrics)
 
 
 class _NoMetrics:
@@ -232,6 +280,7 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
         new_report = report if report and report.run_id != previous.last_report_run_id else None
         if report:
             state.last_report_run_id = report.run_id
+        state.figures = figures = mirror_figures(assessment, drift, probes, sync, new_report)
         try:
             store.write_health(state, etag)
             break
@@ -257,12 +306,14 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
         render_status_html(state, config.mirror_name, config.sync_interval, now),
         "text/html; charset=utf-8",
     )
-    deps.metrics.emit(health_metrics(config.mirror_name, assessment, drift, probes, sync, new_report))
+    deps.metrics.emit(mirror_points(config.mirror_name, figures))
     log.info(
         "health published",
         extra={"overall": assessment.overall.label, "notice": notice.value if notice else None},
     )
     return {
+        "mirror": parsed.mirror,
+        "figures": figures,
         "overall": assessment.overall.label,
         "levels": state.levels,
         "findings": [f.to_json() for f in assessment.findings],
@@ -271,6 +322,82 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
         "previous_overall": previous.levels.get(OVERALL, "ok"),
         "status_page": status_url or STATUS_HTML_PATH,
     }
+
+
+# -- the host: which mirrors to check, then what all of them add up to ----------------------------
+
+
+def list_mirrors(event: Any, deps: Deps) -> dict[str, Any]:
+    """The mirrors this run checks: the one whose sync task just stopped, else every enabled, unpaused
+    mirror of the host ('' for a host of one)."""
+    parsed = parse_event(ListInput, event)
+    if parsed.only:
+        if parsed.only not in {m.name for m in deps.mirrors}:
+            raise ConfigError(f"no mirror {parsed.only!r} in the host's config file")
+        return {"mirrors": [{"mirror": parsed.only}]}
+    synced = parsed.trigger.detail.mirror if isinstance(parsed.trigger, EcsTaskStateChange) else None
+    live = [m.name for m in deps.mirrors if m.enabled and not m.paused]
+    if synced is not None and synced in live:
+        live = [synced]
+    return {"mirrors": [{"mirror": name} for name in live] if deps.mirrors else [{"mirror": ""}]}
+
+
+def publish_host(event: Any, deps: Deps) -> dict[str, Any]:
+    """Host-wide metrics from every mirror's figures (the fixed set the alarms watch) and, for a host of
+    several mirrors, its front page and ``/.mirrorkeeper/mirrors.json``. A mirror whose publish-health
+    failed fails this step once the rest is published, so the execution fails (and is alarmed) without
+    the other mirrors losing their pages."""
+    parsed = parse_event(HostInput, event)
+    published = {r.mirror: r.health for r in parsed.results if "overall" in r.health}
+    failed = {r.mirror: str(r.health.get("Cause") or r.health) for r in parsed.results if r.mirror not in published}
+    not_ok = sorted(name for name, health in published.items() if health["overall"] != "ok")
+    figures = [health["figures"] for health in published.values()]
+    checked = {r.mirror for r in parsed.results}
+    front_page = ""
+    if deps.mirrors:
+        now = deps.clock()
+        summaries = summarise_all(deps.s3, deps.mirrors, now)
+        # The alarms watch the whole host: a mirror this run did not check counts by its last check.
+        figures += [
+            carried_forward(s.figures, now - s.checked_at)
+            for s in summaries
+            if s.name not in checked and s.enabled and not s.paused and s.figures
+        ]
+        host = StateStore(deps.s3, deps.config.layout.host)
+        host_name = deps.config.host_name or deps.config.layout.bucket
+        host.publish_page("", render_front_page(host_name, summaries, now))
+        for directory, page in directory_pages(host_name, summaries, now).items():
+            host.publish_page(directory, page)
+        host.publish(MIRRORS_JSON_PATH, render_mirrors_json(summaries), "application/json")
+        front_page = deps.config.host_url or "/"
+    deps.metrics.emit(host_points(figures))
+    log.info("host published", extra={"mirrors": len(parsed.results), "not_ok": not_ok, "failed": sorted(failed)})
+    if failed:
+        causes = "; ".join(f"{name or deps.config.mirror_name}: {cause}" for name, cause in sorted(failed.items()))
+        raise HealthNotPublishedError(
+            f"publish-health failed for {len(failed)} of {len(parsed.results)} mirrors ({causes}); their status "
+            "pages and metrics are stale until the next verify"
+        )
+    return {"mirrors": len(parsed.results), "not_ok": not_ok, "front_page": front_page}
+
+
+def run_host(trigger: dict[str, Any], deps: HostDeps, only: str = "") -> dict[str, Any]:
+    """What the deployed workflow does, in-process: list the mirrors, check each (several at once, as
+    the state machine's Map does), then the host's step. Returns the list step's result, each
+    mirror's final state document and the host step's result."""
+    listed = list_mirrors({"trigger": trigger, "only": only}, deps.host)["mirrors"]
+
+    def check(item: dict[str, str]) -> dict[str, Any]:
+        return run_chain(trigger, deps.mirror(item["mirror"]), item["mirror"])
+
+    with ThreadPoolExecutor(max(1, min(MAP_CONCURRENCY, len(listed))), thread_name_prefix="mirror") as pool:
+        states = list(pool.map(check, listed))
+    results = [{"mirror": state["mirror"], "health": state["health"]} for state in states]
+    try:
+        host = publish_host({"trigger": trigger, "results": results}, deps.host)
+    except HealthNotPublishedError as exc:  # the state machine's execution fails here; the CLI reports it
+        host = {"Error": type(exc).__name__, "Cause": str(exc)}
+    return {"trigger": trigger, "mirrors": states, "host": host}
 
 
 # -- the chain ----------------------------------------------------------------------------------
@@ -287,13 +414,14 @@ class Step:
 STEPS = (
     Step("DiffManifests", "drift", diff_manifests, recorded_on_failure=True),
     Step("ProbeEndpoints", "probes", probe_endpoints, recorded_on_failure=True),
-    Step("PublishHealth", "health", publish_health, recorded_on_failure=False),
+    # Recorded too: one mirror's failure must not cost the others theirs; publish-host then fails.
+    Step("PublishHealth", "health", publish_health, recorded_on_failure=True),
 )
 
 
-def run_chain(trigger: dict[str, Any], deps: Deps) -> dict[str, Any]:
-    """What the state machine does, in-process: returns the final state document."""
-    state: dict[str, Any] = {"trigger": trigger}
+def run_chain(trigger: dict[str, Any], deps: Deps, mirror: str = "") -> dict[str, Any]:
+    """What the state machine does for one mirror, in-process: returns the final state document."""
+    state: dict[str, Any] = {"trigger": trigger, "mirror": mirror}
     parse_event(DiffInput, state)  # a bad trigger stops here, as the first Lambda would refuse it
     for step in STEPS:
         try:
