@@ -34,6 +34,8 @@ $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml devtools/pypro
 		apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v chromium >/dev/null || { echo "chromium not found (the status page's browser test runs it): installing it from Debian packages"; \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@command -v lftp >/dev/null || { echo "lftp not found (the FTP front end's mirror test runs it): installing it from Debian packages"; \
+		apt-get update -qq && apt-get install -y -qq lftp >/dev/null; }
 	@# The real package managers' tests build apt and yum repositories and read them with apt-get and dnf.
 	@missing=""; for tool in apt-ftparchive:apt-utils gpg:gpg rpmbuild:rpm createrepo_c:createrepo-c dnf:dnf; do \
 		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \

@@ -1,6 +1,8 @@
 """Test helpers shared by every tier: run the real CLI, read back what S3 holds."""
 
 import os
+import random
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -87,3 +89,19 @@ def moto_subprocess() -> Iterator[str]:
     port = free_port()
     with serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, what="moto"):
         yield f"http://127.0.0.1:{port}"
+
+
+def free_port_range(count: int) -> tuple[int, int]:
+    """FIRST, LAST of ``count`` consecutive ports free on 127.0.0.1 now, below the kernel's ephemeral range
+    (which starts at 32768 unless configured otherwise), so that no other process's port-0 bind can take
+    one of them before the test uses them."""
+    for _ in range(200):
+        first = random.randrange(10_000, 32_000 - count)
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first, first + count - 1
+    raise RuntimeError(f"no {count} consecutive free ports found between 10000 and 32000")

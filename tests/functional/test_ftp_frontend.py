@@ -5,6 +5,9 @@ import io
 import os
 import re
 import secrets
+import shutil
+import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -26,7 +29,7 @@ from mirrorkeeper.serve.ftp import RETR_CHUNK, make_server
 from mirrorkeeper.serve.served import ObjectCache, ServedTree
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import write_file
-from tests.support import BUCKET, run_cli, serve_cli, tree_files
+from tests.support import BUCKET, free_port_range, run_cli, serve_cli, tree_files
 
 
 @contextmanager
@@ -55,8 +58,9 @@ def ftp_server(
 
 
 @contextmanager
-def session(port: int, user: str = "anonymous") -> Iterator[ftplib.FTP]:
-    ftp = ftplib.FTP(timeout=10, encoding="utf-8")
+def session(port: int, user: str = "anonymous", source: str | None = None) -> Iterator[ftplib.FTP]:
+    """A logged-in session, from loopback address ``source`` when given (127.0.0.2, ...)."""
+    ftp = ftplib.FTP(timeout=10, encoding="utf-8", source_address=(source, 0) if source else None)
     ftp.connect("127.0.0.1", port)
     ftp.login(user, "mirror-test@example.org")
     try:
@@ -102,6 +106,54 @@ def test_hostile_tree_is_served_byte_identical_by_the_cli_server(hostile_mirror:
         ftp.cwd("/current")
         assert ftp.pwd() == "/v1" and ftp.nlst() == ["pkg.rpm"]
         assert retr(ftp, "/latest.rpm") == b"rpm bytes"
+
+
+def test_lftp_mirrors_the_whole_root_as_upstream_plus_our_public_files(
+    hostile_mirror: Path, rsync_daemon: Callable[[Path], RsyncDaemon], s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    lftp = shutil.which("lftp")
+    if lftp is None:
+        pytest.fail("lftp not found on PATH: `make install` installs it (Debian package lftp); never skipped")
+    # GIVEN the hostile-name tree and a directory that lftp enters before .mirrorkeeper (it sorts
+    # first), synced by the real CLI; then a real verify run, which probes FTP and publishes the status page
+    upstream = hostile_mirror
+    write_file(upstream / "+early/file", b"early", 1_600_000_000)
+    synced = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET], endpoint)
+    assert synced.returncode == 0, synced.stderr
+    with serve_cli("serve-ftp", endpoint) as port:
+        verified = run_cli(["verify", "--bucket", BUCKET, "--ftp-url", f"ftp://127.0.0.1:{port}/"], endpoint)
+        assert verified.returncode == 0, verified.stderr
+        assert {"state/health.json", "pub/.mirrorkeeper/status.html"} <= {
+            item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+        }
+        # WHEN lftp mirrors the whole root
+        local = tmp_path / "copy"
+        script = (
+            "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 10; "
+            f"open -u anonymous,mirror-test@example.org ftp://127.0.0.1:{port}; mirror --verbose / {local}"
+        )
+        mirrored = subprocess.run([lftp, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    # THEN it got upstream's tree, and of ours exactly the files that are public over HTTP too
+    assert (mirrored.returncode, mirrored.stderr) == (0, ""), mirrored.stdout
+    ours = {
+        path: s3.get_object(Bucket=BUCKET, Key=f"pub/{path}")["Body"].read()
+        for path in (".mirrorkeeper/trace", ".mirrorkeeper/status.html", ".mirrorkeeper/status.json")
+    }
+    copied, upstream_files = tree_files(local), tree_files(upstream)
+    assert {path: content for path, (content, _) in copied.items()} == {
+        path: content for path, (content, _) in upstream_files.items()
+    } | ours
+    assert all(copied[path] == found for path, found in upstream_files.items())  # with upstream's mtimes
+    assert tree_shape(local) == tree_shape(upstream) | {".mirrorkeeper": "dir"} | dict.fromkeys(ours, "file")
+
+
+def tree_shape(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` by relative path: 'dir', 'file', or a symlink's target."""
+    shape = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        shape[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
+    return shape
 
 
 def test_resumed_downloads_start_at_the_rest_offset(s3: Any, endpoint: str) -> None:
@@ -227,18 +279,51 @@ def test_only_anonymous_and_ftp_log_in(s3: Any, endpoint: str) -> None:
             pass
 
 
-def test_traversal_never_leaves_the_served_tree(s3: Any, endpoint: str) -> None:
-    # GIVEN private state beside the served tree
+def test_our_public_files_are_entered_listed_and_fetched_and_nothing_leaves_the_served_tree(
+    s3: Any, endpoint: str
+) -> None:
+    # GIVEN private state beside the served tree, and our public files, under a directory that, like
+    # the sync and the status page leave it, has no marker object
     s3.put_object(Bucket=BUCKET, Key="state/lock.json", Body=b"private")
     put(s3, "pub/README", b"public")
+    ours = {"trace": b"trace", "status.html": b"<html></html>", "status.json": b"{}"}
+    for name, body in ours.items():
+        put(s3, f"pub/.mirrorkeeper/{name}", body)
     with ftp_server(endpoint) as port, session(port) as ftp:
-        # WHEN climbing out in every spelling THEN the root is as high as it goes and state is missing
-        ftp.cwd("../../..")
-        assert ftp.pwd() == "/" and "state" not in ftp.nlst()
-        for path in ("../state/lock.json", "/../state/lock.json", "/..//../state/lock.json", "state/lock.json"):
+        # WHEN a fresh session enters it by any path, before listing anything
+        for path in ("/.mirrorkeeper", "/.mirrorkeeper/", ".mirrorkeeper", "/./.mirrorkeeper/."):
+            ftp.cwd("/")
+            ftp.cwd(path)
+            # THEN it is a directory whose files are listed and served
+            assert ftp.pwd() == "/.mirrorkeeper", path
+        assert sorted(ftp.nlst()) == sorted(ours)
+        assert {name: facts["type"] for name, facts in ftp.mlsd("/.mirrorkeeper")} == dict.fromkeys(ours, "file")
+        assert {name: retr(ftp, name) for name in ours} == ours
+        for missing in ("CWD /.mirrorkeeper/trace", "CWD /.mirrorkeeper/nothing", "SIZE /.mirrorkeeper/nothing"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
+                ftp.sendcmd(missing)
+        # AND climbing out in every spelling stops at the root, where state is missing
+        for climb in ("..", "../..", "/..", "../../..", "/.mirrorkeeper/../..", ".mirrorkeeper/../../.."):
+            ftp.cwd("/.mirrorkeeper")
+            ftp.cwd(climb)
+            assert ftp.pwd() == "/", climb
+            assert "state" not in ftp.nlst()
+        ftp.cwd("/.mirrorkeeper")
+        for path in (
+            "../state/lock.json",
+            "/../state/lock.json",
+            "/..//../state/lock.json",
+            "state/lock.json",
+            ".mirrorkeeper/../../state/lock.json",
+            "/.mirrorkeeper/../../../state/lock.json",
+            "../../state/lock.json",
+        ):
             with pytest.raises(ftplib.error_perm, match=r"^550"):
                 retr(ftp, path)
-        assert retr(ftp, "/../README") == b"public"
+        for path in ("../state", "/../state", ".mirrorkeeper/../../state", "/.mirrorkeeper/../../state"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
+                ftp.cwd(path)
+        assert retr(ftp, "../README") == retr(ftp, "/../README") == b"public"
 
 
 def test_a_listing_costs_one_list_request_not_one_per_entry(s3: Any, endpoint: str) -> None:
@@ -283,6 +368,74 @@ def test_passive_range_masquerade_banner_and_connection_limits(s3: Any, endpoint
             with pytest.raises(ftplib.error_temp, match=r"^421"):
                 third.connect("127.0.0.1", port)
             third.close()
+
+
+def test_a_passive_request_finding_every_port_held_is_refused_and_never_sent_outside_the_range(
+    s3: Any, endpoint: str
+) -> None:
+    put(s3, "pub/a", b"a file")
+    low, high = free_port_range(2)
+    # Clients come from 127.0.0.2 and up: 127.0.0.1 is where serve_cli checked that the server listens.
+    with (
+        serve_cli("serve-ftp", endpoint, "--passive-ports", f"{low}-{high}") as port,
+        session(port, source="127.0.0.2") as first,
+        session(port, source="127.0.0.3") as second,
+    ):
+        # GIVEN two clients whose PASV holds each of the two ports (nobody connects to them yet)
+        held = [passive_port(first.sendcmd("PASV")), passive_port(second.sendcmd("PASV"))]
+        assert sorted(held) == [low, high]
+        # AND the default cap: one session per client address, fewer than the two ports
+        with pytest.raises(ftplib.error_temp, match=r"^421"), session(port, source="127.0.0.2"):
+            pass
+        with session(port, source="127.0.0.4") as third:
+            # WHEN a third client asks for a data port THEN it is refused, never given one outside the range
+            for command in ("PASV", "EPSV"):
+                with pytest.raises(ftplib.error_temp, match=r"^425 ") as refused:
+                    third.sendcmd(command)
+                assert not re.search(r"\d{4}", str(refused.value)), refused.value
+            # AND once a client connects to its port, that port takes the next client
+            first.voidcmd("TYPE I")
+            with socket.create_connection(("127.0.0.1", held[0]), 10, ("127.0.0.2", 0)) as data:
+                assert first.sendcmd("RETR /a").startswith("1")
+                assert data.makefile("rb").read() == b"a file"
+            first.voidresp()
+            assert passive_port(third.sendcmd("EPSV")) == held[0]
+        assert retr(second, "/a") == b"a file"  # asking again frees its own port first
+
+
+def passive_port(reply: str) -> int:
+    """The port a 227 (h1,h2,h3,h4,p1,p2) or 229 (|||port|) reply names."""
+    if reply.startswith("227"):
+        numbers = re.search(r"\((\d+(?:,\d+){5})\)", reply)
+        assert numbers is not None, reply
+        high, low = numbers.group(1).split(",")[4:]
+        return int(high) * 256 + int(low)
+    extended = re.search(r"\(\|\|\|(\d+)\|\)", reply)
+    assert reply.startswith("229") and extended is not None, reply
+    return int(extended.group(1))
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (
+            ["--passive-ports", "60000-60001", "--max-connections-per-ip", "3"],
+            ["--max-connections-per-ip 3", "2 ports"],
+        ),
+        (
+            ["--passive-ports", "60000-60015", "--max-connections-per-ip", "16"],
+            ["--max-connections-per-ip", "60000-60015"],
+        ),
+        (["--passive-ports", "60000-60000"], ["--passive-ports 60000-60000"]),
+    ],
+)
+def test_a_per_address_cap_not_below_the_passive_ports_is_a_usage_error(options: list[str], named: list[str]) -> None:
+    # WHEN serve-ftp is given a per-address cap that would let one client hold every passive port
+    result = run_cli(["serve-ftp", "--bucket", BUCKET, *options], "http://127.0.0.1:9")
+    # THEN it refuses to start: one line naming both settings, and exit 2
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(words in result.stderr for words in named), result.stderr
 
 
 def test_a_directory_of_more_than_a_thousand_entries_is_listed_whole_from_one_paginated_listing(

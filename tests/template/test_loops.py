@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from jsonpath_ng.ext import parse as jsonpath  # moto's: what its Step Functions evaluate paths with
 
+from mirrorkeeper.config import load_serve_config
 from tests.template.cfn import Resolver, expand_templates, load_raw_template, resources_of_type
 
 RAW = load_raw_template()
@@ -105,6 +106,9 @@ def test_passive_ports_follow_ftp_passive_ports(expanded: dict[str, dict[str, An
     env = {e["Name"]: e["Value"] for e in r.resolve(template["Resources"]["FtpTaskDefinition"]["Properties"])[
         "ContainerDefinitions"][0]["Environment"]}  # fmt: skip
     assert env["MIRRORKEEPER_PASSIVE_PORTS"] == f"{first}-{last}"
+    # with its default cap of sessions per client address, which stays below them
+    ports = {"MIRRORKEEPER_PASSIVE_PORTS": env["MIRRORKEEPER_PASSIVE_PORTS"]}
+    assert load_serve_config("serve-ftp", {"bucket": "mirror-test"}, ports).max_connections_per_ip < n
     ingress = r.resolve(template["Resources"]["FtpSecurityGroup"]["Properties"])["SecurityGroupIngress"]
     assert {(rule["FromPort"], rule["ToPort"]) for rule in ingress} == {(2121, 2121), (first, last)}
     assert r.resolve(template["Outputs"]["FtpPassivePortRange"]["Value"]) == f"{first}-{last}"

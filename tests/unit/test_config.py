@@ -85,6 +85,49 @@ def test_the_ftp_servers_one_cpu_setting_can_be_turned_off_and_is_checked() -> N
         load_serve_config("serve-ftp", {"bucket": "mirror-test"}, {"MIRRORKEEPER_ONE_CPU": "sometimes"})
 
 
+@pytest.mark.parametrize(
+    ("settings", "cap"),
+    [
+        ({}, 16),  # no range: any free port serves, so nothing to stay below
+        ({"max_connections_per_ip": "40"}, 40),
+        ({"passive_ports": "60000-60015"}, 15),  # the template's default FtpPassivePorts
+        ({"passive_ports": "60000-60003"}, 3),
+        ({"passive_ports": "60000-60047"}, 16),
+        ({"passive_ports": "60000-60001"}, 1),
+        ({"passive_ports": "60000-60015", "max_connections_per_ip": "15"}, 15),
+    ],
+)
+def test_ftp_sessions_per_address_stay_below_the_passive_ports(settings: dict[str, str], cap: int) -> None:
+    assert load_serve_config("serve-ftp", {"bucket": "mirror-test", **settings}, {}).max_connections_per_ip == cap
+
+
+@pytest.mark.parametrize(
+    ("settings", "environ", "message"),
+    [
+        ({"passive_ports": "60000-60015", "max_connections_per_ip": "16"}, {}, "must be below the 16 ports"),
+        ({"max_connections_per_ip": "5"}, {"MIRRORKEEPER_PASSIVE_PORTS": "60000-60003"}, "--max-connections-per-ip 5"),
+        ({"passive_ports": "60000-60000"}, {}, "is one port"),
+    ],
+)
+def test_an_ftp_cap_that_lets_one_address_hold_every_passive_port_is_refused(
+    settings: dict[str, str], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_serve_config("serve-ftp", {"bucket": "mirror-test", **settings}, environ)
+
+
+def test_http_connections_per_address_know_no_passive_ports() -> None:
+    assert load_serve_config("serve-http", {"bucket": "mirror-test"}, {}).max_connections_per_ip == 16
+
+
+def test_the_masquerade_address_is_the_ipv4_address_pasv_replies_carry() -> None:
+    config = load_serve_config("serve-ftp", {"bucket": "mirror-test", "masquerade_address": "192.0.2.10"}, {})
+    assert config.masquerade_address == "192.0.2.10"
+    for wrong in ("2001:db8::1", "ftp.example.org", "192.0.2.300"):
+        with pytest.raises(ConfigError, match="expected an IPv4 address"):
+            load_serve_config("serve-ftp", {"bucket": "mirror-test", "masquerade_address": wrong}, {})
+
+
 # -- one declaration per setting -------------------------------------------------------------
 
 COMMANDS = ("sync", "serve-http", "serve-ftp", "verify", "announce")

@@ -10,6 +10,7 @@ operator knows which knob to turn; the command line turns it into one line and e
 """
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from mirrorkeeper.layout import DEFAULT_TRACE_PATH, MirrorLayout
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS, LateTiers
 
 ENV_PREFIX = "MIRRORKEEPER_"
+MAX_CONNECTIONS_PER_IP = 16  # serve-ftp gives fewer when it has fewer passive ports (sessions_per_address)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -234,6 +236,17 @@ def parse_port_range(text: str) -> tuple[int, int] | None:
     return low, high
 
 
+def parse_ipv4(text: str) -> str:
+    """An IPv4 address, or '' for none: a PASV reply has room for nothing else."""
+    value = str(text).strip()
+    if value:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError("expected an IPv4 address such as 192.0.2.10 (PASV replies carry IPv4 only)") from None
+    return value
+
+
 def parse_endpoint_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         url = str(text).strip()
@@ -364,7 +377,8 @@ def parse_topic_arn(text: str) -> str:
 @dataclass(frozen=True)
 class Setting:
     """One setting. ``default_text`` is how --help shows the default when ``str(default)`` would not
-    say it well; ``command_defaults`` overrides the default for some commands (serve-ftp's port);
+    say it well; ``command_defaults`` overrides the default for some commands (serve-ftp's port), and
+    ``command_default_text`` says one of those in --help when it is worked out later (None);
     ``env_fallbacks`` are standard variables read after ours (AWS_REGION); ``switch`` makes the flag
     take no value (``--dry-run``)."""
 
@@ -376,6 +390,7 @@ class Setting:
     group: str
     default_text: str | None = None
     command_defaults: Mapping[str, Any] = field(default_factory=dict)
+    command_default_text: Mapping[str, str] = field(default_factory=dict)
     env_fallbacks: tuple[str, ...] = ()
     switch: bool = False
     metavar: str | None = None
@@ -397,6 +412,8 @@ class Setting:
     def help_for(self, command: str) -> str:
         if self.switch:
             shown = "off"
+        elif command in self.command_default_text:
+            shown = self.command_default_text[command]
         elif command in self.command_defaults:
             shown = str(self.command_defaults[command] if self.command_defaults[command] is not None else "none")
         else:
@@ -832,25 +849,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_connections_per_ip",
         count(1, 100_000),
-        16,
-        "connections (FTP: sessions) one client address may hold; serve-http counts an IPv6 client's whole /64",
+        MAX_CONNECTIONS_PER_IP,
+        "connections (FTP: sessions) one client address may hold; serve-http counts an IPv6 client's whole /64; "
+        "serve-ftp's must be fewer than the --passive-ports, so that one address never holds them all",
         SERVE,
         LISTENING,
+        command_defaults={SERVE_FTP: None},
+        command_default_text={SERVE_FTP: f"{MAX_CONNECTIONS_PER_IP}, or one fewer than the --passive-ports"},
     ),
     Setting(
         "passive_ports",
         parse_port_range,
         None,
-        "passive data port range FIRST-LAST, e.g. 60000-60099",
+        "passive data port range FIRST-LAST, e.g. 60000-60099: each is held from a PASV or EPSV until the client "
+        "connects, and a PASV or EPSV finding them all held is refused with 425",
         frozenset({SERVE_FTP}),
         FTP,
-        default_text="any free port",
+        default_text="any free port, never refused",
     ),
     Setting(
         "masquerade_address",
-        plain,
+        parse_ipv4,
         "",
-        "address announced in PASV replies (the load balancer's public address)",
+        "IPv4 address announced in PASV replies (the load balancer's public address); IPv6 clients use EPSV",
         frozenset({SERVE_FTP}),
         FTP,
         default_text="the listening address",
@@ -1416,7 +1437,31 @@ def serve_config(values: Mapping[str, Any]) -> ServeConfig:
         aws=load_aws_config(values),
         mirror_name=values["mirror_name"] or layout.bucket,
         masquerade_address=values.get("masquerade_address") or None,
+        max_connections_per_ip=sessions_per_address(values["max_connections_per_ip"], values.get("passive_ports")),
     )
+
+
+def sessions_per_address(given: int | None, passive_ports: tuple[int, int] | None) -> int:
+    """How many connections one client address may hold: below the passive ports' count when there is a
+    range, since each session can hold a port from its PASV until it connects, and one address holding
+    them all would shut every other client out. Without a range any free port serves: no such bound."""
+    if passive_ports is None:
+        return MAX_CONNECTIONS_PER_IP if given is None else given
+    first, last = passive_ports
+    ports = last - first + 1
+    if ports < 2:
+        raise ConfigError(
+            f"--passive-ports {first}-{last} is one port, which one client could hold alone; give a range of at "
+            "least 2 ports"
+        )
+    if given is None:
+        return min(MAX_CONNECTIONS_PER_IP, ports - 1)
+    if given >= ports:
+        raise ConfigError(
+            f"--max-connections-per-ip {given} must be below the {ports} ports of --passive-ports {first}-{last}, "
+            "or one client address could hold every passive port: lower it or widen the range"
+        )
+    return given
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from mirrorkeeper.aws import check_bucket, s3_client
 from mirrorkeeper.config import ServeConfig, flags_of, read_config, resolve, serve_config
+from mirrorkeeper.errors import ConfigError
 from mirrorkeeper.logs import setup_logging
 from mirrorkeeper.serve.served import EdgeWatch, EdgeWatches, ObjectCache, ServedTree
 from mirrorkeeper.state import StateStore
@@ -41,3 +46,26 @@ def listening_url(scheme: str, address: tuple[Any, ...]) -> str:
     """The URL a server bound to ``address`` (a socket address) answers on; an IPv6 host in brackets."""
     host, port = address[0], address[1]
     return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
+
+
+@contextmanager
+def binding(config: ServeConfig) -> Iterator[None]:
+    """Around making the server's listening socket: an address that cannot be bound is the operator's
+    --host or --port to fix, said in one line (exit 2), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(cannot_listen(config.host, config.port, exc)) from None
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """What failed and which setting to change, in one line."""
+    reasons = {
+        errno.EADDRINUSE: "the port is already in use; stop what holds it or pick another --port",
+        errno.EADDRNOTAVAIL: f"{host} is not an address of this host; fix --host (0.0.0.0 or :: listens on all)",
+        errno.EACCES: "no permission: ports below 1024 need root or CAP_NET_BIND_SERVICE; pick --port 1024 or above",
+        errno.EAFNOSUPPORT: "this host has no IPv6; fix --host",
+        socket.EAI_NONAME: f"{host} is neither an address nor a host name that resolves; fix --host",
+    }
+    reason = reasons.get(exc.errno or 0) or f"{exc.strerror or exc}; fix --host or --port"
+    return f"cannot listen on --host {host} --port {port}: {reason}"

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from mirrorkeeper.commands.serve_common import listening_url, start_serving
+from mirrorkeeper.commands.serve_common import binding, listening_url, start_serving
 from mirrorkeeper.config import SERVE_FTP, add_flags
 from mirrorkeeper.serve.ftp import make_server
 
@@ -28,16 +28,17 @@ def run(args: argparse.Namespace) -> int:
     config, tree = start_serving(SERVE_FTP, args)
     if config.one_cpu:
         keep_on_one_cpu()
-    server = make_server(
-        tree,
-        (config.host, config.port),
-        config.mirror_name,
-        config.max_connections,
-        config.max_connections_per_ip,
-        config.idle_timeout,
-        config.passive_ports,
-        config.masquerade_address,
-    )
+    with binding(config):
+        server = make_server(
+            tree,
+            (config.host, config.port),
+            config.mirror_name,
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.idle_timeout,
+            config.passive_ports,
+            config.masquerade_address,
+        )
     log.info("serving FTP", extra={"url": listening_url("ftp", server.address), "bucket": config.layout.bucket})
     try:
         server.serve_forever(handle_exit=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mirrorkeeper.commands.serve_common import listening_url, start_serving
+from mirrorkeeper.commands.serve_common import binding, listening_url, start_serving
 from mirrorkeeper.config import SERVE_HTTP, add_flags
 from mirrorkeeper.serve.http import MirrorHTTPServer
 
@@ -26,14 +26,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     config, tree = start_serving(SERVE_HTTP, args)
-    with MirrorHTTPServer(
-        (config.host, config.port),
-        tree,
-        max_connections=config.max_connections,
-        max_connections_per_ip=config.max_connections_per_ip,
-        idle_timeout=config.idle_timeout,
-        header_timeout=config.header_timeout,
-    ) as server:
+    with binding(config):
+        server = MirrorHTTPServer(
+            (config.host, config.port),
+            tree,
+            max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
+            idle_timeout=config.idle_timeout,
+            header_timeout=config.header_timeout,
+        )
+    with server:
         url = listening_url("http", server.server_address)
         log.info("serving HTTP", extra={"url": url, "bucket": config.layout.bucket})
         try:

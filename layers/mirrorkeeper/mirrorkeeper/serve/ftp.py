@@ -8,9 +8,14 @@ never appear as files. Missing paths raise ``FileNotFoundError``, which pyftpdli
 Symlinks: ``LIST`` shows them as ``l`` entries with their target (``ls -l`` style) and MLSD as
 ``type=OS.unix=slink:TARGET``; ``RETR`` of a file symlink sends its target's bytes; ``CWD`` into
 a directory symlink enters the target directory (``PWD`` then names the target).
+
+Passive data ports: with a range configured, a ``PASV``/``EPSV`` that finds every port of it taken
+is answered 425, never with a port outside it (the load balancer forwards only the range). An IPv6
+client is refused ``PASV``, whose reply has room for an IPv4 address only, and told to use ``EPSV``.
 """
 
 import errno
+import ipaddress
 import logging
 import posixpath
 import time
@@ -23,11 +28,14 @@ from typing import Any
 from pyftpdlib.authorizers import AuthenticationFailed, DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.servers import ThreadedFTPServer
 
 from mirrorkeeper.errors import StorageError
+from mirrorkeeper.layout import RESERVED_DIR
 from mirrorkeeper.serve.served import Node, NodeKind, ObjectBody, ServedTree
+from mirrorkeeper.serve.sockets import both_families, listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +182,11 @@ class S3Filesystem(AbstractedFS):  # type: ignore[misc]
                 kind = NodeKind.FILE if info.symlink_target is None else NodeKind.LINK
                 return Node(name, kind, info.size, info.mtime, info.symlink_target)
             marker = self.tree.head(dir_key)
+            if marker is None and (rel + "/").startswith(RESERVED_DIR):
+                # Our own directory (trace, status page) gets no index page from the sync, so no marker
+                # object: it exists when something is stored under it, as the root's listing shows.
+                listed = self.tree.list_dir(rel)
+                return Node(name, NodeKind.DIR, 0, max(n.mtime for n in listed)) if listed else None
         return Node(name, NodeKind.DIR, 0, marker.mtime) if marker is not None else None
 
     def _dir_link(self, path: str, found: Node) -> str | None:
@@ -305,13 +318,52 @@ class MirrorDTPHandler(DTPHandler):  # type: ignore[misc]
     ac_out_buffer_size = RETR_CHUNK
 
 
+class PassivePortsTakenError(Exception):
+    """Every port of the passive range is taken: the client is told to come back, not sent elsewhere."""
+
+
+class MirrorPassiveDTP(PassiveDTP):  # type: ignore[misc]
+    """pyftpdlib's passive listener, held to the configured range and dual-stack whatever the host says."""
+
+    def create_socket(self, family: int, type: int) -> None:
+        super().create_socket(family, type)
+        # On a dual-stack server an IPv4 client's data port is bound on its ::ffff:a.b.c.d address.
+        both_families(self.socket)
+
+    def listen(self, num: int) -> None:
+        # When every port of the range is taken, pyftpdlib binds any free port instead (and listens
+        # unbound, on a port the kernel picks, when the last one refused bind() for permission): a port
+        # the load balancer does not forward, where the client's data connection would hang and fail.
+        ports = self.cmd_channel.passive_ports
+        if ports is not None and self.socket.getsockname()[1] not in ports:
+            self.close()
+            raise PassivePortsTakenError
+        super().listen(num)
+
+
 class MirrorFTPHandler(FTPHandler):  # type: ignore[misc]
     dtp_handler = MirrorDTPHandler
+    passive_dtp = MirrorPassiveDTP
 
     def push_dtp_data(self, data: Any, isproducer: bool = False, file: Any = None, cmd: str | None = None) -> None:
         if isproducer and isinstance(data, FileProducer) and isinstance(file, S3ReadFile):
             data = _ViewProducer(data)
         super().push_dtp_data(data, isproducer, file, cmd)
+
+    def ftp_PASV(self, line: str) -> None:  # noqa: N802 - pyftpdlib dispatches on this exact name
+        # A 227 reply has room for an IPv4 address only (RFC 959): pyftpdlib would put an IPv6 client's
+        # address where the four numbers go, or send it the masquerade address, IPv4 it may not reach.
+        client = ipaddress.ip_address(self.remote_ip)
+        if client.version == 6 and client.ipv4_mapped is None:
+            self.respond("425 Use EPSV over IPv6 (RFC 2428).")
+            return
+        super().ftp_PASV(line)
+
+    def _make_epasv(self, extmode: bool = False) -> None:
+        try:
+            super()._make_epasv(extmode)
+        except PassivePortsTakenError:
+            self.respond_w_warning("425 Every passive port is taken; try again in a few seconds.")
 
     def ftp_STOU(self, line: str) -> None:  # noqa: N802 - pyftpdlib dispatches on this exact name
         # pyftpdlib checks STOU's permission only after creating the file, and a read-only
@@ -341,7 +393,7 @@ def make_server(
         "permit_foreign_addresses": False,
     }
     handler = type("ConfiguredMirrorFTPHandler", (MirrorFTPHandler,), attributes)
-    server = ThreadedFTPServer(address, handler)
+    server = ThreadedFTPServer(listening_socket(*address), handler)
     server.max_cons = max_connections
     server.max_cons_per_ip = max_connections_per_ip
     return server

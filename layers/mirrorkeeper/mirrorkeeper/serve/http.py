@@ -36,6 +36,7 @@ from urllib.parse import quote
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.serve.routing import route
 from mirrorkeeper.serve.served import ObjectBody, ObjectChangedError, ObjectInfo, ServedTree
+from mirrorkeeper.serve.sockets import address_family, both_families
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,7 @@ class MirrorHTTPServer(ThreadingHTTPServer):
         super().__init__(address, MirrorRequestHandler)
 
     def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            # '::' then takes IPv4 clients too (as ::ffff:a.b.c.d), whatever the host's bindv6only says.
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        both_families(self.socket)
         super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -132,14 +131,6 @@ class MirrorHTTPServer(ThreadingHTTPServer):
                     del self._by_client[client]
                 else:
                     self._by_client[client] -= 1
-
-
-def address_family(host: str) -> socket.AddressFamily:
-    """IPv6 for an IPv6 literal ('::', '::1'), IPv4 for anything else, host names included."""
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return socket.AF_INET
 
 
 def client_key(host: str) -> str:
