@@ -12,10 +12,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
+from mirrorkeeper.errors import HealthNotPublishedError
 from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from mirrorkeeper_dev.sampletree import openvz_like, write_file
+from tests import asl
 from tests.functional.test_invalidation import distribution, recorded
 from tests.support import BUCKET, cli_env, run_cli, serve_cli, served_objects
 
@@ -162,11 +165,16 @@ def test_verify_checks_every_mirror_and_the_front_page_lists_them(host: Any, s3:
     # GIVEN a host of three mirrors, one of whose upstream is gone, synced and served over HTTP and FTP
     config = write('\n[mirrors.gone]\nupstream = "rsync://127.0.0.1:1/nothing/"\n')
     assert run_cli(["sync", "--config", str(config), "--all"], endpoint).returncode == 1
+    sns, sqs = (boto3.client(name, endpoint_url=endpoint, region_name="us-east-1") for name in ("sns", "sqs"))
+    topic = sns.create_topic(Name="host-alerts")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="host-alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
     with serve_cli("serve-http", endpoint) as http_port, serve_cli("serve-ftp", endpoint) as ftp_port:
         http = f"http://127.0.0.1:{http_port}/"
         urls = ["--http-url", http, "--ftp-url", f"ftp://127.0.0.1:{ftp_port}/"]
         # WHEN verify runs over the host
-        result = run_cli(["verify", "--config", str(config), *urls, "--json"], endpoint)
+        result = run_cli(["verify", "--config", str(config), *urls, "--topic-arn", topic, "--json"], endpoint)
         # THEN every mirror is checked under its own path, and only the broken one is not ok (exit 1)
         assert result.returncode == 1, result.stderr
         document = json.loads(result.stdout)
@@ -174,6 +182,11 @@ def test_verify_checks_every_mirror_and_the_front_page_lists_them(host: Any, s3:
         findings = {state["mirror"]: state["health"]["findings"] for state in document["mirrors"]}
         assert overall == {"openvz": "ok", "debian": "ok", "gone": "degraded"}, findings  # gone: never published
         assert document["host"]["not_ok"] == ["gone"]
+        # AND the one alert names the mirror that changed level, and points at its own status page
+        (alert,) = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+        envelope = json.loads(alert["Body"])
+        assert "gone" in envelope["Subject"] and "DEGRADED" in envelope["Subject"]
+        assert f"{http}gone/.mirrorkeeper/status.html" in envelope["Message"]
         probed = {e["url"] for s in document["mirrors"] if s["mirror"] == "debian" for e in s["probes"]["endpoints"]}
         assert probed == {http + "debian/", f"ftp://127.0.0.1:{ftp_port}/debian/"}
         # AND the front page lists them, linking the published ones, with no script (only JSON data)
@@ -229,3 +242,71 @@ def test_a_mirror_of_a_host_invalidates_under_its_path_and_serve_http_follows_it
         # AND serve-http, following that mirror's record, serves the new copy despite its long TTL
         time.sleep(0.3)
         assert http_get(release) == (200, b"Suite: stable\nVersion: 2\n")
+
+
+def test_announce_speaks_for_one_mirror_under_its_path(host: Any, s3: Any, endpoint: str) -> None:
+    write, *_ = host
+    config = write()
+    assert run_cli(["sync", "--config", str(config), "--all"], endpoint).returncode == 0
+    urls = ["--http-url", "https://mirrors.test/", "--ftp-url", "ftp://mirrors.test/", "--contact", "ops@mirrors.test"]
+    urls += ["--location", "Oslo, Norway"]
+    # WHEN the debian mirror is announced to its upstream project
+    result = run_cli(["announce", "--config", str(config), "--mirror", "debian", *urls, "--format", "json"], endpoint)
+    assert result.returncode == 0, result.stderr
+    announcement = json.loads(result.stdout)
+    # THEN every URL is the mirror's, under its path, with its own schedule and size
+    assert announcement["http_url"] == "https://mirrors.test/debian/"
+    assert announcement["ftp_url"] == "ftp://mirrors.test/debian/"
+    assert announcement["status_url"] == "https://mirrors.test/debian/.mirrorkeeper/status.html"
+    assert announcement["update_frequency"] == "every 6 hours" and announcement["location"] == "Oslo, Norway"
+    assert announcement["size_bytes"] == len(b"Suite: stable\n") + len(b"deb")
+    # AND a host asked for no mirror says which to name, since each project lists its own mirror
+    unnamed = run_cli(["announce", "--config", str(config), *urls], endpoint)
+    assert unnamed.returncode == 2 and "openvz, debian" in unnamed.stderr and "--mirror" in unnamed.stderr
+
+
+def test_the_deployed_workflow_checks_the_mirror_whose_sync_stopped_and_fails_only_after_publishing(
+    host: Any, s3: Any, endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write, *_ = host
+    config = write()
+    assert run_cli(["sync", "--config", str(config), "--all"], endpoint).returncode == 0
+    with serve_cli("serve-http", endpoint) as http_port, serve_cli("serve-ftp", endpoint) as ftp_port:
+        # GIVEN the functions' environment as the stack sets it, the host's config file named in it
+        for name, value in {
+            "MIRRORKEEPER_CONFIG": str(config),
+            "MIRRORKEEPER_HTTP_URL": f"http://127.0.0.1:{http_port}/",
+            "MIRRORKEEPER_FTP_URL": f"ftp://127.0.0.1:{ftp_port}/",
+            "AWS_ENDPOINT_URL": endpoint,
+            "POWERTOOLS_SERVICE_NAME": "mirrorkeeper",
+        }.items():
+            monkeypatch.setenv(name, value)
+        workflow = asl.deployed_workflow()
+        # WHEN the debian mirror's sync task stops (its schedule ran `sync --mirror debian`)
+        stopped = json.loads((asl.REPO / "events" / "ecs-task-stopped-success.json").read_text())
+        stopped["detail"]["overrides"] = {
+            "containerOverrides": [{"name": "sync", "command": ["sync", "--mirror", "debian"]}]
+        }
+        done = asl.execute(workflow, stopped)
+        # THEN only that mirror is checked
+        assert [r["mirror"] for r in done["results"]] == ["debian"] and done["host"]["not_ok"] == []
+        # WHEN a scheduled run's publish-health fails for one mirror (its Lambda crashed)
+        publish = workflow.handlers["PublishHealth"]
+
+        def crash_for_openvz(event: dict[str, Any]) -> Any:
+            if event["mirror"] == "openvz":
+                raise RuntimeError("Lambda crashed")
+            return publish(event)
+
+        workflow.handlers["PublishHealth"] = crash_for_openvz
+        scheduled = json.loads((asl.REPO / "events" / "scheduled-verify.json").read_text())
+        s3.delete_object(Bucket=BUCKET, Key="pub/.mirrorkeeper/mirrors.json")
+        with pytest.raises(HealthNotPublishedError, match="openvz: Lambda crashed"):
+            asl.execute(workflow, scheduled)
+        # THEN the execution fails (alarmed), but only after the other mirror and the host were published
+        listed = json.loads(s3.get_object(Bucket=BUCKET, Key="pub/.mirrorkeeper/mirrors.json")["Body"].read())
+        assert {m["name"] for m in listed} == {"openvz", "debian"}
+        emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+        mirrors_sent = {doc.get("Mirror") for doc in emitted if "Mirror" in doc}
+        assert mirrors_sent == {"debian"}  # the crashed one sent nothing of its own
+        assert any("MirrorsNotOk" in doc for doc in emitted)

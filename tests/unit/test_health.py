@@ -9,7 +9,7 @@ from mirrorkeeper.verify.alerts import SUBJECT_LIMIT, compose
 from mirrorkeeper.verify.drift import DriftReport
 from mirrorkeeper.verify.health import StepFailure, assess, sync_from_exit
 from mirrorkeeper.verify.history import Notice, decide_notice, next_state
-from mirrorkeeper.verify.metrics import host_points, mirror_figures, mirror_points
+from mirrorkeeper.verify.metrics import carried_forward, host_points, mirror_figures, mirror_points
 from mirrorkeeper.verify.probes import EndpointReport, Outcome, ProbeKind, ProbeResult
 
 HOUR = 3600.0
@@ -196,3 +196,11 @@ def test_each_mirror_has_two_metrics_and_the_host_a_fixed_set_whatever_the_mirro
     many = host_points(figures * 25)
     assert {(p.name, p.dimensions) for p in many} == set(host)
     assert all("Mirror" not in dict(p.dimensions) for p in many)
+    # AND a mirror this run did not check counts as it stood at its last check, aged since: its copy
+    # is older by then, its sync was counted then, its latencies belonged to that check
+    carried = carried_forward(figures[0], 600.0)
+    assert carried["freshness"] == {"http": 720.0} and carried["sync"] is None and carried["latency"] == {}
+    assert carried["overall"] == figures[0]["overall"] and carried["failed"] == figures[0]["failed"]
+    after_one_mirror_run = {(p.name, p.dimensions): p.values for p in host_points([figures[1], carried])}
+    assert after_one_mirror_run[("MirrorsNotOk", ())] == (1.0,)
+    assert after_one_mirror_run[("SyncFilesChanged", ())] == (7.0,)  # the new report alone

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -1503,13 +1504,14 @@ def load_verify_config(flags: Mapping[str, Any], environ: Mapping[str, str] | No
     return verify_config(resolve(VERIFY, flags, environ))
 
 
+def mirror_url(url: str, layout: MirrorLayout) -> str:
+    """The host's URL of a protocol, made a mirror's: its path below the root ('' stays '')."""
+    return url + layout.path + "/" if url and layout.path else url
+
+
 def verify_config(values: Mapping[str, Any]) -> VerifyConfig:
     layout = load_layout(values)
-
-    def under(url: str) -> str:
-        """The host's URL of a protocol, made this mirror's: its path below the root."""
-        return url + layout.path + "/" if url and layout.path else url
-
+    under = partial(mirror_url, layout=layout)
     config = pick(
         VerifyConfig,
         values,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,12 +17,21 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mirrorkeeper.aws import s3_client
-from mirrorkeeper.config import ANNOUNCE, add_flags, flags_of, load_aws_config, load_layout, resolve
+from mirrorkeeper.config import (
+    ANNOUNCE,
+    add_flags,
+    flags_of,
+    load_aws_config,
+    load_layout,
+    mirror_url,
+    read_config,
+    resolve,
+)
 from mirrorkeeper.display import human_size, iso
 from mirrorkeeper.entries import EntryType
 from mirrorkeeper.errors import ConfigError, MirrorkeeperError
 from mirrorkeeper.layout import MirrorLayout
-from mirrorkeeper.state import StateStore
+from mirrorkeeper.state import STATUS_HTML_PATH, StateStore
 
 DESCRIPTION = """\
 Print the announcement of this mirror for the upstream's mirror list (the OpenVZ guide asks for
@@ -144,6 +154,12 @@ def build_announcement(flags: dict[str, Any], environ: dict[str, str] | None = N
         # Flags, environment and config file first; the stack's outputs fill what they leave unset.
         stack = stack_outputs(values["stack_name"], aws.region, aws.endpoint_url, cfn)
         values = resolve(ANNOUNCE, flags, environ, fallback=stack)
+    mirrors = read_config(ANNOUNCE, flags, os.environ if environ is None else environ).served_paths
+    if mirrors and not values["mirror"]:
+        raise ConfigError(
+            f"this host has {len(mirrors)} mirrors ({', '.join(mirrors)}): each upstream project lists its own "
+            "mirror, so name one with --mirror NAME"
+        )
     missing = []
     if not values["location"]:
         missing.append("the location (--location, MIRRORKEEPER_LOCATION or the stack's MirrorLocation)")
@@ -159,20 +175,24 @@ def build_announcement(flags: dict[str, Any], environ: dict[str, str] | None = N
         raise ConfigError("the announcement needs " + "; ".join(missing))
     layout = load_layout(values)
     size, files, last_sync = mirror_size(s3_client(aws), layout)
+    # A mirror of a host is reached under its path on every protocol, its status page too.
+    status_url = values["status_url"]
+    if layout.path and values["http_url"] and (not status_url or status_url.startswith(values["http_url"])):
+        status_url = mirror_url(values["http_url"], layout) + STATUS_HTML_PATH
     return Announcement(
         mirror_name=values["mirror_name"] or layout.bucket,
         upstream=values["upstream"],
         location=values["location"],
         update_frequency=describe_interval(values["sync_interval"]),
         schedule=values["schedule"],
-        http_url=values["http_url"],
-        ftp_url=values["ftp_url"],
-        rsync_url=values["rsync_url"],
+        http_url=mirror_url(values["http_url"], layout),
+        ftp_url=mirror_url(values["ftp_url"], layout),
+        rsync_url=mirror_url(values["rsync_url"], layout),
         contact=values["contact"],
         size_bytes=size,
         files=files,
         last_sync=last_sync or "unknown",
-        status_url=values["status_url"],
+        status_url=status_url,
     )
 
 
