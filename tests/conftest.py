@@ -33,6 +33,25 @@ def aws_credentials() -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def log_handlers_restored() -> Iterator[None]:
+    """Handlers a test adds (Powertools' Logger, imported with a Lambda handler, binds one to the
+    stdout of the test's capture, which pytest closes afterwards) go with it: a later test's server
+    thread logging there would print a logging traceback into that test's output."""
+
+    def loggers() -> list[logging.Logger]:
+        named = logging.root.manager.loggerDict.values()
+        return [logging.getLogger(), *(each for each in named if isinstance(each, logging.Logger))]
+
+    before = {id(each): set(each.handlers) for each in loggers()}
+    level = logging.getLogger().level
+    yield
+    for each in loggers():
+        kept = before.get(id(each), set())
+        each.handlers[:] = [handler for handler in each.handlers if handler in kept]
+    logging.getLogger().setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns real failures

@@ -121,8 +121,9 @@ def test_killed_at_any_phase_keeps_the_mirror_consistent_and_the_next_run_conver
     assert run_until_phase_then_kill(daemon, endpoint, phase)
     # THEN clients see a consistent tree
     check_invariants(s3, v1, v2)
-    # AND the next run (once the dead run's lease expires) publishes v2 exactly
-    time.sleep(1.2)
+    # AND the next run (once the dead run's lease expires) publishes v2 exactly; S3 judges expiry by
+    # LastModified and Date, both in whole seconds, so a 1 s lease can take 2 s to expire
+    time.sleep(2.1)
     code, _, stderr = sync(daemon, endpoint)
     assert code == 0, stderr
     assert mirror_files(s3) == v2
