@@ -45,6 +45,13 @@ def run_cli(
     )
 
 
+def is_ours(key: str, host_name: str = BUCKET) -> bool:
+    """Whether a served key (relative to pub/) is one of the sync's own files, not upstream's: under
+    .mirrorkeeper/, or the ftpsync trace project/trace/<host name> (the host's name: the bucket's by
+    default)."""
+    return key.startswith(".mirrorkeeper/") or key == f"project/trace/{host_name}"
+
+
 def served_objects(s3: Any, bucket: str = BUCKET, prefix: str = "pub/") -> dict[str, dict[str, Any]]:
     """Every object under the served prefix: relative key → {body, metadata, content_type}."""
     out = {}

@@ -16,7 +16,7 @@ import pytest
 
 from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from mirrorkeeper_dev.sampletree import TreeSpec, add_hostile_names, generate_tree, mutate, openvz_like
-from tests.support import BUCKET, run_cli, serve_cli, tree_files
+from tests.support import BUCKET, is_ours, run_cli, serve_cli, tree_files
 
 
 def test_sync_mirrors_upstream_and_follows_its_changes(tmp_path: Path, moto_process: str) -> None:
@@ -36,7 +36,7 @@ def test_sync_mirrors_upstream_and_follows_its_changes(tmp_path: Path, moto_proc
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="openvz/pub/"):
                 for item in page.get("Contents", []):
                     key = item["Key"][len("openvz/pub/") :]
-                    if key and not key.endswith("/") and not key.startswith(".mirrorkeeper/"):
+                    if key and not key.endswith("/") and not is_ours(key):
                         served[key] = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
             expected = {k: v[0] for k, v in tree_files(upstream).items()}
             expected["virtuozzo/releases/current"] = served.get("virtuozzo/releases/current", b"")

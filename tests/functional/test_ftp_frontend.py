@@ -135,16 +135,18 @@ def test_lftp_mirrors_the_whole_root_as_upstream_plus_our_public_files(
         mirrored = subprocess.run([lftp, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     # THEN it got upstream's tree, and of ours exactly the files that are public over HTTP too
     assert (mirrored.returncode, mirrored.stderr) == (0, ""), mirrored.stdout
+    public = [f".mirrorkeeper/{name}" for name in ("trace", "timestamp", "status.html", "status.json")]
     ours = {
         path: s3.get_object(Bucket=BUCKET, Key=f"pub/{path}")["Body"].read()
-        for path in (".mirrorkeeper/trace", ".mirrorkeeper/status.html", ".mirrorkeeper/status.json")
+        for path in (*public, f"project/trace/{BUCKET}")
     }
     copied, upstream_files = tree_files(local), tree_files(upstream)
     assert {path: content for path, (content, _) in copied.items()} == {
         path: content for path, (content, _) in upstream_files.items()
     } | ours
     assert all(copied[path] == found for path, found in upstream_files.items())  # with upstream's mtimes
-    assert tree_shape(local) == tree_shape(upstream) | {".mirrorkeeper": "dir"} | dict.fromkeys(ours, "file")
+    directories = {".mirrorkeeper": "dir", "project": "dir", "project/trace": "dir"}
+    assert tree_shape(local) == tree_shape(upstream) | directories | dict.fromkeys(ours, "file")
 
 
 def tree_shape(root: Path) -> dict[str, str]:

@@ -111,6 +111,8 @@ def test_failed_steps_become_findings() -> None:
         (0, True, "synced"),
         (3, True, "lock"),
         (4, False, "--force-delete"),
+        (5, False, "retries them"),
+        (6, True, "mid-update"),  # a warning: only a busy spell long enough to leave the trace stale degrades
         (1, False, "exit 1"),
         (130, False, "stopped before it finished"),
         (None, False, "never"),

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mirrorkeeper.errors import ConfigError
-from mirrorkeeper.layout import DEFAULT_TRACE_PATH, MirrorLayout
+from mirrorkeeper.layout import DEFAULT_TIMESTAMP_PATH, DEFAULT_TRACE_PATH, MirrorLayout
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS, LateTiers
 
 ENV_PREFIX = "MIRRORKEEPER_"
@@ -211,6 +211,14 @@ def parse_trace_path(text: str) -> str:
     path = str(text).strip().strip("/")
     if not path or any(part in ("", ".", "..") for part in path.split("/")):
         raise ValueError(f"trace path {path!r} must be a relative path such as {DEFAULT_TRACE_PATH}")
+    return path
+
+
+def parse_upstream_path(text: str) -> str:
+    """A file's path inside the upstream module ('' for none), such as project/trace/master."""
+    path = str(text).strip().strip("/")
+    if path and (any(part in ("", ".", "..") for part in path.split("/")) or any(ord(c) < 32 for c in path)):
+        raise ValueError(f"{path!r} is not a relative path inside the upstream module, such as project/trace/master")
     return path
 
 
@@ -433,6 +441,7 @@ ENDPOINTS = "endpoints to probe"
 RULES = "health rules and alerts"
 PROBING = "probing"
 ANNOUNCING = "the announcement"
+FRESHNESS = "freshness and traces"
 
 SETTINGS: tuple[Setting, ...] = (
     # -- where the mirror lives (every command)
@@ -756,6 +765,81 @@ SETTINGS: tuple[Setting, ...] = (
         frozenset({SYNC, VERIFY, MIRRORS}),
         TUNING,
         per_mirror=True,
+    ),
+    Setting(
+        "ftpsync_trace",
+        parse_upstream_path,
+        "",
+        "where the sync writes its ftpsync-compatible trace (what Debian's mirror checkers read), inside the "
+        "mirror; never over a file upstream publishes",
+        frozenset({SYNC, VERIFY}),
+        FRESHNESS,
+        default_text="project/trace/<host name>",
+        metavar="PATH",
+        per_mirror=True,
+    ),
+    Setting(
+        "timestamp_path",
+        parse_trace_path,
+        DEFAULT_TIMESTAMP_PATH,
+        "where the sync writes the epoch seconds of its last sync (what mirmon probes), inside the mirror",
+        frozenset({SYNC, VERIFY}),
+        FRESHNESS,
+        metavar="PATH",
+        per_mirror=True,
+    ),
+    Setting(
+        "upstream_trace",
+        parse_upstream_path,
+        "",
+        "upstream's trace file (project/trace/master, TIME, ...): fetched first, and when it is byte-identical "
+        "to the last successful run's, the run ends at once as upstream-unchanged",
+        frozenset({SYNC}),
+        FRESHNESS,
+        default_text="none: every run lists upstream",
+        metavar="PATH",
+        per_mirror=True,
+    ),
+    Setting(
+        "full_listing_every",
+        duration(60.0, 30 * 86400.0),
+        86400.0,
+        "with --upstream-trace: list upstream in full at least this often, even when its trace is unchanged",
+        frozenset({SYNC}),
+        FRESHNESS,
+        default_text="24h",
+        per_mirror=True,
+    ),
+    Setting(
+        "busy_wait",
+        duration(0.0, 86400.0, zero=True),
+        600.0,
+        "how long to wait for an upstream caught mid-update (Archive-Update-in-Progress-*, --busy-marker, or "
+        "its trace changing during the run) before ending with exit 6; 0: end at once",
+        frozenset({SYNC}),
+        FRESHNESS,
+        default_text="600",
+        per_mirror=True,
+    ),
+    Setting(
+        "busy_marker",
+        parse_upstream_path,
+        "",
+        "a path whose presence upstream means an update is in progress (besides ftpsync's "
+        "Archive-Update-in-Progress-* at the root)",
+        frozenset({SYNC}),
+        FRESHNESS,
+        default_text="none",
+        metavar="PATH",
+        per_mirror=True,
+    ),
+    Setting(
+        "trigger",
+        choice("manual", "cron", "push"),
+        "manual",
+        "what started this run, written in the trace (the stack's schedules say cron, pushes push)",
+        frozenset({SYNC}),
+        FRESHNESS,
     ),
     Setting(
         "rsync_command",
@@ -1379,6 +1463,13 @@ class SyncConfig:
     sync_interval: float = default("sync_interval")
     cloudfront_distribution_id: str = ""
     invalidation_wait: float = default("invalidation_wait")
+    ftpsync_trace: str = ""  # resolved: project/trace/<host name> unless set
+    timestamp_path: str = default("timestamp_path")
+    upstream_trace: str = ""
+    full_listing_every: float = default("full_listing_every")
+    busy_wait: float = default("busy_wait")
+    busy_marker: str = ""
+    trigger: str = default("trigger")
 
 
 def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SyncConfig:
@@ -1401,7 +1492,13 @@ def sync_config(values: Mapping[str, Any]) -> SyncConfig:
         staging_dir=Path(values["staging_dir"]) if values["staging_dir"] else None,
         mirror_name=values["mirror_name"] or values.get("mirror") or layout.bucket,
         host_name=values["host_name"] or layout.bucket,
+        ftpsync_trace=ftpsync_trace_path(values["ftpsync_trace"], values["host_name"] or layout.bucket),
     )
+
+
+def ftpsync_trace_path(setting: str, host_name: str) -> str:
+    """Where the mirror's ftpsync trace is: as set, else project/trace/<host name> (ftpsync's place)."""
+    return setting or f"project/trace/{host_name}"
 
 
 @dataclass(frozen=True)
@@ -1492,6 +1589,14 @@ class VerifyConfig:
     cache_grace: float = default("cache_grace")
     host_name: str = ""
     host_url: str = ""  # the host's HTTP root, where its front page is (http_url is this mirror's)
+    ftpsync_trace: str = ""
+    timestamp_path: str = default("timestamp_path")
+
+    @property
+    def own_files(self) -> frozenset[str]:
+        """The sync's own files in the served tree (its traces), which no manifest lists."""
+        ftpsync = ftpsync_trace_path(self.ftpsync_trace, self.host_name or self.layout.bucket)
+        return frozenset({self.trace_path, ftpsync, self.timestamp_path})
 
     @property
     def endpoints(self) -> dict[str, str]:

@@ -6,8 +6,9 @@ import mimetypes
 import posixpath
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from mirrorkeeper import __version__
 from mirrorkeeper.display import human_size
@@ -184,7 +185,7 @@ def render_trace(
     stamp = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(finished))
     lines = [
         stamp,
-        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime(finished))}",
+        f"Date: {_rfc2822(finished)}",
         f"Epoch: {int(finished)}",
         f"Mirror: {mirror_name}",
         f"Upstream: {upstream}",
@@ -194,3 +195,47 @@ def render_trace(
         f"Total-Bytes: {total_bytes}",
     ]
     return ("\n".join(lines) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class FtpsyncTrace:
+    """What Debian's ftpsync writes in ``project/trace/<host>`` after a sync, in its field order, so
+    the mirror checkers that read ftpsync's traces read ours."""
+
+    started: float
+    finished: float
+    host_name: str
+    upstream: str
+    trigger: str
+    bytes_received: int
+    archive_serial: str = ""  # copied from upstream's trace when it has one
+    maintainer: str = ""
+    location: str = ""
+
+    def render(self) -> bytes:
+        country = self.location.split(",")[0].strip()
+        fields = [
+            ("Date", _rfc2822(self.finished)),
+            ("Date-Started", _rfc2822(self.started)),
+            ("Archive serial", self.archive_serial),
+            ("Creator", f"mirrorkeeper {__version__}"),
+            ("Running on host", self.host_name),
+            ("Maintainer", self.maintainer),
+            ("Country", country),
+            ("Location", self.location),
+            ("Trigger", self.trigger),
+            ("Upstream-mirror", urlsplit(self.upstream).hostname or self.upstream),
+            ("Total bytes received", str(self.bytes_received)),
+        ]
+        lines = [time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(self.finished))]
+        lines += [f"{name}: {printable(value)}" for name, value in fields if value]
+        return ("\n".join(lines) + "\n").encode()
+
+
+def render_timestamp(finished: float) -> bytes:
+    """The timestamp file mirmon probes: the epoch seconds of the sync, first on the line."""
+    return f"{int(finished)} {_rfc2822(finished)}\n".encode()
+
+
+def _rfc2822(epoch: float) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(epoch))

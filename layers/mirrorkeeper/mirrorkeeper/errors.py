@@ -94,6 +94,12 @@ class DeletionGuardError(MirrorkeeperError):
     exit_code = ExitCode.DELETION_GUARD
 
 
+class UpstreamBusyError(MirrorkeeperError):
+    """Upstream is mid-update (its update marker, or its trace changing while we fetched)."""
+
+    exit_code = ExitCode.UPSTREAM_BUSY
+
+
 class StateConflictError(StorageError):
     """A state object changed between our read and our conditional write (another run wrote it)."""
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 PUBLISHED = {
     SyncResult.SUCCESS,
     SyncResult.NO_CHANGE,
+    SyncResult.UPSTREAM_UNCHANGED,
     SyncResult.PARTIAL,
     SyncResult.DELETIONS_HELD,
     SyncResult.UPSTREAM_BUSY,

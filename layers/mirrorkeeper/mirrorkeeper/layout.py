@@ -30,6 +30,7 @@ STATE_DIR = "state/"
 # are not mirrored. What each object is and how it is written: mirrorkeeper.state.
 RESERVED_DIR = ".mirrorkeeper/"
 DEFAULT_TRACE_PATH = RESERVED_DIR + "trace"
+DEFAULT_TIMESTAMP_PATH = RESERVED_DIR + "timestamp"  # the epoch of the last sync, for mirmon
 
 
 def normalize_prefix(prefix: str) -> str:

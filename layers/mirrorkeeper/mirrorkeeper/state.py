@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -62,6 +63,7 @@ REPAIR = "repair.json"
 FAILURES = "failures.json"
 HEALTH = "health.json"
 INVALIDATIONS = "invalidations.json"
+UPSTREAM = "upstream.json"
 RUNS = "runs/"
 LAST_RUN = RUNS + "last.json"
 
@@ -84,6 +86,7 @@ _META_NAMES = {
     "skipped": "skipped-total",
     "run_id": "run-id",
     "repair": "repair",
+    "upstream_owns": "upstream-owns",
 }
 
 
@@ -101,6 +104,8 @@ class ManifestMeta:
     # next sync reads the repair list instead of trusting the shortcut.
     repair: bool = False
     published: float = 0.0  # when the manifest was written (S3's LastModified); not stored as metadata
+    # Paths of our own trace files that upstream publishes itself (so we do not write ours there).
+    upstream_owns: tuple[str, ...] = ()
 
     def to_metadata(self) -> dict[str, str]:
         values = {
@@ -110,6 +115,7 @@ class ManifestMeta:
             "skipped": "" if self.skipped is None else str(self.skipped),
             "run_id": self.run_id,
             "repair": "1" if self.repair else "",
+            "upstream_owns": " ".join(quote(path, safe="/") for path in self.upstream_owns),
         }
         return {_META_NAMES[name]: value for name, value in values.items() if value}
 
@@ -128,6 +134,7 @@ class ManifestMeta:
             skipped=number("skipped"),
             run_id=metadata.get(_META_NAMES["run_id"], ""),
             repair=bool(metadata.get(_META_NAMES["repair"])),
+            upstream_owns=tuple(unquote(p) for p in metadata.get(_META_NAMES["upstream_owns"], "").split()),
         )
 
     @property
@@ -198,6 +205,7 @@ class StoredLease:
 class SyncResult(StrEnum):
     SUCCESS = "success"
     NO_CHANGE = "no-change"
+    UPSTREAM_UNCHANGED = "upstream-unchanged"  # its trace was the last success's: nothing listed (exit 0)
     PARTIAL = "partial"  # published; some paths skipped (exit 5)
     DELETIONS_HELD = "deletions-held"  # published; the deletion guard held the deletions (exit 4)
     UPSTREAM_BUSY = "upstream-busy"  # upstream mid-update: nothing beyond data published (exit 6)
@@ -254,6 +262,10 @@ class RunReport:
     # skipped names).
     unchanged_since: str = ""
     invalidation: dict[str, Any] = field(default_factory=dict)  # EdgeRecord.summary(); {} when none
+    trigger: str = ""  # manual, cron or push
+    # Upstream's trace (--upstream-trace): {path, sha256, serial, date} as fetched, or {path, problem}.
+    upstream_trace: dict[str, Any] = field(default_factory=dict)
+    busy: list[str] = field(default_factory=list)  # what showed upstream mid-update, attempt by attempt
 
     @property
     def duration(self) -> float:
@@ -285,6 +297,42 @@ class RunReport:
         except (TypeError, ValueError):
             return None
         return report
+
+
+@dataclass
+class UpstreamState:
+    """``state/upstream.json``: upstream's trace as the last fully successful run saw it (with
+    --upstream-trace), when upstream was last listed in full, and the epoch of the trace we published
+    then. A run whose fetched trace is byte-identical, within --full-listing-every, ends at once; a
+    verify vouches for a served trace of that epoch until upstream's trace changes. Deleted by a run
+    that ends otherwise and by the drift check's repair request, so the next run lists in full."""
+
+    trace_path: str
+    sha256: str
+    listed_at: float
+    published_epoch: int
+    serial: str = ""
+    date: float | None = None  # upstream's own time in its trace
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> UpstreamState | None:
+        if not isinstance(doc, dict) or doc.get("version") != 1:
+            return None
+        try:
+            date = doc.get("date")
+            return cls(
+                str(doc["trace_path"]),
+                str(doc["sha256"]),
+                float(doc["listed_at"]),
+                int(doc["published_epoch"]),
+                str(doc.get("serial", "")),
+                float(date) if date is not None else None,
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 # -- the repair list ----------------------------------------------------------------------------
@@ -559,6 +607,12 @@ class ProtocolStatus:
     missing_check: bool | None
     latency_ms: float | None
     reasons: list[str]
+    # When what it served was known current: its trace's time, or later if a run vouched for that trace.
+    current_at: float | None = None
+
+    @property
+    def known_current(self) -> float | None:
+        return self.current_at if self.current_at is not None else self.trace_epoch
 
 
 @dataclass
@@ -590,6 +644,8 @@ class HealthState:
     # The last check's figures (mirrorkeeper.verify.metrics.mirror_figures): the host's metrics count
     # a mirror that this run did not check by them.
     figures: dict[str, Any] = field(default_factory=dict)
+    # Upstream's own trace (its date and serial), shown beside ours: {} without --upstream-trace.
+    upstream: dict[str, Any] = field(default_factory=dict)
 
     def level(self, component: str) -> Level:
         return Level.parse(self.levels.get(component, "ok"))
@@ -621,6 +677,7 @@ class HealthState:
                 lag=doc.get("lag"),
                 history=[HistoryPoint(**p) for p in doc.get("history", [])],
                 figures=dict(doc.get("figures") or {}),
+                upstream=dict(doc.get("upstream") or {}),
             )
         except (TypeError, ValueError, KeyError):
             return cls()
@@ -784,7 +841,12 @@ class StateStore:
         if meta.repair:
             return
         flagged = ManifestMeta(
-            entries=meta.entries, bytes=meta.bytes, skipped=meta.skipped, run_id=meta.run_id, repair=True
+            entries=meta.entries,
+            bytes=meta.bytes,
+            skipped=meta.skipped,
+            run_id=meta.run_id,
+            repair=True,
+            upstream_owns=meta.upstream_owns,
         )
         try:
             self.client.copy_object(
@@ -919,15 +981,37 @@ class StateStore:
             return RepairList()
 
     def write_repair_list(self, repair: RepairList | None) -> None:
-        """Write the repair list, or make sure there is none when ``repair`` is empty or None."""
+        """Write the repair list, or make sure there is none when ``repair`` is empty or None. A
+        repair needs a full run: the trace shortcut is dropped with it."""
         if repair:
             self._put(self.repair_key, _json_body(repair.to_json()))
+            self.forget_upstream()
         else:
             self.delete_repair_list()
 
     def delete_repair_list(self) -> None:
         with s3_errors(f"delete {self._url(self.repair_key)}"):
             self.client.delete_object(Bucket=self.bucket, Key=self.repair_key)
+
+    # -- upstream's trace as the last success saw it
+
+    @property
+    def upstream_key(self) -> str:
+        return self.key(UPSTREAM)
+
+    def read_upstream(self) -> UpstreamState | None:
+        body = self._read_body(self.upstream_key)
+        try:
+            return UpstreamState.from_json(json.loads(body)) if body is not None else None
+        except ValueError:
+            return None
+
+    def write_upstream(self, upstream: UpstreamState) -> None:
+        self._put(self.upstream_key, _json_body(upstream.to_json()))
+
+    def forget_upstream(self) -> None:
+        with s3_errors(f"delete {self._url(self.upstream_key)}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.upstream_key)
 
     # -- failing paths
 

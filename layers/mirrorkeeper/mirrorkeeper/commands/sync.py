@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -31,6 +32,13 @@ names it is held back with it, everything else is published (exit 5). A path tha
 way --quarantine-after runs in a row is quarantined: retried daily, reported, alerted once. A
 file larger than half of --staging-bytes is streamed into S3 as it arrives.
 
+Freshness at upstream's speed: with --upstream-trace the run first fetches just upstream's trace
+file, and ends at once ("upstream-unchanged", exit 0, four S3 requests) when it is byte-identical
+to the one the last successful run saw, unless a full listing is due (--full-listing-every). An
+upstream caught mid-update is never half-published: the run waits (--busy-wait) and lists again.
+Each published run writes our trace (.mirrorkeeper/trace), an ftpsync-compatible trace
+(project/trace/<host name>) and a timestamp file mirmon reads (.mirrorkeeper/timestamp), last.
+
 The deletion guard holds deletions, never the rest: when a plan deletes more than
 --max-delete-percent of the files or bytes (and more than --min-delete-guard files), or more than
 --max-delete files, or the listing is incomplete or empty, the deletions wait (still served, still
@@ -44,6 +52,8 @@ exit codes:
   3  another sync holds the lock (this run did nothing)
   4  published, but the deletion guard held the deletions (see --force-delete)
   5  published, but some paths were skipped (the run report lists them; the next run retries)
+  6  upstream busy: it was mid-update (Archive-Update-in-Progress-*, --busy-marker, or its trace
+     changed while we fetched) for all of --busy-wait; nothing beyond data was published
   130  stopped by SIGTERM (ECS stopping the task) or Ctrl-C: the lease is released and the
        report written; the served mirror is consistent, the next run completes the job
 """
@@ -120,10 +130,12 @@ def sync_one(values: dict[str, Any], prefix: str = "") -> int:
         # Listing upstream takes about as long as importing boto3 and building its client: start
         # rsync first, before even the logging set-up, so the two overlap (for a run with nothing
         # to do, they are most of its time).
-        try:
-            listing: ListingRun | None = stack.enter_context(rsync.start_list(config.upstream))
-        except UpstreamError:
-            listing = None  # rsync cannot start: the run tries again and records the failure in its report
+        listing: ListingRun | None = None
+        # With an upstream trace the run may never need a listing: it starts its own. When rsync
+        # cannot start, the run tries again and records the failure in its report.
+        if not config.upstream_trace:
+            with contextlib.suppress(UpstreamError):
+                listing = stack.enter_context(rsync.start_list(config.upstream))
         from mirrorkeeper.logs import setup_logging
 
         interactive = setup_logging(values["log_format"], values["log_level"])

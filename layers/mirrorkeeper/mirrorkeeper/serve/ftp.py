@@ -33,7 +33,6 @@ from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.servers import ThreadedFTPServer
 
 from mirrorkeeper.errors import StorageError
-from mirrorkeeper.layout import RESERVED_DIR
 from mirrorkeeper.serve.served import Node, NodeKind, ObjectBody, ServedTree
 from mirrorkeeper.serve.sockets import both_families, listening_socket
 
@@ -182,9 +181,10 @@ class S3Filesystem(AbstractedFS):  # type: ignore[misc]
                 kind = NodeKind.FILE if info.symlink_target is None else NodeKind.LINK
                 return Node(name, kind, info.size, info.mtime, info.symlink_target)
             marker = self.tree.head(dir_key)
-            if marker is None and (rel + "/").startswith(RESERVED_DIR):
-                # Our own directory (trace, status page) gets no index page from the sync, so no marker
-                # object: it exists when something is stored under it, as the root's listing shows.
+            if marker is None:
+                # Directories that hold only our own files (.mirrorkeeper/, project/trace/ for the ftpsync
+                # trace where upstream has none) get no index page from the sync, so no marker object:
+                # such a directory exists when something is stored under it, as its parent's listing shows.
                 listed = self.tree.list_dir(rel)
                 return Node(name, NodeKind.DIR, 0, max(n.mtime for n in listed)) if listed else None
         return Node(name, NodeKind.DIR, 0, marker.mtime) if marker is not None else None

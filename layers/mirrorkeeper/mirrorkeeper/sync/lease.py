@@ -20,9 +20,19 @@ from types import TracebackType
 from typing import Any
 
 from mirrorkeeper.errors import LockHeldError, LockLostError, StorageError
-from mirrorkeeper.state import LeaseDoc, StateStore
+from mirrorkeeper.state import LeaseDoc, StateStore, StoredLease
 
 log = logging.getLogger(__name__)
+
+
+def held_error(store: StateStore, current: StoredLease) -> LockHeldError:
+    """The error of a run that finds ``current``, a live lease, held by another."""
+    owner = f"owner {current.doc.owner[:8]} on {current.doc.host}" if current.doc else "unknown owner"
+    return LockHeldError(
+        f"another sync ({owner}) holds the lock until "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(current.expires))} (S3's clock); this run did "
+        f"nothing. If that sync is dead, its lease expires by then; or delete s3://{store.bucket}/{store.lock_key}"
+    )
 
 
 class Lease:
@@ -58,12 +68,7 @@ class Lease:
             raise LockHeldError("another sync took the lock just now; this run did nothing, the next one will sync")
         info = current.doc
         if not current.expired and info is not None:
-            raise LockHeldError(
-                f"another sync (owner {info.owner[:8]} on {info.host}) holds the lock until "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(current.expires))} (S3's clock); this run did "
-                f"nothing. If that sync is dead, its lease expires by then; or delete s3://{self.store.bucket}/"
-                f"{self.store.lock_key}"
-            )
+            raise held_error(self.store, current)
         if not self._put(self._acquired_at, if_match=current.etag):
             raise LockHeldError("another sync took over the expired lock first; this run did nothing")
         log.warning("took over an expired sync lock", extra={"previous_owner": info.owner if info else "unreadable"})

@@ -189,16 +189,16 @@ class RsyncClient:
         with self.start_list(url) as run:
             return run.listing()
 
-    def fetch(self, url: str, paths: Iterable[str], dest: Path) -> FetchResult:
-        """Copy ``paths`` (relative to ``url``) into ``dest``, keeping mtimes. Returns rsync's exit code
-        and the paths it could not send, when the code is 0 or partial (some files unreadable or
-        vanished); raises on anything worse."""
+    def fetch(self, url: str, paths: Iterable[str], dest: Path, *options: str) -> FetchResult:
+        """Copy ``paths`` (relative to ``url``) into ``dest``, keeping mtimes, with rsync ``options``
+        besides. Returns rsync's exit code and the paths it could not send, when the code is 0 or
+        partial (some files unreadable or vanished); raises on anything worse."""
         dest.mkdir(parents=True, exist_ok=True)
         with (
             tempfile.NamedTemporaryFile(prefix="files-from-", dir=dest.parent) as files_from,
             tempfile.TemporaryFile() as err,
         ):
-            args = _fetch_args(self._fetch_base(), url, paths, files_from, dest)
+            args = _fetch_args(self._fetch_base(), url, paths, files_from, dest, *options)
             code = _start(args, stdout=subprocess.DEVNULL, stderr=err, env=self._env).wait()
             message = _read_tail(err)
             err.seek(0)

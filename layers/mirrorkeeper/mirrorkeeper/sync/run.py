@@ -20,6 +20,7 @@ additions and fixes that come with them (exit 4). A file larger than the staging
 streamed from rsync into a multipart upload (sync/stream.py).
 """
 
+import bisect
 import hashlib
 import heapq
 import logging
@@ -42,14 +43,23 @@ from mirrorkeeper.config import SyncConfig
 from mirrorkeeper.content import (
     INDEX_CACHE_CONTROL,
     INDEX_CONTENT_TYPE,
+    FtpsyncTrace,
     content_type,
     render_index,
     render_redirect,
+    render_timestamp,
     render_trace,
 )
 from mirrorkeeper.display import iso
 from mirrorkeeper.entries import Entry, EntryType
-from mirrorkeeper.errors import DeletionGuardError, ExitCode, MirrorkeeperError, StorageError, StoreUnreachableError
+from mirrorkeeper.errors import (
+    DeletionGuardError,
+    ExitCode,
+    MirrorkeeperError,
+    StorageError,
+    StoreUnreachableError,
+    UpstreamBusyError,
+)
 from mirrorkeeper.layout import RESERVED_DIR
 from mirrorkeeper.logs import Progress
 from mirrorkeeper.manifest import ManifestHeader
@@ -65,17 +75,19 @@ from mirrorkeeper.state import (
     RunReport,
     StateStore,
     SyncResult,
+    UpstreamState,
     new_run_id,
 )
 from mirrorkeeper.sync.edge import CloudFront, EdgePaths
 from mirrorkeeper.sync.failures import RunFailures
 from mirrorkeeper.sync.indexes import holding_scope, named_files, names_failed
-from mirrorkeeper.sync.lease import Lease
+from mirrorkeeper.sync.lease import Lease, held_error
 from mirrorkeeper.sync.planner import Change, GuardLimits, Plan, check_guard, make_plan
 from mirrorkeeper.sync.rsync import ListingRun, RsyncClient
 from mirrorkeeper.sync.store import MirrorStore
 from mirrorkeeper.sync.stream import NotStreamed, stream_file
 from mirrorkeeper.sync.tree import LinkKind, UpstreamTree, build_tree
+from mirrorkeeper.sync.upstream import UpstreamTrace, busy_signs, fetch_trace, why_not_a_trace
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +100,7 @@ BATCH_FILES = 1000
 # (a Future per task) stays small however many files a run uploads.
 QUEUED_PER_WORKER = 4
 _LISTING_KEY_VERSION = b"mirrorkeeper listing key v1"
+BUSY_RETRY_MAX = 60.0  # seconds between looks at an upstream caught mid-update
 
 
 def make_batches(changes: Sequence[Change], batch_bytes: int, batch_files: int = BATCH_FILES) -> list[list[Change]]:
@@ -151,6 +164,11 @@ class SyncRun:
         self._replaced_keys = EdgePaths(floor=len(self.layout.path.split("/")) if self.layout.path else 0)
         self._edge_record: EdgeRecord | None = None
         self._damaged: set[str] = set()
+        # Upstream's trace as fetched when this run (or its latest attempt) started, or why there is none.
+        self._trace: UpstreamTrace | str | None = None
+        self._listed_at = 0.0  # when the listing this run published from was started
+        self._upstream_owns: tuple[str, ...] = ()  # our trace files' paths upstream publishes itself
+        self._trace_epoch = 0  # the Epoch of the trace this run published
         if cloudfront is None and config.cloudfront_distribution_id:
             cloudfront = CloudFront(
                 lambda: service_client("cloudfront", config.aws),
@@ -163,17 +181,21 @@ class SyncRun:
     # -- entry point ----------------------------------------------------------------------------
 
     def run(self) -> RunReport:
+        self.report.trigger = self.config.trigger
         try:
             with ExitStack() as stack:
+                if self.config.upstream_trace and not self.config.dry_run and self._upstream_unchanged():
+                    return self.report
                 if self._listing is None:
                     # Started first: rsync lists while we check the bucket and take the lock.
                     self._listing = stack.enter_context(self.rsync.start_list(self.config.upstream))
+                self._listed_at = self.clock()
                 if self.config.dry_run:
                     check_bucket(self.client, self.layout.bucket)
                     return self._dry_run()
                 self.lease = Lease(self.state, self.config.lock_ttl, self.clock)
                 with self.lease:
-                    self._sync()
+                    self._sync_when_upstream_settles(stack)
         except MirrorkeeperError as exc:
             self._finish(
                 SyncResult.REFUSED
@@ -197,6 +219,98 @@ class SyncRun:
             self._finish(SyncResult.FAILED, 1, f"unexpected {type(exc).__name__}: {exc}")
             raise
         return self.report
+
+    # -- upstream's own word: its trace, its update markers ----------------------------------------
+
+    def _upstream_unchanged(self) -> bool:
+        """With --upstream-trace: fetch it; when it is byte-identical to the last successful run's and
+        upstream was listed in full recently enough, end the run here (reading two state objects and
+        writing the report: no listing, no lease). False: run in full."""
+        self._phase("trace")
+        trace = self._trace = fetch_trace(self.rsync, self.config.upstream, self.config.upstream_trace, None)
+        if isinstance(trace, str):
+            log.warning("upstream's trace is unusable this run; listing upstream in full", extra={"reason": trace})
+            self.report.upstream_trace = {"path": self.config.upstream_trace, "problem": trace}
+            return False
+        self.report.upstream_trace = trace.summary()
+        known = self.state.read_upstream()
+        if known is None or (known.trace_path, known.sha256) != (trace.path, trace.sha256):
+            log.info("upstream's trace changed (or was never seen by a successful run): listing upstream")
+            return False
+        if self.clock() - known.listed_at >= self.config.full_listing_every:
+            log.info("upstream's trace is unchanged, but a full listing is due (--full-listing-every)")
+            return False
+        lease = self.state.read_lease()
+        if lease is not None and not lease.expired:
+            raise held_error(self.state, lease)
+        log.info("upstream's trace is what the last successful run saw: upstream unchanged, nothing to do")
+        self._finish(SyncResult.UPSTREAM_UNCHANGED, 0, "")
+        return True
+
+    def _sync_when_upstream_settles(self, stack: ExitStack) -> None:
+        """Sync; while upstream shows an update in progress, publish nothing beyond data, wait and try
+        again with a fresh listing, up to --busy-wait; then end as upstream busy (exit 6)."""
+        deadline = self.clock() + self.config.busy_wait
+        while True:
+            try:
+                self._sync()
+                return
+            except UpstreamBusyError as busy:
+                self.report.busy.append(str(busy))
+                left = deadline - self.clock()
+                if left <= 0:
+                    self._finish(
+                        SyncResult.UPSTREAM_BUSY,
+                        int(ExitCode.UPSTREAM_BUSY),
+                        f"upstream is mid-update ({busy}); nothing beyond data was published. The next run tries "
+                        "again; raise --busy-wait to wait longer",
+                    )
+                    return
+                pause = min(BUSY_RETRY_MAX, max(self.config.busy_wait / 10, 1.0), left)
+                log.warning("upstream is mid-update; waiting before listing again", extra={"reason": str(busy)})
+                self._phase("busy-wait")
+                time.sleep(pause)
+                if self.config.upstream_trace:
+                    self._trace = fetch_trace(self.rsync, self.config.upstream, self.config.upstream_trace, None)
+                self._listing = stack.enter_context(self.rsync.start_list(self.config.upstream))
+                self._listed_at = self.clock()
+
+    def _check_not_busy(self, tree: UpstreamTree) -> None:
+        signs = busy_signs(tree.entries, self.config.busy_marker)
+        if signs:
+            raise UpstreamBusyError("; ".join(signs))
+
+    def _check_trace_held(self) -> None:
+        """Upstream's trace, fetched again now that the data is in: a different one means upstream
+        published while we fetched, so what we hold may mix two of its states."""
+        if not isinstance(self._trace, UpstreamTrace):
+            return
+        now = fetch_trace(self.rsync, self.config.upstream, self._trace.path, None)
+        if not isinstance(now, UpstreamTrace) or now.sha256 != self._trace.sha256:
+            raise UpstreamBusyError(f"upstream's trace {self._trace.path} changed while we fetched")
+
+    def _remember_upstream(self, result: SyncResult) -> None:
+        """After a run with --upstream-trace: what a later run compares its trace with, kept only after a
+        complete success (anything less must not let a later run skip the work)."""
+        if not self.config.upstream_trace or result is SyncResult.UPSTREAM_UNCHANGED:
+            return
+        trace = self._trace
+        try:
+            if result in (SyncResult.SUCCESS, SyncResult.NO_CHANGE) and isinstance(trace, UpstreamTrace):
+                self.state.write_upstream(
+                    UpstreamState(
+                        trace.path,
+                        trace.sha256,
+                        self._listed_at,
+                        self._trace_epoch,
+                        trace.serial,
+                        trace.date,
+                    )
+                )
+            else:
+                self.state.forget_upstream()
+        except StorageError as exc:
+            log.warning("could not record upstream's trace; the next run lists in full", extra={"error": str(exc)})
 
     def _phase(self, name: str) -> None:
         self.report.phase = name
@@ -291,6 +405,12 @@ class SyncRun:
         if published is not None and key is not None and published.listing_key == key and self._unchanged(published):
             return
         tree = self._build_tree()
+        self._check_not_busy(tree)
+        if isinstance(self._trace, str):
+            problem = why_not_a_trace(self._trace, self.config.upstream_trace, tree.entries)
+            self.report.upstream_trace["problem"] = problem
+        ours = (self.config.ftpsync_trace, self.config.timestamp_path)
+        self._upstream_owns = tuple(path for path in ours if _lists(tree.entries, path))
         repair = self.state.repair_list() if published is not None and published.repair else None
         plan = self._plan(tree, repair)
         failures = self.failures = RunFailures(self.state.read_failures(), self.clock(), self.config.quarantine_after)
@@ -326,6 +446,7 @@ class SyncRun:
                 self._phase("data")
                 self._transfer(plan, plan.data, staging_root, pool, "data")
                 self._invalidate("data")
+                self._check_trace_held()
                 for number, tier in enumerate(plan.late_tiers, 1):
                     self._phase(f"late-{number}")
                     self._transfer(plan, tier, staging_root, pool, f"late-{number}", indexes=True)
@@ -353,7 +474,12 @@ class SyncRun:
         listing_key = self._listing_key()
         clean = tree.complete and not tree.unreadable and self._as_listed and not plan.held
         meta = ManifestMeta(
-            listing_key if clean and listing_key else "", count, size, len(tree.skipped), self.report.run_id
+            listing_key if clean and listing_key else "",
+            count,
+            size,
+            len(tree.skipped),
+            self.report.run_id,
+            upstream_owns=self._upstream_owns,
         )
         self.state.put_manifest(
             self.state.manifest_key,
@@ -506,6 +632,7 @@ class SyncRun:
         self.report.plan = Plan(target=[]).counts()
         self.report.skipped_total = skipped  # the names are in the report of run `unchanged_since`
         self.report.unchanged_since = published.run_id
+        self._upstream_owns = published.upstream_owns
         log.info(
             "upstream lists exactly what the published manifest was made from; nothing to plan",
             extra={"unchanged_since": self.report.unchanged_since},
@@ -754,18 +881,45 @@ class SyncRun:
         run_bounded(pool, publish, sorted(plan.dirty_dirs), self._queue_limit)
 
     def _publish_trace(self, count: int, size: int) -> None:
+        """Our trace files, last: ours, ftpsync's (for Debian's checkers) and the timestamp (for
+        mirmon), each skipped where upstream publishes a file at that path itself."""
         self._phase("trace")
         self.report.mirror_entries, self.report.mirror_bytes = count, size
-        body = render_trace(
-            self.config.mirror_name, self.config.upstream, self.clock(), self.report.run_id, count, size
+        config, now = self.config, self.clock()
+        self._trace_epoch = int(now)
+        upstream_trace = self._trace if isinstance(self._trace, UpstreamTrace) else None
+        ftpsync = FtpsyncTrace(
+            started=self.report.started,
+            finished=now,
+            host_name=config.host_name,
+            upstream=config.upstream,
+            trigger=config.trigger,
+            bytes_received=self.report.uploaded_bytes,
+            archive_serial=upstream_trace.serial if upstream_trace else "",
+            maintainer=config.contact,
+            location=config.location,
         )
-        self.store.put_bytes(
-            self.layout.served_key(self.config.trace_path),
-            body,
-            "text/plain; charset=utf-8",
-            {MTIME_META: str(int(self.clock()))},
-            FRESH_CACHE_CONTROL,
-        )
+        files = {
+            config.trace_path: render_trace(config.mirror_name, config.upstream, now, self.report.run_id, count, size),
+            config.ftpsync_trace: ftpsync.render(),
+            config.timestamp_path: render_timestamp(now),
+        }
+        for path in self._upstream_owns:
+            log.warning("upstream publishes %s itself: it is mirrored, ours is not written", printable(path))
+            files.pop(path, None)
+        with ThreadPoolExecutor(len(files), thread_name_prefix="trace") as writers:
+            for written in [
+                writers.submit(
+                    self.store.put_bytes,
+                    self.layout.served_key(path),
+                    body,
+                    "text/plain; charset=utf-8",
+                    {MTIME_META: str(self._trace_epoch)},
+                    FRESH_CACHE_CONTROL,
+                )
+                for path, body in files.items()
+            ]:
+                written.result()
 
     def _finish(self, result: SyncResult, exit_code: int, error: str, store_reachable: bool = True) -> None:
         report = self.report
@@ -774,6 +928,7 @@ class SyncRun:
         if self.config.dry_run or result is SyncResult.LOCKED or not store_reachable:
             report.s3_requests = self.counter.total
             return  # touches nothing; a locked run must not overwrite the holder's report
+        self._remember_upstream(result)
         # The report counts the requests still to come: its own two writes below and, when we still
         # hold the lease, its release alongside them (retries of those three are not counted).
         pending = 2
@@ -862,6 +1017,12 @@ def run_bounded[T](pool: ThreadPoolExecutor, work: Callable[[T], None], items: I
             slots.acquire()
     if errors:
         raise errors[0]
+
+
+def _lists(entries: list[Entry], path: str) -> bool:
+    """Whether ``entries`` (sorted by path, as a tree's are) hold ``path``."""
+    at = bisect.bisect_left(entries, path, key=lambda entry: entry.path)
+    return at < len(entries) and entries[at].path == path
 
 
 def _ascii_meta(text: str) -> str:

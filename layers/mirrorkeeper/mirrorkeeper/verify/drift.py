@@ -111,11 +111,14 @@ def diff_mirror(
     objects: Iterable[tuple[str, int]],
     report: DriftReport | None = None,
     repair: RepairList | None = None,
+    ours: frozenset[str] = frozenset(),
 ) -> DriftReport:
     """Merge the three streams. ``objects`` are ``(key relative to pub/, size)`` in key order.
 
     ``None`` for the listing or the manifest means it does not exist yet (no sync has got that far).
     ``repair``, when given, collects what a sync must upload again or delete to undo the drift.
+    ``ours``: the sync's own files outside .mirrorkeeper/ (its ftpsync trace): no manifest lists them,
+    and they are not drift unless upstream publishes the same path.
     """
     report = report or DriftReport()
     repair = repair if repair is not None else RepairList()
@@ -144,7 +147,7 @@ def diff_mirror(
                 report.size_mismatch += 1
                 report.note("size_mismatch", p_row[0])
                 repair.add(repair.reupload, p_row[0])
-        elif present:
+        elif present and key not in ours:
             report.extra += 1
             report.note("extra", key)
             repair.add(repair.delete, key)

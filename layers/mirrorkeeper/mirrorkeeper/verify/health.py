@@ -5,7 +5,9 @@ Components are the probed protocols (``http``, ``ftp``, ``rsync``) and ``mirror`
 sync outcome, drift, completeness). ``overall`` is the worst of them.
 
     protocol  down      unreachable (connection refused, DNS, timeout); rsync handshake refused;
-                        freshness (trace age) beyond DOWN_AFTER x the sync interval
+                        freshness beyond DOWN_AFTER x the sync interval (the served trace's age,
+                        or, for the trace a later run vouched for, the age of that run: it found
+                        upstream's own trace unchanged)
               degraded  freshness beyond DEGRADED_AFTER x the sync interval; trace unreadable;
                         a missing path not answered 404 / 550; any sampled file, size, mtime,
                         hash or root-listing probe failed (a copy older than the last sync only
@@ -45,6 +47,25 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {"component": self.component, "level": self.level.label, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Vouched:
+    """A trace epoch a later run vouched for: it found upstream's trace as it was when the trace of
+    ``epoch`` was published, at ``confirmed_at``, so a served trace of that epoch is current as of then."""
+
+    epoch: int
+    confirmed_at: float
+
+
+def current_as_of(report: EndpointReport, vouched: Vouched | None) -> float | None:
+    """When what the endpoint serves is known to have been current: its trace's time, or later when a
+    run vouched for that trace; None when the trace could not be read."""
+    if report.trace_epoch is None:
+        return None
+    if vouched is not None and report.trace_epoch == vouched.epoch:
+        return max(float(report.trace_epoch), vouched.confirmed_at)
+    return float(report.trace_epoch)
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,12 @@ class Assessment:
     checked_at: float
     levels: dict[str, Level]
     findings: list[Finding] = field(default_factory=list)
+    current: dict[str, float] = field(default_factory=dict)  # per protocol: what it serves was current as of
+
+    def freshness(self, protocol: str) -> float | None:
+        """Seconds since what ``protocol`` serves was known current; None when its trace was unreadable."""
+        as_of = self.current.get(protocol)
+        return max(self.checked_at - as_of, 0.0) if as_of is not None else None
 
     @property
     def overall(self) -> Level:
@@ -101,10 +128,16 @@ class Assessment:
 
 
 def assess_endpoint(
-    report: EndpointReport, now: float, sync_interval: float, cache_grace: float, edge: EdgeRecord | None = None
+    report: EndpointReport,
+    now: float,
+    sync_interval: float,
+    cache_grace: float,
+    edge: EdgeRecord | None = None,
+    vouched: Vouched | None = None,
 ) -> list[Finding]:
     """``edge``: what the last sync that replaced anything invalidated; a stale copy that one of its
-    completed invalidations covered is the edge ignoring it, never a cache not yet expired."""
+    completed invalidations covered is the edge ignoring it, never a cache not yet expired.
+    ``vouched``: the trace a later run found still current upstream."""
     name = report.protocol
     if not report.reachable:
         first = report.results[0] if report.results else None
@@ -119,12 +152,15 @@ def assess_endpoint(
             Finding(name, Level.DEGRADED, f"the trace file is unreadable ({trace.detail if trace else 'not probed'})")
         )
     else:
-        age = max(now - report.trace_epoch, 0.0)
+        current = current_as_of(report, vouched)
+        age = max(now - (current if current is not None else report.trace_epoch), 0.0)
         for factor, level in ((DOWN_AFTER, Level.DOWN), (DEGRADED_AFTER, Level.DEGRADED)):
             if age > factor * sync_interval:
                 limit = human_age(factor * sync_interval)
                 findings.append(
-                    Finding(name, level, f"stale: last sync {human_age(age)} ago ({level.label} after {limit})")
+                    Finding(
+                        name, level, f"stale: last known current {human_age(age)} ago ({level.label} after {limit})"
+                    )
                 )
                 break
     if report.missing_check is False:
@@ -211,16 +247,21 @@ def assess(
     sync: SyncOutcome | None,
     cache_grace: float = 3600.0,
     edge: EdgeRecord | None = None,
+    vouched: Vouched | None = None,
 ) -> Assessment:
     findings = assess_mirror(drift, sync)
+    current: dict[str, float] = {}
     if isinstance(probes, StepFailure):
         findings += [
             Finding(p, Level.DEGRADED, f"the probes did not run: {probes.error}: {probes.cause}") for p in protocols
         ]
     else:
         for report in probes:
-            findings += assess_endpoint(report, now, sync_interval, cache_grace, edge)
+            findings += assess_endpoint(report, now, sync_interval, cache_grace, edge, vouched)
+            as_of = current_as_of(report, vouched)
+            if as_of is not None:
+                current[report.protocol] = as_of
     levels = {component: Level.OK for component in [*protocols, MIRROR]}
     for finding in findings:
         levels[finding.component] = max(levels.get(finding.component, Level.OK), finding.level)
-    return Assessment(now, levels, findings)
+    return Assessment(now, levels, findings, current)

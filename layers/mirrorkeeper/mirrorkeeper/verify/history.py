@@ -60,6 +60,7 @@ def next_state(
                 url=report.url,
                 level=levels.get(report.protocol, "ok"),
                 trace_epoch=report.trace_epoch,
+                current_at=assessment.current.get(report.protocol),
                 passed=report.passed,
                 failed=report.failed,
                 missing_check=report.missing_check,
@@ -70,7 +71,7 @@ def next_state(
         t=now,
         overall=assessment.overall.label,
         levels={c: lv.label for c, lv in assessment.levels.items()},
-        freshness={p: (now - s.trace_epoch if s.trace_epoch is not None else None) for p, s in protocols.items()},
+        freshness={p: assessment.freshness(p) for p in protocols},
         completion=drift.completion_pct if not isinstance(drift, StepFailure) else None,
     )
     history = [p for p in previous.history if p.t > now - HISTORY_SECONDS] + [point]

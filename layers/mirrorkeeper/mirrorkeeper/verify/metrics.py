@@ -65,9 +65,7 @@ def mirror_figures(
     return {
         "overall": int(assessment.overall),
         "levels": {c: int(level) for c, level in assessment.levels.items() if c != "mirror"},
-        "freshness": {
-            e.protocol: max(assessment.checked_at - e.trace_epoch, 0.0) for e in endpoints if e.trace_epoch is not None
-        },
+        "freshness": {protocol: assessment.freshness(protocol) for protocol in assessment.current},
         "passed": {e.protocol: e.passed for e in endpoints},
         "failed": {e.protocol: e.failed for e in endpoints},
         "latency": {e.protocol: [r.latency_ms for r in e.results] for e in endpoints},

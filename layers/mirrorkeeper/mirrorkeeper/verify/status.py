@@ -92,7 +92,7 @@ def protocol_views(state: HealthState, now: float) -> list[ProtocolView]:
     for name in names:
         status = state.protocols.get(name)
         level = known_label(state.levels.get(name, status.level if status else "unknown"))
-        age = max(now - status.trace_epoch, 0.0) if status and status.trace_epoch is not None else None
+        age = max(now - status.known_current, 0.0) if status and status.known_current is not None else None
         views.append(ProtocolView(name, level, status, age))
     return views
 
@@ -100,7 +100,7 @@ def protocol_views(state: HealthState, now: float) -> list[ProtocolView]:
 def overall_delay(state: HealthState, now: float) -> float | None:
     """Seconds since the newest trace any protocol served (what clients get), else since the last
     sync ended; None when neither is known."""
-    traces = [s.trace_epoch for s in state.protocols.values() if s.trace_epoch is not None]
+    traces = [s.known_current for s in state.protocols.values() if s.known_current is not None]
     if traces:
         return max(now - max(traces), 0.0)
     if state.last_sync is not None:
@@ -203,6 +203,7 @@ def status_document(state: HealthState, mirror_name: str, sync_interval: float, 
         "skipped": [{"path": p, "reason": r} for p, r in sync.failed] if sync else [],
         "quarantined": [{"path": p, "reason": r} for p, r in sync.quarantined] if sync else [],
         "held_deletions": sync.held_deletions if sync else 0,
+        "upstream_trace": _upstream_json(state.upstream),
         "sync_interval": round(sync_interval),
         "degraded_after": round(DEGRADED_AFTER * sync_interval),
         "down_after": round(DOWN_AFTER * sync_interval),
@@ -225,6 +226,20 @@ def status_document(state: HealthState, mirror_name: str, sync_interval: float, 
             }
             for p in history_points(state.history, now)
         ],
+    }
+
+
+def _upstream_json(upstream: dict[str, Any]) -> dict[str, Any] | None:
+    """Upstream's own trace: its path, date and serial, when a sync last saw it (None without one)."""
+    if not upstream:
+        return None
+    if "problem" in upstream:
+        return {"path": upstream["path"], "problem": upstream["problem"]}
+    return {
+        "path": upstream["path"],
+        "date": iso(upstream["date"]) if upstream.get("date") else None,
+        "serial": upstream.get("serial") or None,
+        "seen": iso(upstream["seen"]),
     }
 
 
@@ -363,6 +378,8 @@ def _sync_rows(state: HealthState, now: float) -> str:
         if sync.held_deletions:
             held = [(path, "") for path in sync.held_examples]
             rows.append(("Held deletions", _path_list(held, f"{sync.held_deletions} deletions held by the guard")))
+    if state.upstream:
+        rows.append(("Upstream's trace", _upstream_cell(state.upstream, now)))
     completion = f"{state.completion:.3f}".rstrip("0").rstrip(".") + " %" if state.completion is not None else None
     unknown = '<span class="muted">not measured</span>'
     rows += [
@@ -374,7 +391,18 @@ def _sync_rows(state: HealthState, now: float) -> str:
     return "".join(f'<tr><th scope="row">{head}</th><td>{cell}</td></tr>' for head, cell in rows)
 
 
-_VERDICTS = {4: "deletions held", 5: "partial"}
+_VERDICTS = {4: "deletions held", 5: "partial", 6: "upstream busy"}
+
+
+def _upstream_cell(upstream: dict[str, Any], now: float) -> str:
+    """Upstream's own date and serial beside ours: an upstream that has not changed for days is not a
+    mirror days stale."""
+    path = f"<code>{_e(upstream['path'])}</code>"
+    if "problem" in upstream:
+        return f'{path}: <span class="muted">unusable: {_e(upstream["problem"])}</span>'
+    date = f"written {_ago(upstream['date'], now)}" if upstream.get("date") else "no date in it"
+    serial = f", serial <code>{_e(upstream['serial'])}</code>" if upstream.get("serial") else ""
+    return f"{path}: {date}{serial}; last seen by a sync {_ago(upstream['seen'], now)}"
 
 
 def _path_list(paths: tuple[tuple[str, str], ...] | list[tuple[str, str]], caption: str) -> str:

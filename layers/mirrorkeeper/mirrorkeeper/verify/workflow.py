@@ -43,6 +43,7 @@ from mirrorkeeper.state import (
     StateStore,
     SyncOutcome,
     SyncResult,
+    UpstreamState,
 )
 from mirrorkeeper.verify.alerts import LogNotifier, Notifier, SnsNotifier, compose, compose_quarantine
 from mirrorkeeper.verify.drift import DriftReport, diff_mirror
@@ -59,7 +60,7 @@ from mirrorkeeper.verify.events import (
     parse_event,
 )
 from mirrorkeeper.verify.frontpage import MIRRORS_JSON_PATH, directory_pages, render_front_page, render_mirrors_json
-from mirrorkeeper.verify.health import OVERALL, assess, sync_from_exit
+from mirrorkeeper.verify.health import OVERALL, Vouched, assess, sync_from_exit
 from mirrorkeeper.verify.history import decide_notice, next_state
 from mirrorkeeper.verify.metrics import (
     CloudWatchSink,
@@ -163,6 +164,7 @@ def diff_manifests(event: Any, deps: Deps) -> dict[str, Any]:
             served_objects(deps.s3, deps.config.layout),
             report,
             repair,
+            deps.config.own_files,
         )
     if not report.sync_in_progress and report.manifest_generated:
         # The next sync uploads again what is missing or damaged and deletes what nobody published.
@@ -219,6 +221,30 @@ def probe_endpoints(event: Any, deps: Deps) -> dict[str, Any]:
 SHOWN_PATHS = 20  # skipped and quarantined paths carried to the status page
 
 
+def _vouched(report: RunReport | None, upstream: UpstreamState | None) -> Vouched | None:
+    """The trace the last run vouched for: it found upstream's trace unchanged since that trace was
+    published (an upstream-unchanged run), so that trace is current as of the run's end."""
+    if report is None or upstream is None or report.result is not SyncResult.UPSTREAM_UNCHANGED:
+        return None
+    return Vouched(upstream.published_epoch, report.finished)
+
+
+def _upstream_view(report: RunReport | None, upstream: UpstreamState | None) -> dict[str, Any]:
+    """Upstream's own trace as the status page shows it beside ours: its date and serial as last
+    fetched, and when a run last saw it."""
+    fetched = report.upstream_trace if report is not None else {}
+    if "sha256" in fetched and report is not None:
+        return {"path": fetched["path"], "serial": fetched["serial"], "date": fetched["date"], "seen": report.finished}
+    if upstream is not None:
+        return {
+            "path": upstream.trace_path,
+            "serial": upstream.serial,
+            "date": upstream.date,
+            "seen": upstream.listed_at,
+        }
+    return {"path": fetched["path"], "problem": fetched.get("problem", "")} if fetched else {}
+
+
 def _report_outcome(report: RunReport | None) -> SyncOutcome | None:
     if report is None:
         return None
@@ -268,21 +294,25 @@ def publish_health(event: Any, deps: Deps) -> dict[str, Any]:
     config, store, now = deps.config, deps.store, deps.clock()
     drift = parsed.drift.failure() if isinstance(parsed.drift, StepError) else parsed.drift
     probes = parsed.probes.failure() if isinstance(parsed.probes, StepError) else parsed.probes.endpoints
-    report = _report_outcome(store.last_run_report())
+    last_run = store.last_run_report()
+    report = _report_outcome(last_run)
     edge = store.edge_record()
+    upstream = store.read_upstream()
+    vouched = _vouched(last_run, upstream)
     from_event = _event_outcome(parsed.trigger) if isinstance(parsed.trigger, EcsTaskStateChange) else None
     status_url = config.http_url + STATUS_HTML_PATH if config.http_url else ""
     for _ in range(STATE_WRITE_ATTEMPTS):
         previous, etag = store.read_health()
         sync = latest_sync(previous.last_sync, report, from_event)
         assessment = assess(
-            now, config.sync_interval, list(config.endpoints), drift, probes, sync, config.cache_grace, edge
+            now, config.sync_interval, list(config.endpoints), drift, probes, sync, config.cache_grace, edge, vouched
         )
         notice = decide_notice(previous, assessment, now, config.reminder_interval)
         state = next_state(previous, assessment, drift, probes, sync, notified=notice is not None)
         new_report = report if report and report.run_id != previous.last_report_run_id else None
         if report:
             state.last_report_run_id = report.run_id
+        state.upstream = _upstream_view(last_run, upstream)
         state.figures = figures = mirror_figures(assessment, drift, probes, sync, new_report)
         try:
             store.write_health(state, etag)
