@@ -36,6 +36,8 @@ $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml devtools/pypro
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	@command -v lftp >/dev/null || { echo "lftp not found (the FTP front end's mirror test runs it): installing it from Debian packages"; \
 		apt-get update -qq && apt-get install -y -qq lftp >/dev/null; }
+	@command -v mirmon >/dev/null && command -v wget >/dev/null || { echo "mirmon not found (the freshness tests run Debian's mirror checker): installing it from Debian packages"; \
+		apt-get update -qq && apt-get install -y -qq mirmon wget >/dev/null; }
 	@# The real package managers' tests build apt and yum repositories and read them with apt-get and dnf.
 	@missing=""; for tool in apt-ftparchive:apt-utils gpg:gpg rpmbuild:rpm createrepo_c:createrepo-c dnf:dnf; do \
 		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
@@ -101,6 +103,7 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/frontends.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/freshness.py
 
 pr: test bench ## everything a reviewer would run
 

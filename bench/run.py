@@ -136,7 +136,6 @@ class Bench:
     env: dict[str, str]
     timeout: float
     s3: Any = field(init=False)
-    aws: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.s3 = boto3.client(
@@ -146,9 +145,6 @@ class Bench:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
-        self.aws = Path(sys.executable).parent / "aws"
-        if not self.aws.exists():
-            raise BenchError(f"{self.aws} is missing: run 'make bench', which installs requirements-bench.txt")
 
     def run(self, args: Sequence[str], what: str) -> Measured:
         return run_measured(args, self.env, self.workdir, self.timeout, cwd=self.workdir).check(what)
@@ -169,8 +165,11 @@ class Bench:
     # (b) the naive pipeline
     def naive(self, url: str, dest: Path, bucket: str) -> Outcome:
         fetched = self.rsync(url, dest)
+        aws = Path(sys.executable).parent / "aws"
+        if not aws.exists():
+            raise BenchError(f"{aws} is missing: run 'make bench', which installs requirements-bench.txt")
         offset = self.moto.log_offset()
-        command = [str(self.aws), "s3", "sync", "--delete", "--only-show-errors", "--endpoint-url", self.moto.url]
+        command = [str(aws), "s3", "sync", "--delete", "--only-show-errors", "--endpoint-url", self.moto.url]
         synced = self.run([*command, f"{dest}/", f"s3://{bucket}/"], "aws s3 sync --delete")
         return Outcome(
             wall=fetched.wall + synced.wall,
@@ -180,7 +179,7 @@ class Bench:
         )
 
     # (c) mirrorkeeper
-    def keeper(self, url: str, bucket: str, result: str, uploads: int) -> Outcome:
+    def keeper(self, url: str, bucket: str, result: str, uploads: int, extra: Sequence[str] = ()) -> Outcome:
         offset = self.moto.log_offset()
         ran = self.run(
             [
@@ -194,6 +193,7 @@ class Bench:
                 bucket,
                 "--log-format",
                 "json",
+                *extra,
             ],
             "mirrorkeeper sync",
         )
