@@ -62,6 +62,13 @@ def test_every_reference_names_a_parameter_resource_or_condition(template: dict[
     assert references(template["Outputs"]) <= known
 
 
+def test_every_mapping_attribute_has_a_value(template: dict[str, Any]) -> None:
+    # a comma in the text of a YAML flow mapping starts another key (with no value)
+    for name, rows in template["Mappings"].items():
+        for key, row in rows.items():
+            assert None not in row.values(), (name, key, row)
+
+
 def test_cloudfront_function_in_the_template_is_cloudfront_function_js(template: dict[str, Any]) -> None:
     # WHEN the function is changed in cloudfront/function.js (where its tests run)
     # THEN the template must carry the same code, byte for byte
