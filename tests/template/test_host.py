@@ -49,6 +49,8 @@ INTERVALS = ("15m", "30m", "1h", "1h", "2h", "6h", "1d")
 FUNCTIONS = ("ListMirrorsFunction", "DiffManifestsFunction", "ProbeEndpointsFunction", "PublishHealthFunction")
 # CloudFormation's quotas (its user guide, "Understand CloudFormation quotas").
 MAX_RESOURCES, MAX_TEMPLATE_BYTES, MAX_PARAMETER_VALUE_BYTES = 500, 1_000_000, 4096
+# What a scheduled run's task is told of its trigger (sync --trigger {manual,cron,push}).
+SCHEDULED_TRIGGER = [{"Name": "MIRRORKEEPER_TRIGGER", "Value": "cron"}]
 
 
 def mirrors_toml(count: int) -> str:
@@ -152,6 +154,7 @@ def test_each_schedule_starts_the_sync_task_for_its_mirror(stacks: dict[int, Sta
         ]
         (override,) = request["Overrides"]["ContainerOverrides"]
         assert override["Name"] == stack.props("SyncTaskDefinition")["ContainerDefinitions"][0]["Name"]
+        assert override["Environment"] == SCHEDULED_TRIGGER
         # the verify workflow finds the mirror in the STOPPED event's overrides, as ECS writes them
         detail = {"taskArn": "t", "lastStatus": "STOPPED"}
         detail["overrides"] = {"containerOverrides": [{"name": override["Name"], "command": override["Command"]}]}

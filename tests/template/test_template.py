@@ -120,10 +120,15 @@ def test_a_host_of_ones_schedule_runs_the_sync_task_as_before(template: dict[str
         "SecurityGroups": ["SyncSecurityGroup-ref"],
         "AssignPublicIp": "ENABLED",
     }
-    # the task's own command, which names no mirror: the workflow then checks the only one there is
+    # the task's own command, which names no mirror: the workflow then checks the only one there is;
+    # and a scheduled run says so (sync --trigger's variable)
     (override,) = request["Overrides"]["ContainerOverrides"]
     task = props(template, "SyncTaskDefinition")
-    assert override == {"Name": task["ContainerDefinitions"][0]["Name"], "Command": ["sync"]}
+    assert override == {
+        "Name": task["ContainerDefinitions"][0]["Name"],
+        "Command": ["sync"],
+        "Environment": [{"Name": "MIRRORKEEPER_TRIGGER", "Value": "cron"}],
+    }
     assert task["ContainerDefinitions"][0]["Command"] == ["sync"]
     overrides = {"containerOverrides": [{"name": override["Name"], "command": override["Command"]}]}
     assert (
