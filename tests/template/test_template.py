@@ -396,9 +396,11 @@ def test_functions_get_the_environment_and_permissions_of_the_contract(template:
     repair = keys("state/repair.json", "state/*/repair.json")
     # marks the manifest for repair (a copy onto itself with new metadata)
     manifest = keys("state/manifest.jsonl.gz", "state/*/manifest.jsonl.gz")
+    # and forgets the upstream trace state, so that the repairing sync lists upstream in full
+    upstream = keys("state/upstream.json", "state/*/upstream.json")
     assert grants("DiffManifestsFunction") == {("s3:ListBucket", bucket), ("s3:GetObject", state)} | {
         (action, key) for key in repair for action in ("s3:PutObject", "s3:DeleteObject")
-    } | {("s3:PutObject", key) for key in manifest}
+    } | {("s3:PutObject", key) for key in manifest} | {("s3:DeleteObject", key) for key in upstream}
     assert grants("ProbeEndpointsFunction") == {("s3:GetObject", state)}
     owned = keys(
         "state/health.json",
