@@ -49,10 +49,8 @@ INTERVALS = ("15m", "30m", "1h", "1h", "2h", "6h", "1d")
 FUNCTIONS = ("ListMirrorsFunction", "DiffManifestsFunction", "ProbeEndpointsFunction", "PublishHealthFunction")
 # CloudFormation's quotas (its user guide, "Understand CloudFormation quotas").
 MAX_RESOURCES, MAX_TEMPLATE_BYTES, MAX_PARAMETER_VALUE_BYTES = 500, 1_000_000, 4096
-# The sync's record of the upstream trace it last saw (issue 14), in each mirror's state.
-UPSTREAM_TRACE_STATE = "upstream.json"
 # What a scheduled run's task is told of its trigger (sync --trigger {manual,cron,push}).
-SCHEDULED_TRIGGER = [{"Name": "MIRRORKEEPER_TRIGGER", "Value": "cron"}]
+SCHEDULED_TRIGGER = [{"Name": next(s.env for s in SETTINGS if s.name == "trigger"), "Value": "cron"}]
 
 
 def mirrors_toml(count: int) -> str:
@@ -277,7 +275,7 @@ def test_the_functions_write_each_mirrors_own_keys_and_never_its_data_or_lease(
         "DiffManifestsFunction": {
             "s3:PutObject": {state.repair_key, state.manifest_key},
             # a repair forgets the upstream trace state too (issue 14's trace shortcut)
-            "s3:DeleteObject": {state.repair_key, state.key(UPSTREAM_TRACE_STATE)},
+            "s3:DeleteObject": {state.repair_key, state.upstream_key},
         },
         "PublishHealthFunction": {
             "s3:PutObject": {state.health_key, layout.served_key(STATUS_HTML_PATH), layout.served_key(STATUS_JSON_PATH)}
