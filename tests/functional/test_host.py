@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from mirrorkeeper.aws import RequestCounter, s3_client
+from mirrorkeeper.config import AwsConfig, SyncConfig
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.sync.run import SyncRun
 from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from mirrorkeeper_dev.sampletree import openvz_like, write_file
 from tests.functional.test_invalidation import distribution, recorded
@@ -229,3 +233,20 @@ def test_a_mirror_of_a_host_invalidates_under_its_path_and_serve_http_follows_it
         # AND serve-http, following that mirror's record, serves the new copy despite its long TTL
         time.sleep(0.3)
         assert http_get(release) == (200, b"Suite: stable\nVersion: 2\n")
+
+
+def test_mirrors_of_one_host_never_take_each_others_staging_for_a_dead_runs(tmp_path: Path) -> None:
+    def run_of(path: str) -> SyncRun:
+        aws = AwsConfig(endpoint_url="http://127.0.0.1:9", region="us-east-1")
+        layout = MirrorLayout.create(BUCKET, path=path)
+        config = SyncConfig(upstream=f"rsync://127.0.0.1:9/{path}/", layout=layout, aws=aws, staging_dir=tmp_path)
+        return SyncRun(config, s3_client(aws), RequestCounter())
+
+    # GIVEN a run of one mirror of the host staging its files
+    staging = run_of("openvz")._staging_root()
+    # WHEN a run of another mirror of the host starts on the same machine, with the same staging directory
+    run_of("debian")._staging_root()
+    # THEN the first run's files stay; only the next run of the same mirror clears them (its dead run's)
+    assert staging.is_dir()
+    run_of("openvz")._staging_root()
+    assert not staging.exists()
