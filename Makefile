@@ -54,7 +54,7 @@ $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml devtools/pypro
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -e "layers/mirrorkeeper[ftp]" -e devtools
 	@touch $(STAMP)
 
-demo: install ## the whole pipeline on this machine: sample upstream (rsync daemon), moto server, sync
+demo: install ## a mirror host on this machine: two sample mirrors (rsync daemon), moto server, sync, HTTP, FTP, verify
 	$(BIN)/mirrorkeeper demo
 
 test: install lint ## lint, then every test tier (the command CI runs)
@@ -108,6 +108,7 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python bench/frontends.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/freshness.py
+	$(BIN)/python bench/host.py
 
 pr: test bench ## everything a reviewer would run
 
