@@ -101,6 +101,7 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/frontends.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/push.py
 
 pr: test bench ## everything a reviewer would run
 
