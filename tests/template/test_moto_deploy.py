@@ -427,7 +427,7 @@ def test_alarms_exist_and_notify_a_topic_with_an_email_subscription(deployed: De
     cloudwatch, sns = deployed.client_for("cloudwatch"), deployed.client_for("sns")
     alarms = cloudwatch.describe_alarms(AlarmNamePrefix=STACK)
     every = alarms["MetricAlarms"] + alarms.get("CompositeAlarms", [])
-    assert len(every) == 15
+    assert len(every) == 16
     topics = {a for alarm in every for a in alarm["AlarmActions"] + alarm["OKActions"]}
     (topic,) = topics
     subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
@@ -442,7 +442,7 @@ def test_dashboard_shows_every_alarm_that_exists(deployed: Deployer) -> None:
     (widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
     names = [arn.rsplit(":", 1)[1] for arn in widget["properties"]["alarms"]]
     existing = {a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]}
-    assert set(names) == existing and len(names) == 15  # every alarm of the stack
+    assert set(names) == existing and len(names) == 16  # every alarm of the stack
     metrics = {m[1] for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]}
     assert {
         "FreshnessSeconds",
