@@ -109,6 +109,7 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/host.py
+	$(BIN)/python bench/push.py
 
 pr: test bench ## everything a reviewer would run
 

@@ -76,7 +76,9 @@ def test_a_host_of_one_needs_its_upstream_and_a_host_does_not(
 
 
 def test_every_reference_names_a_parameter_resource_or_condition(template: dict[str, Any]) -> None:
-    known = set(template["Parameters"]) | set(template["Resources"])
+    # SAM names the URL of a function with a FunctionUrlConfig <function>Url.
+    urls = {f"{name}Url" for name, r in template["Resources"].items() if "FunctionUrlConfig" in r.get("Properties", {})}
+    known = set(template["Parameters"]) | set(template["Resources"]) | urls
     for logical_id, resource in template["Resources"].items():
         assert references(resource) <= known, logical_id
         assert resource.get("Condition", "CreateVpc") in template["Conditions"], logical_id
@@ -338,7 +340,7 @@ def _log_group_retained(template: dict[str, Any], ref: Any) -> bool:
 def test_every_function_is_python313_and_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
     globals_ = template["Globals"]["Function"]
     functions = resources_of_type(template, "AWS::Serverless::Function", "AWS::Lambda::Function")
-    assert len(functions) == 5
+    assert len(functions) == 6
     for logical_id, function in functions.items():
         p = function["Properties"]
         assert p.get("Runtime", globals_["Runtime"]) == "python3.13", logical_id
@@ -419,6 +421,51 @@ def test_functions_get_the_environment_and_permissions_of_the_contract(template:
     assert grants("ListMirrorsFunction") == {("s3:GetObject", *keys("state/.host/mirrors.toml"))}
     publish_policies = props(template, "PublishHealthFunction")["Policies"]
     assert {"SNSPublishMessagePolicy": {"TopicName": {"Fn::GetAtt": ["AlertTopic", "TopicName"]}}} in publish_policies
+
+
+def test_the_push_function_is_a_public_url_that_may_start_the_sync_task_and_little_else(
+    template: dict[str, Any],
+) -> None:
+    push = props(template, "PushFunction")
+    # the push's HMAC is the authentication: an upstream is no AWS principal
+    assert push["FunctionUrlConfig"] == {"AuthType": "NONE"}
+    assert template["Outputs"]["PushUrl"]["Value"] == {"Fn::GetAtt": ["PushFunctionUrl", "FunctionUrl"]}
+    env = push["Environment"]["Variables"]
+    secret_ref = {"Fn::Sub": "secretsmanager:${PushSecret}"}
+    assert env[setting("push_secret").env] == secret_ref
+    assert env[setting("sync_task_definition").env] == {"Ref": "SyncTaskDefinition"}
+    assert env[setting("sync_cluster").env] == {"Ref": "Cluster"}
+    assert env[setting("sync_security_groups").env] == {"Ref": "SyncSecurityGroup"}
+    # AND the sync task knows the mirror takes pushes, so a run follows up those that came meanwhile
+    task = props(template, "SyncTaskDefinition")["ContainerDefinitions"][0]
+    assert {"Name": setting("push_secret").env, "Value": secret_ref} in task["Environment"]
+    # AND it may run that task definition in the stack's cluster, pass its two roles, read its secret,
+    # and write only the push state and the replay marks
+    grants = {
+        action: s for s in policy_statements(template["Resources"]["PushFunction"]) for action in as_list(s["Action"])
+    }
+    assert set(grants) == {
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:PutObject",
+        "secretsmanager:GetSecretValue",
+        "ecs:RunTask",
+        "iam:PassRole",
+    }
+    assert grants["s3:PutObject"]["Resource"] == [
+        {"Fn::Sub": "${MirrorBucket.Arn}/state/push.json"},
+        {"Fn::Sub": "${MirrorBucket.Arn}/state/.host/push/seen/*"},
+    ]
+    assert grants["secretsmanager:GetSecretValue"]["Resource"] == {"Ref": "PushSecret"}
+    assert grants["ecs:RunTask"]["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["Cluster", "Arn"]}}}
+    assert grants["iam:PassRole"]["Resource"] == [
+        {"Fn::GetAtt": ["TaskExecutionRole", "Arn"]},
+        {"Fn::GetAtt": ["SyncTaskRole", "Arn"]},
+    ]
+    # AND a used signature is forgotten a day later (the window it guards is 5 minutes)
+    rules = props(template, "MirrorBucket")["LifecycleConfiguration"]["Rules"]
+    marks = {"Id": "push-signatures-for-a-day", "Status": "Enabled", "Prefix": "state/.host/push/seen/"}
+    assert marks | {"ExpirationInDays": 1} in rules
 
 
 def test_the_task_execution_role_pulls_from_the_image_repository_alone(template: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """The package's folders say what runs where, and imports only run downward (docs/architecture.md):
 
-    commands/, cli.py          the command line: may import anything in the package
-    sync/   verify/   serve/   one deployment unit each: the shared modules only, never each other
-    the other modules          shared by all: never a deployment unit, a command, or the dev tools
+    commands/, cli.py                 the command line: may import anything in the package
+    sync/  verify/  serve/  push/     one deployment unit each: the shared modules only, never each other
+    the other modules                 shared by all: never a deployment unit, a command, or the dev tools
 
 These tests read each module's imports (``import x``, ``from x import y``, at any depth, lazy ones
 included) rather than trusting a docstring.
@@ -16,7 +16,7 @@ import pytest
 import mirrorkeeper
 
 PACKAGE = Path(mirrorkeeper.__file__).parent
-UNITS = ("sync", "verify", "serve")
+UNITS = ("sync", "verify", "serve", "push")
 DEV_PACKAGE = "mirrorkeeper_dev"
 
 
@@ -43,7 +43,7 @@ def imported_modules(path: Path, source: str) -> set[str]:
 
 
 def layer_of(module: str) -> str:
-    """'sync', 'verify', 'serve', 'commands' (cli included), 'shared', or '' outside the package."""
+    """'sync', 'verify', 'serve', 'push', 'commands' (cli included), 'shared', or '' outside the package."""
     parts = module.split(".")
     if parts[0] != "mirrorkeeper":
         return ""
@@ -61,7 +61,8 @@ ALLOWED = {
     "sync": {"shared", "sync"},
     "verify": {"shared", "verify"},
     "serve": {"shared", "serve"},
-    "commands": {"shared", "sync", "verify", "serve", "commands"},
+    "push": {"shared", "push"},
+    "commands": {"shared", "sync", "verify", "serve", "push", "commands"},
 }
 
 
@@ -101,6 +102,8 @@ def test_every_module_is_in_a_known_place() -> None:
         ("verify/probes.py", "from mirrorkeeper.sync.planner import make_plan\n", "imports mirrorkeeper.sync"),
         ("serve/http.py", "def f():\n    import mirrorkeeper.sync.run\n", "imports mirrorkeeper.sync.run"),
         ("serve/http.py", "from ..sync import store\n", "imports mirrorkeeper.sync"),
+        ("push/handler.py", "from mirrorkeeper.sync.followups import FollowUps\n", "imports mirrorkeeper.sync"),
+        ("sync/followups.py", "from mirrorkeeper.push.admission import admit\n", "imports mirrorkeeper.push"),
         ("state.py", "from mirrorkeeper.commands import common\n", "imports mirrorkeeper.commands"),
         ("layout.py", "from mirrorkeeper_dev.rsyncd import RsyncDaemon\n", "development tools"),
     ],

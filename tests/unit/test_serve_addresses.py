@@ -8,7 +8,7 @@ import pytest
 
 from mirrorkeeper.commands.serve_common import cannot_listen, listening_url
 from mirrorkeeper.serve.http import client_key
-from mirrorkeeper.serve.sockets import address_family
+from mirrorkeeper.sockets import address_family
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,8 @@ COMMANDS = {
     "verify": "mirrorkeeper.commands.verify",
     "announce": "mirrorkeeper.commands.announce",
     "mirrors": "mirrorkeeper.commands.mirrors",
+    "serve-push": "mirrorkeeper.commands.serve_push",
+    "push": "mirrorkeeper.commands.push",
 }
 PLUGIN_GROUP = "mirrorkeeper.commands"
 

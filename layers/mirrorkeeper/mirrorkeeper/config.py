@@ -36,10 +36,15 @@ SERVE_FTP = "serve-ftp"
 VERIFY = "verify"
 ANNOUNCE = "announce"
 MIRRORS = "mirrors"
+SERVE_PUSH = "serve-push"
+PUSH = "push"
 SERVE = frozenset({SERVE_HTTP, SERVE_FTP})
-ALL = frozenset({SYNC, SERVE_HTTP, SERVE_FTP, VERIFY, ANNOUNCE, MIRRORS})
+# Every command that works on the bucket (``push`` only talks to a push endpoint).
+ALL = frozenset({SYNC, SERVE_HTTP, SERVE_FTP, VERIFY, ANNOUNCE, MIRRORS, SERVE_PUSH})
 # Commands that act on one mirror of a host (or each of them in turn).
 PER_MIRROR = frozenset({SYNC, VERIFY, ANNOUNCE, MIRRORS})
+# serve-push answers for every mirror of the host, so it reads each one's place and state, never --mirror.
+EACH_MIRROR = PER_MIRROR | {SERVE_PUSH}
 
 # -- parsers: text (or a TOML value as text) → value, ValueError with a sentence otherwise -------
 
@@ -324,6 +329,13 @@ def parse_mirror_name(text: str) -> str:
     return name
 
 
+def push_name(mirror_name: str) -> str:
+    """The NAME a host of one takes pushes under (POST /push/NAME): its mirror name in lowercase, each run
+    of other characters one hyphen ('OpenVZ Download' → 'openvz-download'), so that it is a mirror name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", mirror_name.lower()).strip("-")[:63].rstrip("-")
+    return slug or "mirror"
+
+
 def parse_mirror_path(text: str) -> str:
     """The URL path a mirror is served under: '' (the root, a host of one) or segments such as
     'openvz' or 'linux/debian', each a safe name (no '.', '..', spaces or upper case)."""
@@ -364,6 +376,16 @@ def parse_secret_ref(text: str) -> str:
             "secretsmanager:ARN-OR-NAME, never the secret itself"
         )
     return ref
+
+
+def parse_aws_ids(text: str | list[Any]) -> tuple[str, ...]:
+    """'subnet-0a1b,subnet-2c3d' (or a TOML list) → resource ids."""
+    items = text if isinstance(text, list) else str(text).split(",")
+    ids = tuple(str(item).strip() for item in items if str(item).strip())
+    for value in ids:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,255}", value):
+            raise ValueError(f"{value!r} is not a resource id such as subnet-0a1b2c3d or sg-0a1b2c3d")
+    return ids
 
 
 def parse_distribution_id(text: str) -> str:
@@ -442,6 +464,7 @@ RULES = "health rules and alerts"
 PROBING = "probing"
 ANNOUNCING = "the announcement"
 FRESHNESS = "freshness and traces"
+PUSHING = "pushes"
 
 SETTINGS: tuple[Setting, ...] = (
     # -- where the mirror lives (every command)
@@ -506,8 +529,8 @@ SETTINGS: tuple[Setting, ...] = (
         "mirror",
         parse_mirror_name,
         "",
-        "the mirror of the config file's [mirrors.NAME] tables to act on",
-        PER_MIRROR,
+        "the mirror to act on: one of the config file's [mirrors.NAME] tables (push: the NAME of /push/NAME)",
+        PER_MIRROR | {PUSH},
         LOCATION,
         default_text="a host of one: no config file tables",
         metavar="NAME",
@@ -517,7 +540,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_mirror_path,
         "",
         "the URL path the mirror is served under (a mirror of a host: its name by default)",
-        PER_MIRROR,
+        EACH_MIRROR,
         LOCATION,
         default_text="the root",
         per_mirror=True,
@@ -636,7 +659,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_bool,
         True,
         "whether the mirror is synced at all (false: listed as disabled)",
-        PER_MIRROR,
+        EACH_MIRROR,
         LOCATION,
         default_text="yes",
         per_mirror=True,
@@ -646,7 +669,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_bool,
         False,
         "a paused mirror keeps what it serves but is not synced by its schedule or --all",
-        PER_MIRROR,
+        EACH_MIRROR,
         LOCATION,
         default_text="no",
         per_mirror=True,
@@ -881,15 +904,15 @@ SETTINGS: tuple[Setting, ...] = (
         per_mirror=True,
     ),
     # -- serve-http and serve-ftp
-    Setting("host", plain, "127.0.0.1", "address to listen on", SERVE, LISTENING),
+    Setting("host", plain, "127.0.0.1", "address to listen on", SERVE | {SERVE_PUSH}, LISTENING),
     Setting(
         "port",
         parse_port,
         0,
         "port to listen on; 0 picks a free one",
-        SERVE,
+        SERVE | {SERVE_PUSH},
         LISTENING,
-        command_defaults={SERVE_HTTP: 8080, SERVE_FTP: 2121},
+        command_defaults={SERVE_HTTP: 8080, SERVE_FTP: 2121, SERVE_PUSH: 8090},
     ),
     Setting("max_connections", count(1, 100_000), 256, "connections served at once", SERVE, LISTENING),
     Setting(
@@ -969,6 +992,124 @@ SETTINGS: tuple[Setting, ...] = (
         frozenset({SERVE_FTP}),
         FTP,
         default_text="yes",
+    ),
+    # -- pushes: serve-push and the push function take them; a sync of a mirror that takes them looks for
+    # those that arrived while it ran
+    Setting(
+        "push_secret",
+        parse_secret_ref,
+        "",
+        "where the mirror's push secret is kept: file:PATH, env:VARIABLE or secretsmanager:ARN-OR-NAME. A mirror "
+        "with one takes signed pushes (POST /push/NAME), and its sync runs once more when pushes arrived while it ran",
+        frozenset({SYNC, SERVE_PUSH}),
+        PUSHING,
+        default_text="none: no pushes",
+        per_mirror=True,
+        metavar="REF",
+    ),
+    Setting(
+        "push_secret_file",
+        plain,
+        "",
+        "a file holding the mirror's push secret: the same as --push-secret file:FILE",
+        frozenset({SYNC, SERVE_PUSH}),
+        PUSHING,
+        default_text="none",
+        per_mirror=True,
+        metavar="FILE",
+    ),
+    Setting(
+        "push_rate_limit",
+        count(1, 600),
+        6,
+        "signed pushes a mirror accepts in a minute; more are answered 429 with Retry-After",
+        frozenset({SERVE_PUSH}),
+        PUSHING,
+        per_mirror=True,
+    ),
+    Setting(
+        "sync_task_definition",
+        plain,
+        "",
+        "the sync's ECS task definition: a push starts it with ecs:RunTask (its container's command becomes "
+        "'sync --mirror NAME', or 'sync' for a host of one); without it a push starts 'mirrorkeeper sync' on this "
+        "machine, with the settings serve-push was given that sync takes",
+        frozenset({SERVE_PUSH}),
+        PUSHING,
+        default_text="none: a local process",
+    ),
+    Setting(
+        "sync_cluster",
+        plain,
+        "",
+        "the ECS cluster of the sync task",
+        frozenset({SERVE_PUSH}),
+        PUSHING,
+        default_text="none",
+    ),
+    Setting(
+        "sync_subnets",
+        parse_aws_ids,
+        (),
+        "the sync task's subnets, comma-separated (it gets a public address, as the schedule gives it)",
+        frozenset({SERVE_PUSH}),
+        PUSHING,
+        default_text="none",
+    ),
+    Setting(
+        "sync_security_groups",
+        parse_aws_ids,
+        (),
+        "the sync task's security groups, comma-separated",
+        frozenset({SERVE_PUSH}),
+        PUSHING,
+        default_text="none",
+    ),
+    Setting(
+        "sync_container",
+        plain,
+        "sync",
+        "the container of the sync task definition whose command a push sets",
+        frozenset({SERVE_PUSH}),
+        PUSHING,
+    ),
+    Setting(
+        "sync_log",
+        plain,
+        "",
+        "file the local syncs that pushes start append their output to",
+        frozenset({SERVE_PUSH}),
+        PUSHING,
+        default_text="serve-push's stderr",
+        metavar="FILE",
+    ),
+    Setting(
+        "url",
+        parse_endpoint_url(("http", "https")),
+        "",
+        "the push endpoint: the stack's PushUrl output, or serve-push's http://HOST:PORT/",
+        frozenset({PUSH}),
+        PUSHING,
+        default_text="none",
+    ),
+    Setting(
+        "secret_file",
+        plain,
+        "",
+        "a file holding the mirror's push secret",
+        frozenset({PUSH}),
+        PUSHING,
+        default_text="none",
+        metavar="FILE",
+    ),
+    Setting(
+        "timeout",
+        duration(high=600.0),
+        30.0,
+        "seconds to wait for the endpoint's answer",
+        frozenset({PUSH}),
+        PUSHING,
+        default_text="30",
     ),
     # -- verify (and the announcement's URLs)
     Setting(
@@ -1197,7 +1338,8 @@ def resolve(
     file = read_config(command, flags, env, settings) if file is None else file
     if mirror is None and "mirror" in declared:
         mirror = _value(declared["mirror"], command, flags, env, file.host, {}) or None
-    table = file.mirror_table(mirror) if mirror else {}
+    # A command without a config file (push) names a mirror that has no table here.
+    table = file.mirror_table(mirror) if mirror and "config" in declared else {}
     values: dict[str, Any] = {}
     for name, setting in declared.items():
         values[name] = _value(setting, command, flags, env, file.host, fallback or {}, table, mirror)
@@ -1470,6 +1612,7 @@ class SyncConfig:
     busy_wait: float = default("busy_wait")
     busy_marker: str = ""
     trigger: str = default("trigger")
+    push_secret: str = ""  # a reference: the mirror takes pushes, so a run looks for those that came meanwhile
 
 
 def load_sync_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SyncConfig:
@@ -1493,12 +1636,23 @@ def sync_config(values: Mapping[str, Any]) -> SyncConfig:
         mirror_name=values["mirror_name"] or values.get("mirror") or layout.bucket,
         host_name=values["host_name"] or layout.bucket,
         ftpsync_trace=ftpsync_trace_path(values["ftpsync_trace"], values["host_name"] or layout.bucket),
+        push_secret=push_secret_ref(values),
     )
 
 
 def ftpsync_trace_path(setting: str, host_name: str) -> str:
     """Where the mirror's ftpsync trace is: as set, else project/trace/<host name> (ftpsync's place)."""
     return setting or f"project/trace/{host_name}"
+
+
+def push_secret_ref(values: Mapping[str, Any]) -> str:
+    """The mirror's push secret as a reference ('' when it takes no pushes): --push-secret, or
+    --push-secret-file as a file: reference."""
+    ref, path = values["push_secret"], values["push_secret_file"]
+    if ref and path:
+        where = f"[mirrors.{values['mirror']}] " if values.get("mirror") else ""
+        raise ConfigError(f"{where}push_secret and push_secret_file both name the push secret: keep one")
+    return ref or (f"file:{path}" if path else "")
 
 
 @dataclass(frozen=True)
@@ -1635,3 +1789,78 @@ def verify_config(values: Mapping[str, Any]) -> VerifyConfig:
             "MIRRORKEEPER_FTP_URL)"
         )
     return config
+
+
+@dataclass(frozen=True)
+class PushMirror:
+    """One mirror as the push endpoint sees it."""
+
+    name: str  # the NAME of POST /push/NAME
+    table: str  # its [mirrors.NAME] table, what 'sync --mirror' names; '' for a host of one
+    layout: MirrorLayout
+    secret: str  # a reference to the push secret; '' when it takes no pushes
+    rate_limit: int = default("push_rate_limit")
+    enabled: bool = True
+    paused: bool = False
+
+    @property
+    def closed(self) -> str:
+        """Why it takes no pushes ('' when it takes them)."""
+        if not self.secret:
+            return "it has no push secret"
+        if not self.enabled:
+            return "it is disabled"
+        return "it is paused" if self.paused else ""
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Settings of ``serve-push`` and of the push function: the host's mirrors, by push name, and where
+    the syncs that pushes start run."""
+
+    aws: AwsConfig
+    layout: MirrorLayout  # the host's: where the used signatures are kept
+    mirrors: dict[str, PushMirror]
+    host: str = default("host")
+    port: int = 0
+    sync_task_definition: str = ""
+    sync_cluster: str = ""
+    sync_subnets: tuple[str, ...] = ()
+    sync_security_groups: tuple[str, ...] = ()
+    sync_container: str = default("sync_container")
+    sync_log: str = ""
+
+
+def load_push_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> PushConfig:
+    env = os.environ if environ is None else environ
+    file = read_config(SERVE_PUSH, flags, env)
+    values = resolve(SERVE_PUSH, flags, env, file=file)
+    if file.mirrors:
+        each = [(name, resolve(SERVE_PUSH, flags, env, mirror=name, file=file)) for name in file.mirrors]
+        mirrors = [push_mirror(mine, name, name) for name, mine in each]
+    else:
+        mirrors = [push_mirror(values, push_name(values["mirror_name"] or require(values, "bucket", "NAME")), "")]
+    if values["sync_task_definition"] and not (values["sync_cluster"] and values["sync_subnets"]):
+        raise ConfigError(
+            "--sync-task-definition needs --sync-cluster and --sync-subnets (MIRRORKEEPER_SYNC_CLUSTER, "
+            "MIRRORKEEPER_SYNC_SUBNETS) to start the task"
+        )
+    return pick(
+        PushConfig,
+        values,
+        aws=load_aws_config(values),
+        layout=load_layout(values).host,
+        mirrors={mirror.name: mirror for mirror in mirrors},
+    )
+
+
+def push_mirror(values: Mapping[str, Any], name: str, table: str) -> PushMirror:
+    return pick(
+        PushMirror,
+        values,
+        name=name,
+        table=table,
+        layout=load_layout(values),
+        secret=push_secret_ref(values),
+        rate_limit=values["push_rate_limit"],
+    )

@@ -16,6 +16,10 @@ each is read and written. No other module builds one of these keys or parses one
     <prefix>state/health.json                HealthState: levels, last checks, 14 days    verify
     <prefix>state/.host/mirrors.toml         a deployed host's config file, the stack's
                                              MIRRORKEEPER_CONFIG        make deploy → sync, verify
+    <prefix>state/push.json                  PushState: pushes waiting for a run, a start on its
+                                             way, the last minute's pushes     push ↔ sync
+    <prefix>state/.host/push/seen/<sha256>   a push signature already used (the host's; expired
+                                             by the bucket's lifecycle)               push
     <prefix>pub/.mirrorkeeper/trace          our trace file (content.render_trace; its path is the
                                              trace_path setting, layout.DEFAULT_TRACE_PATH)   sync
     <prefix>pub/.mirrorkeeper/status.html    the status page, and status.json        verify
@@ -68,6 +72,8 @@ INVALIDATIONS = "invalidations.json"
 UPSTREAM = "upstream.json"
 RUNS = "runs/"
 LAST_RUN = RUNS + "last.json"
+PUSH = "push.json"
+PUSH_SEEN = "push/seen/"  # under the host's own state
 
 HOST_CONFIG = "mirrors.toml"  # under the host's own state (layout.host_state_prefix)
 
@@ -201,6 +207,59 @@ class StoredLease:
     def expires(self) -> float:
         """When it expires, by S3's clock."""
         return self.written + (self.doc.ttl + CLOCK_RESOLUTION if self.doc else 0.0)
+
+
+# -- pushes -------------------------------------------------------------------------------------
+
+# How long a sync that a push started may take to hold its lease (an ECS task: scheduling, pulling
+# the image, starting). Meanwhile further pushes wait for it instead of starting more.
+START_WINDOW = 600.0
+RATE_PERIOD = 60.0  # the rate limit counts the pushes of this many seconds
+PUSH_STATE_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class PushState:
+    """``state/<path>/push.json``: what pushes ask of the mirror's syncs. The push endpoint and the sync
+    change it with conditional writes only (docs/sync.md, "Pushes", tells the protocol).
+
+    ``waiting``: pushes that arrived while a sync ran or was starting, for which no run has begun
+    since; ``starting_at``: when a push (or a follow-up) set a sync going that may not hold the lease
+    yet, by the writer's clock (the window is minutes, clock skew seconds); ``accepted``: when the
+    pushes of the last minute were accepted, for the rate limit; ``revision``: one more at each write."""
+
+    waiting: int = 0
+    starting_at: float | None = None
+    accepted: tuple[float, ...] = ()
+    revision: int = 0
+
+    def starting(self, now: float) -> bool:
+        return self.starting_at is not None and now - self.starting_at < START_WINDOW
+
+    def recent(self, now: float) -> tuple[float, ...]:
+        return tuple(t for t in self.accepted if now - t < RATE_PERIOD)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "waiting": self.waiting,
+            "starting_at": self.starting_at,
+            "accepted": list(self.accepted),
+            "revision": self.revision,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> PushState:
+        """The state, or the empty one when ``doc`` is damaged (the next conditional write replaces it)."""
+        try:
+            starting = doc.get("starting_at")
+            return cls(
+                int(doc.get("waiting", 0)),
+                float(starting) if starting is not None else None,
+                tuple(float(t) for t in doc.get("accepted", ())),
+                int(doc.get("revision", 0)),
+            )
+        except (AttributeError, TypeError, ValueError):
+            return cls()
 
 
 # -- run reports --------------------------------------------------------------------------------
@@ -744,6 +803,13 @@ class StateStore:
     def run_report_key(self, run_id: str) -> str:
         return self.key(f"{RUNS}{run_id}.json")
 
+    @property
+    def push_key(self) -> str:
+        return self.key(PUSH)
+
+    def push_seen_key(self, digest: str) -> str:
+        return self.layout.host_state_prefix + PUSH_SEEN + digest
+
     def _url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
@@ -1060,19 +1126,56 @@ class StateStore:
         """Write only if the stored health is still what we read (None: still absent), so two verify
         runs at once cannot silently lose each other's history: StateConflictError otherwise."""
         condition: dict[str, Any] = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
+        if not self._put_unless_changed(self.health_key, _json_body(state.to_json()), condition):
+            raise StateConflictError(f"{self._url(self.health_key)} changed while we worked on it")
+
+    # -- pushes
+
+    def read_push_state(self) -> tuple[PushState, str | None]:
+        """The mirror's push state and its ETag (None when there is none yet)."""
+        response = self._get(self.push_key)
+        if response is None:
+            return PushState(), None
+        with s3_errors(f"read {self._url(self.push_key)}"):
+            body = response["Body"].read()
         try:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self.health_key,
-                Body=_json_body(state.to_json()),
-                ContentType="application/json",
-                **condition,
-            )
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        return PushState.from_json(doc), str(response["ETag"])
+
+    def change_push_state(self, change: Callable[[PushState], PushState | None]) -> None:
+        """Apply ``change`` to the push state as stored (None from it: leave the state as it is), written
+        only if the stored state is still the one read; when another writer got there first, read again
+        and apply it again. Its writers are a mirror's pushes (a few a minute) and one sync, so a write
+        seldom loses twice. Every write bumps the revision: a write of the same fields must change the
+        ETag too, or a writer holding the old one would not notice it."""
+        for _ in range(PUSH_STATE_ATTEMPTS):
+            current, etag = self.read_push_state()
+            changed = change(current)
+            if changed is None:
+                return
+            condition: dict[str, Any] = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            body = _json_body(replace(changed, revision=current.revision + 1).to_json())
+            if self._put_unless_changed(self.push_key, body, condition):
+                return
+        raise StateConflictError(
+            f"{self._url(self.push_key)} kept changing under {PUSH_STATE_ATTEMPTS} attempts to update it"
+        )
+
+    def record_push_signature(self, digest: str) -> bool:
+        """Mark a push signature (its SHA-256, ``digest``) used, host-wide; False when it already was."""
+        return self._put_unless_changed(self.push_seen_key(digest), b"", {"IfNoneMatch": "*"})
+
+    def _put_unless_changed(self, key: str, body: bytes, condition: dict[str, Any]) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **condition)
         except (ClientError, BotoCoreError) as exc:
             if is_conflict(exc):
-                raise StateConflictError(f"{self._url(self.health_key)} changed while we worked on it") from None
-            with s3_errors(f"write {self._url(self.health_key)}"):
+                return False
+            with s3_errors(f"write {self._url(key)}"):
                 raise
+        return True
 
     # -- our public files
 

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from mirrorkeeper.aws import check_bucket, s3_client
 from mirrorkeeper.config import ServeConfig, flags_of, read_config, resolve, serve_config
@@ -48,8 +48,18 @@ def listening_url(scheme: str, address: tuple[Any, ...]) -> str:
     return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
 
+class Listening(Protocol):
+    """The settings of where a server listens (ServeConfig, PushConfig)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
 @contextmanager
-def binding(config: ServeConfig) -> Iterator[None]:
+def binding(config: Listening) -> Iterator[None]:
     """Around making the server's listening socket: an address that cannot be bound is the operator's
     --host or --port to fix, said in one line (exit 2), not a traceback."""
     try:

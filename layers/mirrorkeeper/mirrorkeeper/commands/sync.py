@@ -8,11 +8,30 @@ import gc
 import json
 import os
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from mirrorkeeper.config import SYNC, ConfigFile, add_flags, flags_of, read_config, resolve, settings_for, sync_config
-from mirrorkeeper.errors import ConfigError, ExitCode, MirrorkeeperError, UpstreamError, worst
+from mirrorkeeper.config import (
+    SYNC,
+    ConfigFile,
+    SyncConfig,
+    add_flags,
+    flags_of,
+    read_config,
+    resolve,
+    settings_for,
+    sync_config,
+)
+from mirrorkeeper.errors import (
+    ConfigError,
+    ExitCode,
+    LockHeldError,
+    MirrorkeeperError,
+    StorageError,
+    UpstreamError,
+    worst,
+)
 from mirrorkeeper.sync.rsync import ListingRun, RsyncClient
 
 DESCRIPTION = """\
@@ -125,6 +144,57 @@ def sync_one(values: dict[str, Any], prefix: str = "") -> int:
 
         what = f"[mirrors.{config.mirror}] rsync_password" if config.mirror else "--rsync-password"
         password = read_secret(config.rsync_password, config.aws, what)
+    if not config.push_secret or config.dry_run:
+        return sync_once(config, values, password, prefix)
+    return sync_following_pushes(config, lambda: sync_once(config, values, password, prefix), prefix)
+
+
+def sync_following_pushes(config: SyncConfig, once: Callable[[], int], prefix: str) -> int:
+    """``once()``, then once more for as long as pushes arrived during the last run (sync/followups.py).
+    The exit code is the last run's; an earlier run's failure gets its line on stderr."""
+    import logging
+
+    from mirrorkeeper.aws import s3_client
+    from mirrorkeeper.state import StateStore
+    from mirrorkeeper.sync.followups import FollowUps
+
+    log = logging.getLogger(__name__)
+    followups: FollowUps | None = None
+    code = waiting = 0
+    while True:
+        failure: MirrorkeeperError | None = None
+        try:
+            code = once()
+        except LockHeldError:
+            if followups is None:
+                raise  # another sync's run: pushes that come while it runs are its to follow up
+            try:
+                followups.give_back(waiting)
+            except StorageError as exc:
+                log.warning("pushes could not be handed to the running sync", extra={"error": str(exc)})
+            print(
+                f"mirrorkeeper sync: {prefix}another sync took the lease first; it follows the pushes", file=sys.stderr
+            )
+            return code
+        except MirrorkeeperError as exc:
+            failure, code = exc, int(exc.exit_code)
+        followups = followups or FollowUps(StateStore(s3_client(config.aws), config.layout))
+        try:
+            waiting = followups.take()
+        except StorageError as exc:
+            log.warning("could not look for pushes that arrived during the run", extra={"error": str(exc)})
+            waiting = 0
+        if not waiting:
+            if failure is not None:
+                raise failure
+            return code
+        if failure is not None:
+            print(f"mirrorkeeper sync: {prefix}error: {failure}", file=sys.stderr)
+        log.info("pushes arrived during the run: syncing once more", extra={"pushes": waiting})
+
+
+def sync_once(config: SyncConfig, values: dict[str, Any], password: str, prefix: str) -> int:
+    """One run: its summary on stdout, its exit code returned (a failure that stops it raised)."""
     rsync = RsyncClient.for_sync(config, password)
     with ExitStack() as stack:
         # Listing upstream takes about as long as importing boto3 and building its client: start

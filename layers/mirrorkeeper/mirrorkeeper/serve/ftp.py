@@ -34,7 +34,7 @@ from pyftpdlib.servers import ThreadedFTPServer
 
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.serve.served import Node, NodeKind, ObjectBody, ServedTree
-from mirrorkeeper.serve.sockets import both_families, listening_socket
+from mirrorkeeper.sockets import both_families, listening_socket
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from urllib.parse import quote
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.serve.routing import route
 from mirrorkeeper.serve.served import ObjectBody, ObjectChangedError, ObjectInfo, ServedTree
-from mirrorkeeper.serve.sockets import address_family, both_families
+from mirrorkeeper.sockets import address_family, both_families
 
 log = logging.getLogger(__name__)
 

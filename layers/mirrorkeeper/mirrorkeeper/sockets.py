@@ -1,4 +1,4 @@
-"""The sockets the front ends listen on, made alike, so that ``--host`` means the same to both."""
+"""The sockets the servers listen on, made alike, so that ``--host`` means the same to all of them."""
 
 import ipaddress
 import socket
