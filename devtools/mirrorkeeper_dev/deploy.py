@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirrorkeeper.config import MIRRORS, SYNC, ConfigFile, resolve
+from mirrorkeeper.config import MIRRORS, SYNC, ConfigFile, push_secret_ref, resolve
 from mirrorkeeper.errors import ConfigError, MirrorkeeperError
 from mirrorkeeper.host import Schedule
 from mirrorkeeper.layout import MirrorLayout
@@ -81,7 +81,9 @@ def read_host(path: str, stack_name: str) -> Host:
     for name in file.mirrors:
         # The file alone, as the deployed host reads it: none of this shell's MIRRORKEEPER_* variables.
         values = resolve(MIRRORS, {}, {}, mirror=name, file=file)
-        check_password(path, name, resolve(SYNC, {}, {}, mirror=name, file=file)["rsync_password"], stack_name)
+        sync = resolve(SYNC, {}, {}, mirror=name, file=file)
+        check_secret(path, name, "rsync_password", sync["rsync_password"], stack_name)
+        check_secret(path, name, "push_secret", push_secret_ref(sync), stack_name)
         if not values["enabled"]:
             disabled.append(name)
             continue
@@ -98,25 +100,24 @@ def read_host(path: str, stack_name: str) -> Host:
     return Host(path, tuple(scheduled), tuple(disabled))
 
 
-def check_password(path: str, mirror: str, reference: str, stack_name: str) -> None:
-    """The deployed sync task reads an rsync password from Secrets Manager alone, and only the secrets
-    named after its stack (<stack>/...): its role grants nothing else (template.yaml, SyncTaskRole)."""
+def check_secret(path: str, mirror: str, key: str, reference: str, stack_name: str) -> None:
+    """The deployed stack reads a mirror's rsync password and push secret from Secrets Manager alone,
+    and only the secrets named after it (<stack>/...): the roles of its sync task and push function
+    grant nothing else (template.yaml)."""
     if not reference:
         return
-    where = f"{path} [mirrors.{mirror}] rsync_password"
+    where = f"{path} [mirrors.{mirror}] {key}"
     if not stack_name:
         raise ConfigError(f"{where}: samconfig.toml names no stack (stack_name), whose name a host's secrets take")
-    secret_name = f"{stack_name}/{mirror}"
-    wanted = (
-        f'store the password as the secret {secret_name}, then write rsync_password = "{SECRETS_MANAGER}{secret_name}"'
-    )
+    secret_name = f"{stack_name}/{mirror}" + ("-push" if key == "push_secret" else "")
+    wanted = f'store it as the secret {secret_name}, then write {key} = "{SECRETS_MANAGER}{secret_name}"'
     if not reference.startswith(SECRETS_MANAGER):
         kind = reference.split(":", 1)[0]
-        raise ConfigError(f"{where} is read from {kind}:, which the deployed sync task does not have: {wanted}")
+        raise ConfigError(f"{where} is read from {kind}:, which the deployed stack does not have: {wanted}")
     secret = reference.removeprefix(SECRETS_MANAGER).split(":secret:", 1)[-1]  # an ARN's name part, or the name
     if not secret.startswith(stack_name + "/"):
         raise ConfigError(
-            f"{where} names the secret {secret!r}, and the stack's sync task may read only the secrets named "
+            f"{where} names the secret {secret!r}, and the stack may read only the secrets named "
             f"{stack_name}/...: {wanted}"
         )
 

@@ -74,7 +74,9 @@ class Stack:
     def __init__(self, template: dict[str, Any], parameters: dict[str, str], host: Host | None) -> None:
         self.template, self.host = template, host
         self.r = Resolver(template, {**REQUIRED, **HOST_OF_ONE, **parameters}, PSEUDO)
-        for logical_id in template["Resources"]:
+        # SAM names a function's URL <function>Url (its transform makes that resource).
+        urls = [f"{k}Url" for k, v in template["Resources"].items() if "FunctionUrlConfig" in v.get("Properties", {})]
+        for logical_id in [*template["Resources"], *urls]:
             self.r.refs[logical_id] = f"{logical_id}-ref"
             self.r.attrs[logical_id] = StandInAttributes(logical_id, {"Arn": f"{logical_id}-arn"})
         self.r.refs["MirrorBucket"], self.r.attrs["MirrorBucket"]["Arn"] = BUCKET, f"arn:aws:s3:::{BUCKET}"
@@ -384,3 +386,25 @@ def test_a_host_of_ones_resources_resolve_as_before(stacks: dict[int, Stack]) ->
     functions = stacks[1].environment("Functions")
     assert {"MIRRORKEEPER_MIRROR_NAME", "MIRRORKEEPER_SYNC_INTERVAL"} <= set(functions)
     assert NO_VALUE not in task.values() and NO_VALUE not in functions.values()
+
+
+def test_the_push_function_of_a_host_reaches_each_mirrors_push_state_and_secret_and_no_more(
+    stacks: dict[int, Stack],
+) -> None:
+    push = stacks[2].statements("PushFunction")
+    state = StateStore(None, MirrorLayout.create(BUCKET, path="linux/debian-mirror-00"))  # type: ignore[arg-type]
+    key = f"arn:aws:s3:::{BUCKET}/{{}}".format
+    # a mirror's lease and push state under its path, and the host's config, are readable
+    for readable in (state.lock_key, state.push_key, host_config_key(MirrorLayout.create(BUCKET))):
+        assert allows(push, "s3:GetObject", key(readable)), readable
+    # only its push state and the replay marks are writable; its manifest or served files are not
+    assert allows(push, "s3:PutObject", key(state.push_key))
+    for untouchable in (state.manifest_key, state.lock_key, "pub/linux/debian-mirror-00/Release"):
+        assert not allows(push, "s3:PutObject", key(untouchable)), untouchable
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:{}-AbCdEf"
+    assert allows(push, "secretsmanager:GetSecretValue", secret.format(f"{STACK}/debian-mirror-00-push"))
+    assert not allows(push, "secretsmanager:GetSecretValue", secret.format("other/debian-mirror-00-push"))
+    # AND a host of one reaches only its own
+    one = stacks[1].statements("PushFunction")
+    assert not allows(one, "s3:PutObject", key(state.push_key))
+    assert not allows(one, "secretsmanager:GetSecretValue", secret.format(f"{STACK}/debian-mirror-00-push"))

@@ -27,8 +27,7 @@ from moto.events.models import EventPattern
 
 from mirrorkeeper.verify.events import EcsTaskStateChange, parse_event
 from mirrorkeeper_dev.rsyncd import free_port
-from mirrorkeeper_dev.services import serving
-from tests.support import moto_subprocess
+from mirrorkeeper_dev.services import moto_subprocess, serving
 from tests.template.cfn import ROOT, Resolver, load_template, references
 
 REGION = "us-east-1"
@@ -449,7 +448,7 @@ def test_alarms_exist_and_notify_a_topic_with_an_email_subscription(deployed: De
     cloudwatch, sns = deployed.client_for("cloudwatch"), deployed.client_for("sns")
     alarms = cloudwatch.describe_alarms(AlarmNamePrefix=STACK)
     every = alarms["MetricAlarms"] + alarms.get("CompositeAlarms", [])
-    assert len(every) == 16
+    assert len(every) == 17
     topics = {a for alarm in every for a in alarm["AlarmActions"] + alarm["OKActions"]}
     (topic,) = topics
     subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
@@ -464,7 +463,7 @@ def test_dashboard_shows_every_alarm_that_exists(deployed: Deployer) -> None:
     (widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
     names = [arn.rsplit(":", 1)[1] for arn in widget["properties"]["alarms"]]
     existing = {a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]}
-    assert set(names) == existing and len(names) == 16  # every alarm of the stack
+    assert set(names) == existing and len(names) == 17  # every alarm of the stack
     # metrics, or a search of each mirror's metric of a name
     metrics = {
         m[1] if isinstance(m[0], str) else m[0]["expression"].split('MetricName="')[1].split('"')[0]

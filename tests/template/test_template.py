@@ -431,14 +431,21 @@ def test_the_push_function_is_a_public_url_that_may_start_the_sync_task_and_litt
     assert push["FunctionUrlConfig"] == {"AuthType": "NONE"}
     assert template["Outputs"]["PushUrl"]["Value"] == {"Fn::GetAtt": ["PushFunctionUrl", "FunctionUrl"]}
     env = push["Environment"]["Variables"]
-    secret_ref = {"Fn::Sub": "secretsmanager:${PushSecret}"}
+    # a host's mirrors name their own push secrets in mirrors.toml, which a variable would override
+    secret_ref = {"Fn::If": ["HostOfOne", {"Fn::Sub": "secretsmanager:${PushSecret}"}, {"Ref": "AWS::NoValue"}]}
     assert env[setting("push_secret").env] == secret_ref
     assert env[setting("sync_task_definition").env] == {"Ref": "SyncTaskDefinition"}
     assert env[setting("sync_cluster").env] == {"Ref": "Cluster"}
     assert env[setting("sync_security_groups").env] == {"Ref": "SyncSecurityGroup"}
     # AND the sync task knows the mirror takes pushes, so a run follows up those that came meanwhile
     task = props(template, "SyncTaskDefinition")["ContainerDefinitions"][0]
-    assert {"Name": setting("push_secret").env, "Value": secret_ref} in task["Environment"]
+    assert {
+        "Fn::If": [
+            "HostOfOne",
+            {"Name": setting("push_secret").env, "Value": secret_ref["Fn::If"][1]},
+            {"Ref": "AWS::NoValue"},
+        ]
+    } in task["Environment"]
     # AND it may run that task definition in the stack's cluster, pass its two roles, read its secret,
     # and write only the push state and the replay marks
     grants = {
@@ -452,11 +459,13 @@ def test_the_push_function_is_a_public_url_that_may_start_the_sync_task_and_litt
         "ecs:RunTask",
         "iam:PassRole",
     }
+    host_only = {"Fn::If": ["HostOfOne", {"Ref": "AWS::NoValue"}, {"Fn::Sub": "${MirrorBucket.Arn}/state/*/push.json"}]}
     assert grants["s3:PutObject"]["Resource"] == [
         {"Fn::Sub": "${MirrorBucket.Arn}/state/push.json"},
+        host_only,
         {"Fn::Sub": "${MirrorBucket.Arn}/state/.host/push/seen/*"},
     ]
-    assert grants["secretsmanager:GetSecretValue"]["Resource"] == {"Ref": "PushSecret"}
+    assert grants["secretsmanager:GetSecretValue"]["Resource"][0] == {"Ref": "PushSecret"}
     assert grants["ecs:RunTask"]["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["Cluster", "Arn"]}}}
     assert grants["iam:PassRole"]["Resource"] == [
         {"Fn::GetAtt": ["TaskExecutionRole", "Arn"]},

@@ -126,15 +126,24 @@ def test_rsync_passwords_are_the_stacks_secrets(tmp_path: Path, reference: str) 
     [
         ("secretsmanager:other/a", "names the secret 'other/a'.*only the secrets named mk/"),
         ("secretsmanager:mkother", "names the secret 'mkother'"),
-        ("env:A_PASSWORD", "is read from env:, which the deployed sync task does not have"),
+        ("env:A_PASSWORD", "is read from env:, which the deployed stack does not have"),
         ("file:/etc/rsync.secret", "is read from file:"),
     ],
 )
-def test_a_password_the_sync_task_cannot_read_is_refused(tmp_path: Path, reference: str, message: str) -> None:
-    text = f'[mirrors.a]\nupstream = "rsync://h/a/"\nrsync_password = "{reference}"\n'
+@pytest.mark.parametrize(("key", "wanted"), [("rsync_password", "mk/a"), ("push_secret", "mk/a-push")])
+def test_a_secret_the_stack_cannot_read_is_refused(
+    tmp_path: Path, reference: str, message: str, key: str, wanted: str
+) -> None:
+    text = f'[mirrors.a]\nupstream = "rsync://h/a/"\n{key} = "{reference}"\n'
     with pytest.raises(ConfigError, match=message) as raised:
         read_host(write(tmp_path, text), "mk")
-    assert 'rsync_password = "secretsmanager:mk/a"' in str(raised.value)  # what to write instead
+    assert f'{key} = "secretsmanager:{wanted}"' in str(raised.value)  # what to write instead
+
+
+def test_a_push_secret_file_cannot_deploy(tmp_path: Path) -> None:
+    text = '[mirrors.a]\nupstream = "rsync://h/a/"\npush_secret_file = "/etc/push.key"\n'
+    with pytest.raises(ConfigError, match=r"push_secret is read from file:"):
+        read_host(write(tmp_path, text), "mk")
 
 
 def test_the_schedules_must_fit_one_parameter_value(tmp_path: Path) -> None:
