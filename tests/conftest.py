@@ -5,6 +5,7 @@ One ThreadedMotoServer per test session (per xdist worker), reset before each te
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,22 +36,17 @@ def aws_credentials() -> None:
 
 
 @pytest.fixture(autouse=True)
-def log_handlers_restored() -> Iterator[None]:
-    """Handlers a test adds (Powertools' Logger, imported with a Lambda handler, binds one to the
-    stdout of the test's capture, which pytest closes afterwards) go with it: a later test's server
-    thread logging there would print a logging traceback into that test's output."""
-
-    def loggers() -> list[logging.Logger]:
-        named = logging.root.manager.loggerDict.values()
-        return [logging.getLogger(), *(each for each in named if isinstance(each, logging.Logger))]
-
-    before = {id(each): set(each.handlers) for each in loggers()}
-    level = logging.getLogger().level
+def log_streams_kept_open() -> Iterator[None]:
+    """Powertools' Logger, imported with a Lambda handler inside a test, binds its handler to that
+    test's captured stdout, which pytest closes afterwards; a later test's server thread logging
+    there would print a logging traceback into that test's output. Such handlers write to the
+    session's stdout from then on (the handler itself stays: Powertools looks for it)."""
     yield
-    for each in loggers():
-        kept = before.get(id(each), set())
-        each.handlers[:] = [handler for handler in each.handlers if handler in kept]
-    logging.getLogger().setLevel(level)
+    named = logging.root.manager.loggerDict.values()
+    for each in [logging.getLogger(), *(n for n in named if isinstance(n, logging.Logger))]:
+        for handler in each.handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stdout
 
 
 @pytest.fixture(scope="session")
