@@ -292,6 +292,7 @@ def test_every_answer_carries_the_sandbox_csp_so_upstream_pages_cannot_script_th
     }
     for what, (_, headers, _) in answers.items():
         assert headers.get("content-security-policy") == "sandbox allow-downloads", what
+        assert headers.get("server") == "mirrorkeeper", what  # no trailing space, no Python version
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,9 @@ class PushRequestHandler(BaseHTTPRequestHandler):
     server: PushHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "mirrorkeeper"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version  # http.server would append " " + the Python version
     timeout = REQUEST_SECONDS
 
     def parse_request(self) -> bool:

@@ -231,7 +231,9 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
     server: MirrorHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "mirrorkeeper"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version  # http.server would append " " + the Python version
     # Headers and body go out in separate writes; with Nagle on, the body of a small keep-alive
     # response waits for the client's delayed ACK of the headers (40 ms on Linux) on every request.
     disable_nagle_algorithm = True
