@@ -157,9 +157,11 @@ def test_demo_keep_running_serves_both_mirrors_and_stops_every_service_on_sigter
             assert release.getvalue().startswith(b"-----BEGIN PGP SIGNED MESSAGE-----")
         # WHEN it is told to stop, as a service manager would
         process.terminate()
-        # 0 once it waits (a healthy demo, stopped on request); 130 if the signal lands in the instant
-        # between its announcement and the wait: what matters is what it leaves behind
-        assert process.wait(30) in (0, 130)
+        # its verdict once it waits (0 for a healthy demo; a loaded machine can make a probe time out,
+        # and then it says NOT OK and ends 1); 130 if the signal lands in the instant between its
+        # announcement and the wait: what matters is what it leaves behind
+        verdict = 0 if "mirrorkeeper demo: OK" in text else 1
+        assert process.wait(30) in (verdict, 130), text
         # THEN nothing it started is still listening
         for port in (http_port, ftp_port, moto_port):
             with pytest.raises(OSError):
