@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,21 @@ def test_a_missing_huge_or_binary_trace_falls_back_to_the_full_listing_and_says_
     assert report(s3)["upstream_trace"]["problem"]
 
 
+def once_the_run_holds_its_lease(s3: Any, action: Callable[[], object]) -> None:
+    """Run ``action`` in the background once a sync holds its lease: it has listed upstream (or read
+    its trace) by then, whatever time the machine's load made it take to start."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if s3.list_objects_v2(Bucket=BUCKET, Prefix="state/lock.json").get("KeyCount"):
+                action()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def test_an_upstream_mid_update_is_never_half_published_and_ends_with_exit_6(
     upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str
 ) -> None:
@@ -123,7 +139,7 @@ def test_an_upstream_mid_update_is_never_half_published_and_ends_with_exit_6(
     assert len(report(s3)["busy"]) >= 2
     assert mirror_files(s3) == published
     # WHEN the marker goes while a run waits
-    threading.Timer(1.5, (upstream / "Archive-Update-in-Progress-ftp-master.debian.org").unlink).start()
+    once_the_run_holds_its_lease(s3, (upstream / "Archive-Update-in-Progress-ftp-master.debian.org").unlink)
     code, summary, stderr = sync(daemon, endpoint, "--busy-wait", "30")
     # THEN the run publishes the finished update, the marker never among it
     assert code == 0 and summary["result"] == "success", stderr
@@ -156,16 +172,7 @@ def test_a_trace_that_changes_while_we_fetch_is_a_busy_upstream(
     write_file(upstream / TRACE, MASTER_TRACE.replace(b"2026112501", b"2026112502"), NEW)
     # WHEN upstream publishes again while we fetch (once the run holds its lease: it has read the trace)
     later = MASTER_TRACE.replace(b"2026112501", b"2026112503")
-
-    def publish_when_the_run_fetches() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if s3.list_objects_v2(Bucket=BUCKET, Prefix="state/lock.json").get("KeyCount"):
-                write_file(upstream / TRACE, later, NEW + 1)
-                return
-            time.sleep(0.05)
-
-    threading.Thread(target=publish_when_the_run_fetches, daemon=True).start()
+    once_the_run_holds_its_lease(s3, lambda: write_file(upstream / TRACE, later, NEW + 1))
     code, _summary, stderr = sync(daemon, endpoint, *traced, "--bwlimit", "100K")
     # THEN the run published its data but not the index that names it, and ended busy
     assert code == 6, stderr

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
@@ -33,6 +34,7 @@ from mirrorkeeper.errors import (
     worst,
 )
 from mirrorkeeper.sync.rsync import ListingRun, RsyncClient
+from mirrorkeeper.sync.upstream import UpstreamTrace, fetch_trace
 
 DESCRIPTION = """\
 Sync an upstream rsync:// module into S3, incrementally and safely.
@@ -201,9 +203,14 @@ def sync_once(config: SyncConfig, values: dict[str, Any], password: str, prefix:
         # rsync first, before even the logging set-up, so the two overlap (for a run with nothing
         # to do, they are most of its time).
         listing: ListingRun | None = None
-        # With an upstream trace the run may never need a listing: it starts its own. When rsync
-        # cannot start, the run tries again and records the failure in its report.
-        if not config.upstream_trace:
+        trace: Future[UpstreamTrace | str] | None = None
+        # With an upstream trace the run may never need a listing: what it needs first is the trace,
+        # fetched meanwhile (the listing, if any, it starts itself). When rsync cannot start, the run
+        # tries again and records the failure in its report.
+        if config.upstream_trace and not config.dry_run:
+            fetching = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="trace"))
+            trace = fetching.submit(fetch_trace, rsync, config.upstream, config.upstream_trace, None)
+        elif not config.upstream_trace:
             with contextlib.suppress(UpstreamError):
                 listing = stack.enter_context(rsync.start_list(config.upstream))
         from mirrorkeeper.logs import setup_logging
@@ -223,7 +230,9 @@ def sync_once(config: SyncConfig, values: dict[str, Any], password: str, prefix:
         finally:
             gc.freeze()
             gc.enable()
-        report = SyncRun(config, client, counter, rsync=rsync, interactive=interactive, listing=listing).run()
+        report = SyncRun(
+            config, client, counter, rsync=rsync, interactive=interactive, listing=listing, trace=trace
+        ).run()
     summary = {
         k: report.to_json()[k]
         for k in (

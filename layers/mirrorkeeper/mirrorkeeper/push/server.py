@@ -50,6 +50,7 @@ class PushRequestHandler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version  # http.server would append " " + the Python version
+
     timeout = REQUEST_SECONDS
 
     def parse_request(self) -> bool:

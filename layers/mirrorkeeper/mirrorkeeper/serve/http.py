@@ -234,6 +234,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version  # http.server would append " " + the Python version
+
     # Headers and body go out in separate writes; with Nagle on, the body of a small keep-alive
     # response waits for the client's delayed ACK of the headers (40 ms on Linux) on every request.
     disable_nagle_algorithm = True

@@ -134,10 +134,12 @@ class SyncRun:
         clock: Callable[[], float] = time.time,
         listing: ListingRun | None = None,
         cloudfront: CloudFront | None = None,
+        trace: Future[UpstreamTrace | str] | None = None,
     ) -> None:
         """``listing``: the upstream listing, already started by the caller (who closes it) so that it
-        runs while the caller starts up; without it, the run starts its own. ``cloudfront``: where
-        invalidations go; by default the distribution the settings name, if any."""
+        runs while the caller starts up; without it, the run starts its own. ``trace``: likewise,
+        upstream's trace (--upstream-trace) being fetched. ``cloudfront``: where invalidations go; by
+        default the distribution the settings name, if any."""
         self.config = config
         self.layout = config.layout
         self.client = client
@@ -166,6 +168,7 @@ class SyncRun:
         self._damaged: set[str] = set()
         # Upstream's trace as fetched when this run (or its latest attempt) started, or why there is none.
         self._trace: UpstreamTrace | str | None = None
+        self._trace_fetched = trace
         self._listed_at = 0.0  # when the listing this run published from was started
         self._upstream_owns: tuple[str, ...] = ()  # our trace files' paths upstream publishes itself
         self._trace_epoch = 0  # the Epoch of the trace this run published
@@ -227,7 +230,12 @@ class SyncRun:
         upstream was listed in full recently enough, end the run here (reading two state objects and
         writing the report: no listing, no lease). False: run in full."""
         self._phase("trace")
-        trace = self._trace = fetch_trace(self.rsync, self.config.upstream, self.config.upstream_trace, None)
+        fetched = self._trace_fetched
+        trace = self._trace = (
+            fetched.result()
+            if fetched is not None
+            else fetch_trace(self.rsync, self.config.upstream, self.config.upstream_trace, None)
+        )
         if isinstance(trace, str):
             log.warning("upstream's trace is unusable this run; listing upstream in full", extra={"reason": trace})
             self.report.upstream_trace = {"path": self.config.upstream_trace, "problem": trace}
