@@ -68,6 +68,15 @@ def tree_files(root: Path) -> dict[str, tuple[bytes, int]]:
     return out
 
 
+def tree_shape(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` by relative path: 'dir', 'file', or a symlink's target."""
+    shape = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        shape[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
+    return shape
+
+
 # Where a server listening on an unspecified address is reached for the readiness check.
 _REACHED_AT = {"::": "::1", "0.0.0.0": "127.0.0.1"}
 

@@ -101,6 +101,7 @@ class ManifestMeta:
     # next sync reads the repair list instead of trusting the shortcut.
     repair: bool = False
     published: float = 0.0  # when the manifest was written (S3's LastModified); not stored as metadata
+    etag: str = ""  # which version of the manifest this is (S3's ETag): what serve-rsync follows
 
     def to_metadata(self) -> dict[str, str]:
         values = {
@@ -715,7 +716,7 @@ class StateStore:
                     return None
                 raise
         meta = ManifestMeta.from_metadata(dict(response.get("Metadata", {})))
-        return replace(meta, published=response["LastModified"].timestamp())
+        return replace(meta, published=response["LastModified"].timestamp(), etag=str(response.get("ETag", "")))
 
     @contextmanager
     def manifest_entries(self) -> Iterator[Iterator[Entry]]:

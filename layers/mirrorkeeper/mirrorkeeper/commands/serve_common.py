@@ -1,4 +1,4 @@
-"""What ``serve-http`` and ``serve-ftp`` share: the start of their run (one place, so they agree)."""
+"""What the serve commands share: the start of their run (one place, so they agree)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from mirrorkeeper.aws import check_bucket, s3_client
-from mirrorkeeper.config import ServeConfig, flags_of, read_config, resolve, serve_config
+from mirrorkeeper.config import RsyncServeConfig, ServeConfig, flags_of, read_config, resolve, serve_config
 from mirrorkeeper.errors import ConfigError
 from mirrorkeeper.logs import setup_logging
 from mirrorkeeper.serve.served import EdgeWatch, EdgeWatches, ObjectCache, ServedTree
@@ -49,7 +49,7 @@ def listening_url(scheme: str, address: tuple[Any, ...]) -> str:
 
 
 @contextmanager
-def binding(config: ServeConfig) -> Iterator[None]:
+def binding(config: ServeConfig | RsyncServeConfig) -> Iterator[None]:
     """Around making the server's listening socket: an address that cannot be bound is the operator's
     --host or --port to fix, said in one line (exit 2), not a traceback."""
     try:
