@@ -1,7 +1,10 @@
 """serve-rsync as users meet it: a real ``mirrorkeeper serve-rsync`` (and so Debian's rsync daemon)
 against the moto server, pulled from by real rsync clients."""
 
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper_dev.sampletree import TreeSpec, generate_tree, mutate
+from mirrorkeeper_dev.sampletree import TreeSpec, generate_tree, mutate, write_file
 from mirrorkeeper_dev.services import serving
 from tests.faultproxy import fault_proxy
 from tests.support import BUCKET, cli_env, run_cli, tree_files, tree_shape
@@ -69,14 +72,16 @@ def without_ours(shape: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def counting_gets(target: str) -> Iterator[tuple[str, list[str]]]:
-    """A proxy in front of S3 that records the key of every GET; yields its URL and that list."""
+def counting_gets(target: str, delay: float = 0.0) -> Iterator[tuple[str, list[str]]]:
+    """A proxy in front of S3 that records the key of every GET, each answered after ``delay``
+    seconds; yields its URL and that list."""
     gets: list[str] = []
     lock = threading.Lock()
 
     def record(method: str, path: str, number: int) -> None:
         parts = urlsplit(path)
         if method == "GET" and not parts.query.startswith("list-type"):
+            time.sleep(delay)
             with lock:
                 gets.append(unquote(parts.path).removeprefix(f"/{BUCKET}/"))
 
@@ -155,3 +160,103 @@ def test_a_one_percent_change_is_fetched_from_s3_and_pulled_alone(
     assert names == {*done["changed"], *done["added"], f"{OURS}/trace"}
     assert count == len(names)
     assert without_ours(tree_files(copy)) == tree_files(upstream)
+
+
+def yum_version(repository: Path, version: int) -> None:
+    """A yum-like repository's version: repomd.xml naming data files whose names change every version
+    (as createrepo's checksum-named files do), the old ones deleted."""
+    repodata = repository / "repodata"
+    if repodata.exists():
+        shutil.rmtree(repodata)
+    names = [f"{version:04d}{kind}-primary.xml.gz" for kind in "abcdefgh"]
+    for name in names:
+        write_file(repodata / name, os.urandom(300_000), 1_700_000_000 + version)
+    hrefs = "".join(f'<location href="repodata/{name}"/>' for name in names)
+    write_file(repodata / "repomd.xml", f"<repomd>{hrefs}</repomd>\n".encode(), 1_700_000_000 + version)
+
+
+def named_but_missing(copy: Path) -> set[str]:
+    repomd = copy / "repodata/repomd.xml"
+    if not repomd.exists():
+        return set()
+    named = set(re.findall(r'href="([^"]+)"', repomd.read_text()))
+    return {name for name in named if not (copy / name).is_file()}
+
+
+def test_a_client_pulling_in_a_loop_never_ends_with_an_index_naming_a_missing_file(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    # GIVEN a yum-like repository synced and served, the replica reading S3 slowly (each GET 20 ms)
+    yum_version(upstream, 1)
+    daemon = rsync_daemon(upstream)
+    sync(daemon, endpoint)
+    with (
+        counting_gets(endpoint, delay=0.02) as (proxy, _),
+        serve_rsync(proxy, tmp_path / "replica", "--download-concurrency", "1") as server,
+    ):
+        wait_until(lambda: served(server.port, tmp_path / "probe"), what="the first build")
+        # WHEN the next version is published and the replica applies it while a client pulls in a loop
+        yum_version(upstream, 2)
+        sync(daemon, endpoint)
+        copy, seen = tmp_path / "copy", []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            result = pull(server.port, copy)
+            assert result.returncode == 0, result.stderr
+            # THEN after every pull, every file its repomd.xml names is there
+            assert named_but_missing(copy) == set()
+            seen.append((copy / "repodata/repomd.xml").read_text().count("0002"))
+            if seen[-1]:
+                break
+    assert seen[-1] and len(seen) > 1, seen  # it saw the old version, then the new one
+
+
+def test_a_restart_mid_build_resumes_and_transfers_are_refused_until_the_build_is_complete(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    # GIVEN 150 files synced, and serve-rsync building its replica slowly (each GET 20 ms, one at a time)
+    generate_tree(upstream, TreeSpec(files=150, total_bytes=300_000))
+    sync(rsync_daemon(upstream), endpoint)
+    replica = tmp_path / "replica"
+    with counting_gets(endpoint, delay=0.02) as (proxy, gets):
+        with serve_rsync(proxy, replica, "--download-concurrency", "1") as server:
+            # THEN while it builds, a client is told so and gets nothing
+            refused = pull(server.port, tmp_path / "early")
+            assert refused.returncode != 0
+            assert "module mirror is initialising its replica" in refused.stderr
+            assert not list((tmp_path / "early").rglob("*.bin"))
+            # WHEN it is killed (SIGKILL: no clean-up) a third of the way through
+            wait_until(lambda: len(list(replica.rglob("*.bin"))) >= 50, what="a third of the build")
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait()
+        assert not (replica / "mirror").exists()  # nothing half-built is ever served
+        first = len([key for key in gets if key.endswith(".bin")])
+        gets.clear()
+        # AND started again
+        with serve_rsync(proxy, replica) as server:
+            wait_until(lambda: served(server.port, tmp_path / "probe"), what="the resumed build")
+            result = pull(server.port, tmp_path / "copy")
+    # THEN it fetched only what the first run had not, and serves the whole tree
+    assert result.returncode == 0, result.stderr
+    again = len([key for key in gets if key.endswith(".bin")])
+    assert again <= 100 and first + again <= 151  # at most the one download under way at the kill, twice
+    assert without_ours(tree_files(tmp_path / "copy")) == tree_files(upstream)
+
+
+def test_a_replica_disk_too_small_is_one_line_and_exit_1_with_nothing_served(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tiny_disk: Path
+) -> None:
+    # GIVEN a mirror of 1 MB and a replica directory on a 256 KiB disk
+    generate_tree(upstream, TreeSpec(files=20, total_bytes=1_000_000))
+    sync(rsync_daemon(upstream), endpoint)
+    # WHEN serve-rsync starts on it
+    result = run_cli(
+        ["serve-rsync", "--bucket", BUCKET, "--replica-dir", str(tiny_disk), "--port", "0", "--replica-reserve", "0"],
+        endpoint,
+    )
+    # THEN it exits 1 with one line saying what to do, and no module was ever offered as complete
+    assert result.returncode == 1
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # not the JSON log
+    assert len(said) == 1 and said[0].startswith("mirrorkeeper serve-rsync: error: the replica directory"), said
+    assert "more plus the --replica-reserve" in said[0]
+    assert not (tiny_disk / "mirror").exists()

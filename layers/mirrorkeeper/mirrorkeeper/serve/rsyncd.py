@@ -6,11 +6,12 @@ The daemon reads rsyncd.conf and the motd afresh for every connection, so a modu
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
 import shlex
-import socket
+import signal
 import subprocess
 import threading
 import time
@@ -29,6 +30,8 @@ DONT_COMPRESS = (
     "*.gz *.tgz *.bz2 *.tbz *.xz *.txz *.zst *.lz *.lzma *.lz4 *.z *.Z *.zip *.7z *.rar *.jar *.rpm *.deb *.udeb "
     "*.apk *.iso *.img *.squashfs *.qcow2 *.vmdk *.jpg *.jpeg *.png *.gif *.webp *.mp3 *.mp4 *.mkv *.ogg *.pdf"
 )
+PR_SET_PDEATHSIG = 1  # prctl(2)
+_LISTENING = re.compile(r"listening on port \d+")
 _LOG_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\d+)\] (.*)$")
 log = logging.getLogger("mirrorkeeper.rsyncd")
 
@@ -107,27 +110,28 @@ class RsyncDaemon:
         if self.host not in ("0.0.0.0", "::"):
             args.append(f"--address={self.host}")
         self._process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_daemon_env()
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=_daemon_env(),
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - started before any thread of ours
         )
         last: list[str] = []
-        self._relay = threading.Thread(target=self._relay_log, args=(last,), name="rsyncd-log", daemon=True)
+        listening = threading.Event()
+        self._relay = threading.Thread(target=self._relay_log, args=(last, listening), name="rsyncd-log", daemon=True)
         self._relay.start()
         deadline = time.monotonic() + timeout
-        reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        while True:
-            try:
-                socket.create_connection((reach, self.port), timeout=1).close()
-                return
-            except OSError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise ConfigError(
-                        f"the rsync daemon did not start listening on --host {self.host} --port {self.port}: "
-                        f"{' / '.join(last[-3:]) or 'no message'}"
-                    ) from None
-                time.sleep(0.05)
+        # Its own word, not a test connection (which it would log as a broken session).
+        while not listening.wait(0.05):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(
+                    f"the rsync daemon did not start listening on --host {self.host} --port {self.port}: "
+                    f"{' / '.join(last[-3:]) or 'no message'}"
+                )
 
-    def _relay_log(self, last: list[str]) -> None:
+    def _relay_log(self, last: list[str], listening: threading.Event) -> None:
         assert self._process is not None and self._process.stdout is not None
         for raw in self._process.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
@@ -136,6 +140,8 @@ class RsyncDaemon:
             match = _LOG_LINE.match(line)
             message, fields = (match.group(2), {"pid": int(match.group(1))}) if match else (line, {})
             last[:] = [*last[-4:], message]
+            if _LISTENING.search(message):
+                listening.set()
             level = logging.WARNING if "error" in message.lower() or "failed" in message else logging.INFO
             log.log(level, message, extra=fields)
 
@@ -149,6 +155,16 @@ class RsyncDaemon:
                 self._process.wait()
         if self._relay is not None:
             self._relay.join(2)
+
+
+def _die_with_parent() -> None:
+    """In the daemon, before exec: Linux stops it when serve-rsync dies, even by SIGKILL (the OOM
+    killer), so no daemon goes on serving a replica that nothing keeps up to date any more."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: a stop by signal still stops the daemon (RsyncDaemon.stop)
 
 
 def _daemon_env() -> dict[str, str]:
