@@ -6,7 +6,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,51 +14,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from mirrorkeeper_dev.sampletree import TreeSpec, generate_tree, mutate, write_file
-from mirrorkeeper_dev.services import serving
 from tests.faultproxy import fault_proxy
-from tests.support import BUCKET, cli_env, run_cli, tree_files, tree_shape
+from tests.support import BUCKET, pull, run_cli, serve_rsync, served, tree_files, tree_shape, wait_until
 
 DaemonFactory = Callable[[Path], RsyncDaemon]
 OURS = ".mirrorkeeper"
-
-
-@contextmanager
-def serve_rsync(endpoint: str, replica: Path, *extra: str) -> Iterator["subprocess.Popen[bytes]"]:
-    """``mirrorkeeper serve-rsync`` on a free port, polling fast; yields the process, its port in ``.port``."""
-    replica.mkdir(exist_ok=True)
-    port = free_port()
-    args = [
-        sys.executable, "-m", "mirrorkeeper", "serve-rsync", "--bucket", BUCKET, "--replica-dir", str(replica),
-        "--port", str(port), "--poll-interval", "0.2", *extra,
-    ]  # fmt: skip
-    with serving(args, port, cli_env(endpoint), "serve-rsync") as process:
-        process.port = port  # type: ignore[attr-defined]
-        yield process
-
-
-def pull(port: int, into: Path, *options: str, module: str = "mirror") -> subprocess.CompletedProcess[str]:
-    """A real client: ``rsync -a --delete rsync://127.0.0.1:PORT/MODULE/ INTO``."""
-    return subprocess.run(
-        ["rsync", "-a", "--delete", *options, f"rsync://127.0.0.1:{port}/{module}/", f"{into}/"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def served(port: int, scratch: Path) -> bool:
-    """True once the module answers transfers (its first build is complete)."""
-    return pull(port, scratch, "--dirs", "--exclude=*").returncode == 0
 
 
 def sync(daemon: RsyncDaemon, endpoint: str) -> None:
@@ -260,3 +221,26 @@ def test_a_replica_disk_too_small_is_one_line_and_exit_1_with_nothing_served(
     assert len(said) == 1 and said[0].startswith("mirrorkeeper serve-rsync: error: the replica directory"), said
     assert "more plus the --replica-reserve" in said[0]
     assert not (tiny_disk / "mirror").exists()
+
+
+def test_verify_probes_the_rsync_module_and_gives_it_its_own_row(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    # GIVEN a synced mirror served over rsync
+    generate_tree(upstream, TreeSpec(files=30, total_bytes=100_000))
+    sync(rsync_daemon(upstream), endpoint)
+    with serve_rsync(endpoint, tmp_path / "replica") as server:
+        wait_until(lambda: served(server.port, tmp_path / "probe"), what="the first build")
+        url = f"rsync://127.0.0.1:{server.port}/mirror/"
+        # WHEN verify probes it
+        result = run_cli(["verify", "--bucket", BUCKET, "--rsync-url", url, "--metrics", "none"], endpoint)
+        # THEN the listing, the trace, the sampled files (hashes too) and the missing path all pass
+        assert result.returncode == 0, result.stdout + result.stderr
+        row = next(line for line in result.stdout.splitlines() if line.startswith("rsync "))
+        assert re.search(r"rsync\s+ok\s+\d+ s ago\s+(\d+)/\1\s+ENOENT ok", row), row
+        # AND the status page has its row
+        status = s3.get_object(Bucket=BUCKET, Key=f"pub/{OURS}/status.json")["Body"].read()
+        assert b'"rsync"' in status
+    # AND once the module is gone, rsync is down
+    down = run_cli(["verify", "--bucket", BUCKET, "--rsync-url", url, "--metrics", "none"], endpoint)
+    assert down.returncode == 1 and re.search(r"^rsync\s+down", down.stdout, re.MULTILINE), down.stdout
