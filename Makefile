@@ -17,10 +17,14 @@ TOOLS := $(VENV)/tools
 TOOLS_STAMP := $(TOOLS)/.installed
 SAM := SAM_CLI_TELEMETRY=0 $(TOOLS)/sam/bin/sam
 IMAGE_REPO ?= mirrorkeeper
+# A host's config file (README.md, "Deploy"): mirrors.toml when there is one; none, a host of one.
+MIRRORS ?= $(wildcard mirrors.toml)
+# sam deploy with the parameters MIRRORS gives the stack, then the file into the stack's bucket.
+DEPLOY := SAM_CLI_TELEMETRY=0 $(BIN)/python -m mirrorkeeper_dev.deploy $(if $(MIRRORS),--mirrors $(MIRRORS))
 IMAGE_TAG ?= $(shell date -u +%Y%m%d%H%M%S)-$(shell git rev-parse --short HEAD 2>/dev/null || echo local)
 
 .PHONY: help install tools demo test test-unit test-functional test-e2e test-template lint lint-template format bench pr \
-	build image deploy deploy-guided delete clean
+	build image check-mirrors deploy deploy-guided delete clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -48,7 +52,7 @@ $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml devtools/pypro
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -e "layers/mirrorkeeper[ftp]" -e devtools
 	@touch $(STAMP)
 
-demo: install ## the whole pipeline on this machine: sample upstream (rsync daemon), moto server, sync
+demo: install ## a mirror host on this machine: two sample mirrors (rsync daemon), moto server, sync, HTTP, FTP, verify
 	$(BIN)/mirrorkeeper demo
 
 test: install lint ## lint, then every test tier (the command CI runs)
@@ -101,6 +105,7 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/frontends.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/host.py
 
 pr: test bench ## everything a reviewer would run
 
@@ -128,11 +133,15 @@ image: ## build the container image and push it to ECR (needs Docker and the AWS
 	docker push "$$uri:$(IMAGE_TAG)"; \
 	echo "SyncImageUri=$$uri:$(IMAGE_TAG)"
 
-deploy: build ## deploy with the answers saved in samconfig.toml (run deploy-guided first)
-	$(SAM) deploy
+# Before the build: a mistake in mirrors.toml is one line, not a build and then a failed deploy.
+check-mirrors: install
+	$(DEPLOY) --check
 
-deploy-guided: build ## first deploy: asks for every parameter and saves the answers in samconfig.toml
-	$(SAM) deploy --guided
+deploy: check-mirrors build ## deploy with the answers saved in samconfig.toml (run deploy-guided first); a host: mirrors.toml, or MIRRORS=FILE
+	$(DEPLOY) -- $(TOOLS)/sam/bin/sam deploy
+
+deploy-guided: check-mirrors build ## first deploy: asks for every parameter and saves the answers in samconfig.toml
+	$(DEPLOY) -- $(TOOLS)/sam/bin/sam deploy --guided
 
 delete: $(TOOLS_STAMP) ## delete the stack (the mirror bucket is kept; README "Clean up" removes it)
 	$(SAM) delete

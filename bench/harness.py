@@ -139,6 +139,13 @@ def run_measured(
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (Linux's /proc/PID/stat; the
+    fields after the command's closing parenthesis start at the third, so utime and stime are 11, 12)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _kill_session(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
@@ -164,6 +171,11 @@ class MotoServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() first"
+        return self._process.pid
 
     def start(self) -> MotoServer:
         with open(self.log_path, "wb") as log:

@@ -6,6 +6,9 @@ run with --language-extensions.
     expand_template.py TEMPLATE                 expanded for the parameters' defaults
     expand_template.py TEMPLATE --sets JSON     a JSON list of expansions, one per object of parameter
                                                 values in JSON, e.g. '[{"FtpPassivePorts": "4"}]'
+    expand_template.py ... --sam                each then through SAM's transform too: the template
+                                                CloudFormation deploys, whose size and resources its
+                                                quotas count
 
 checkov cannot read Fn::ForEach, so `make lint-template` gives it this expansion; the template tests
 read it too (tests/template/cfn.py).
@@ -13,6 +16,7 @@ read it too (tests/template/cfn.py).
 
 import argparse
 import json
+import os
 import sys
 from copy import deepcopy
 from typing import Any
@@ -21,8 +25,16 @@ from samcli.lib.cfn_language_extensions.api import create_default_intrinsic_reso
 from samcli.lib.cfn_language_extensions.models import ResolutionMode, TemplateProcessingContext
 from samcli.lib.cfn_language_extensions.processors import ForEachProcessor, TemplateParsingProcessor
 from samcli.yamlhelper import yaml_parse
+from samtranslator.translator.transform import transform
 
 LANGUAGE_EXTENSIONS = "AWS::LanguageExtensions"
+# The local paths `sam package` uploads and replaces with S3 locations before CloudFormation runs SAM's
+# transform (which takes nothing else).
+PACKAGED_ARTIFACTS = {
+    "AWS::Serverless::Function": "CodeUri",
+    "AWS::Serverless::LayerVersion": "ContentUri",
+    "AWS::Serverless::StateMachine": "DefinitionUri",
+}
 
 
 def expand(template: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
@@ -46,6 +58,24 @@ def expand(template: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
     else:
         expanded.pop("Transform", None)
     return expanded
+
+
+def sam_transformed(expanded: dict[str, Any]) -> dict[str, Any]:
+    """An expansion as CloudFormation deploys it: its artifacts packaged, SAM's transform applied."""
+    packaged = deepcopy(expanded)
+    for resource in packaged["Resources"].values():
+        if resource["Type"] in PACKAGED_ARTIFACTS:
+            # As long as what `sam package` writes: a bucket and a key of 32 hex digits.
+            resource["Properties"][PACKAGED_ARTIFACTS[resource["Type"]]] = f"s3://sam-artifacts-bucket/{'0' * 32}"
+    # The translator asks boto3 for a region (it names none in the output) and for the managed
+    # policies named in Policies, which this template does not use.
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return transform(packaged, {}, _NoManagedPolicies())
+
+
+class _NoManagedPolicies:
+    def load(self) -> dict[str, str]:
+        return {}
 
 
 def _named_references(value: Any) -> Any:
@@ -75,14 +105,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("template")
     parser.add_argument("--sets", help="JSON list of objects of parameter values; prints a list of expansions")
+    parser.add_argument("--sam", action="store_true", help="apply SAM's transform too, as CloudFormation does")
     args = parser.parse_args()
     with open(args.template, encoding="utf-8") as file:
         template = yaml_parse(file.read())
-    result: Any
-    if args.sets is None:
-        result = expand(template, {})
-    else:
-        result = [expand(template, {k: str(v) for k, v in values.items()}) for values in json.loads(args.sets)]
+
+    def output(values: dict[str, Any]) -> dict[str, Any]:
+        expanded = expand(template, {k: str(v) for k, v in values.items()})
+        return sam_transformed(expanded) if args.sam else expanded
+
+    result: Any = output({}) if args.sets is None else [output(values) for values in json.loads(args.sets)]
     json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
 

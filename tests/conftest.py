@@ -15,7 +15,8 @@ import urllib3
 from moto.server import ThreadedMotoServer
 
 from mirrorkeeper_dev.rsyncd import RsyncDaemon
-from tests.support import BUCKET, moto_subprocess
+from mirrorkeeper_dev.services import moto_subprocess
+from tests.support import BUCKET
 
 
 @pytest.fixture(scope="session", autouse=True)

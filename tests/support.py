@@ -130,15 +130,6 @@ def served(port: int, scratch: Path) -> bool:
     return pull(port, scratch, "--dirs", "--exclude=*").returncode == 0
 
 
-@contextmanager
-def moto_subprocess() -> Iterator[str]:
-    """``python -m moto.server`` as a process of its own; yields its URL. Its state is its own: the
-    session server's resets (``POST /moto-api/reset``) empty every server *in that process*."""
-    port = free_port()
-    with serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, what="moto"):
-        yield f"http://127.0.0.1:{port}"
-
-
 def free_port_range(count: int) -> tuple[int, int]:
     """FIRST, LAST of ``count`` consecutive ports free on 127.0.0.1 now, below the kernel's ephemeral range
     (which starts at 32768 unless configured otherwise), so that no other process's port-0 bind can take

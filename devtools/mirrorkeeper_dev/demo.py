@@ -1,52 +1,57 @@
-"""``mirrorkeeper demo``: the pipeline on this machine, from nothing.
+"""``mirrorkeeper demo``: a mirror host on this machine, from nothing.
 
-A sample upstream (OpenVZ-shaped) on a real rsync daemon on loopback, a moto server as AWS
-(the same boto3 HTTP code path as production), a first sync and a second, incremental one, both
-front ends (serve-http, serve-ftp) as real processes on loopback, then one verify (diff, probe
-every protocol, publish health); a summary a person reads in five seconds and the status page's
-address. ``--upstream`` mirrors a real rsync module; ``--keep-running`` leaves it all up to
-browse. Exit 0 only when every protocol is healthy.
+Two sample upstreams, an OpenVZ-shaped tree and a Debian-shaped archive (``dists/``, ``pool/``),
+as two modules of a real rsync daemon on loopback; a moto server as AWS, in its own process and
+reached over the same boto3 HTTP code path as production; and the host's config file naming both
+mirrors. Then what an operator runs, each a real ``mirrorkeeper`` process: ``sync --all`` twice
+(upstream moves on in between, so the second run moves only that), ``serve-http`` and
+``serve-ftp`` serving every mirror under its path, and one ``verify`` over the host (every
+mirror on every protocol, each mirror's status page, the host's front page). It prints one table,
+a row per mirror and protocol, and the front page's address.
+
+``--upstream`` mirrors a real rsync module instead, as a host of that one mirror; ``--keep-running``
+leaves it all up to browse. Exit 0 only when every mirror is healthy on every protocol.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from mirrorkeeper.aws import RequestCounter, s3_client, service_client
+from mirrorkeeper.aws import s3_client, service_client
 from mirrorkeeper.config import (
     AwsConfig,
     Setting,
-    SyncConfig,
-    VerifyConfig,
     add_flags,
     flags_of,
     parse_bool,
+    parse_mirror_name,
     parse_upstream,
     resolve,
     setting,
 )
 from mirrorkeeper.display import table
-from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.logs import setup_logging
-from mirrorkeeper.state import RunReport, SyncResult
-from mirrorkeeper.sync.run import SyncRun
-from mirrorkeeper.verify.summary import print_verify_summary
-from mirrorkeeper.verify.workflow import Deps, cli_trigger, run_chain
+from mirrorkeeper.verify.summary import ENDPOINT_COLUMNS, endpoint_cells, probed_endpoints
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
-from mirrorkeeper_dev.sampletree import openvz_like, write_file
-from mirrorkeeper_dev.services import serving
+from mirrorkeeper_dev.sampletree import debian_like, openvz_like, write_file
+from mirrorkeeper_dev.services import moto_subprocess, serving
 
 BUCKET = "mirrorkeeper-demo"
-log = logging.getLogger(__name__)
+HOST_NAME = "mirrorkeeper demo"
+PROTOCOLS = ("http", "ftp")
+SYNCED = ("success", "no-change")
 
 
 DEMO = "demo"
@@ -55,10 +60,10 @@ DEMO_SETTINGS = (
         "upstream",
         parse_upstream,
         "",
-        "mirror this rsync:// URL instead of the generated sample",
+        "mirror this rsync:// URL instead of the generated samples (a host of that one mirror)",
         frozenset({DEMO}),
         "demo",
-        default_text="a sample tree on a local rsync daemon",
+        default_text="two sample trees on a local rsync daemon",
     ),
     Setting(
         "keep_running", parse_bool, False, "leave the services up until Ctrl-C", frozenset({DEMO}), "demo", switch=True
@@ -72,35 +77,12 @@ DEMO_SETTINGS = (
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         DEMO,
-        help="run the whole pipeline locally: rsync daemon, moto server, sync, HTTP and FTP, verify",
+        help="run a mirror host locally: rsync daemon, moto server, sync, HTTP and FTP, verify",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_flags(parser, DEMO, DEMO_SETTINGS)
     parser.set_defaults(handler=run)
-
-
-def _moto_server(stack: ExitStack) -> str:
-    from moto.server import ThreadedMotoServer  # here: importing moto takes a while, and only the demo needs it
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    stack.callback(server.stop)
-    host, port = server.get_host_and_port()
-    return f"http://{host}:{port}"
-
-
-def _sync(upstream: str, aws: AwsConfig, staging: Path) -> RunReport:
-    config = SyncConfig(
-        upstream=upstream,
-        layout=MirrorLayout.create(BUCKET),
-        aws=aws,
-        staging_dir=staging,
-        mirror_name="mirrorkeeper demo",
-    )
-    counter = RequestCounter()
-    return SyncRun(config, s3_client(aws, counter), counter).run()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,77 +94,162 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="mirrorkeeper-demo-") as work:
         root = Path(work)
         if values["upstream"]:
-            upstream = values["upstream"]
+            upstreams = {_mirror_name(values["upstream"]): values["upstream"]}
         else:
-            (root / "upstream").mkdir()
-            openvz_like(root / "upstream")
-            daemon = RsyncDaemon(root / "upstream").start()
+            openvz_like(root / "openvz")
+            debian_like(root / "debian")
+            daemon = RsyncDaemon(root / "openvz", module="openvz", more={"debian": root / "debian"}).start()
             stack.callback(daemon.stop)
-            upstream = daemon.url
-        endpoint = _moto_server(stack)
+            upstreams = {name: daemon.url_of(name) for name in ("openvz", "debian")}
+        endpoint = stack.enter_context(moto_subprocess())
         aws = AwsConfig(endpoint_url=endpoint, region="us-east-1")
         s3_client(aws).create_bucket(Bucket=BUCKET)
-        (root / "staging").mkdir()
-        first = _sync(upstream, aws, root / "staging")
-        if not values["upstream"]:
-            # Upstream moves on: a new release appears; the second run moves only that.
-            write_file(
-                root / "upstream/virtuozzo/releases/7.0.22/x86_64/os/Packages/vzctl-7.0.22-1.rpm",
-                b"new package\n",
-                int(time.time()),
-            )
-        second = _sync(upstream, aws, root / "staging")
-        _print_syncs(upstream, endpoint, [("first sync", first), ("second sync", second)])
+        config = _write_host_config(root, upstreams)
+        # Every command sees the moto server as AWS and nothing of the caller's MIRRORKEEPER_* settings.
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORKEEPER_")}
         env.update({"AWS_ENDPOINT_URL": endpoint, "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED"})
-        ports = {"http": free_port(), "ftp": free_port()}
-        for protocol, port in ports.items():
-            command = [sys.executable, "-m", "mirrorkeeper", f"serve-{protocol}", "--bucket", BUCKET]
-            command += ["--port", str(port), "--log-format", "json"]
-            stack.enter_context(serving(command, port, env, f"serve-{protocol}"))
+        logs = ["--log-format", values["log_format"], "--log-level", values["log_level"]]
+        command = [sys.executable, "-m", "mirrorkeeper"]
+        sync_all = [*command, "sync", "--config", str(config), "--all", *logs]
+        first = _sync_reports(sync_all, env)
+        if not values["upstream"]:
+            _move_upstream_on(root)
+        second = _sync_reports(sync_all, env)
+        _print_syncs(upstreams, endpoint, {"first sync": first, "second sync": second})
+        urls = {}
+        for protocol in PROTOCOLS:
+            port = free_port()
+            serve = [
+                *command,
+                f"serve-{protocol}",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--log-format",
+                "json",
+            ]
+            stack.enter_context(serving(serve, port, env, f"serve-{protocol}"))
+            urls[protocol] = f"{protocol}://127.0.0.1:{port}/"
         topic = service_client("sns", aws).create_topic(Name="mirrorkeeper-demo-alerts")["TopicArn"]
-        config = VerifyConfig(
-            layout=MirrorLayout.create(BUCKET),
-            aws=aws,
-            mirror_name="mirrorkeeper demo",
-            http_url=f"http://127.0.0.1:{ports['http']}/",
-            ftp_url=f"ftp://127.0.0.1:{ports['ftp']}/",
-            topic_arn=topic,
-        )
-        state = run_chain(cli_trigger(time.time()), Deps.create(config))
-        print_verify_summary(state, config.mirror_name)
+        endpoints = [arg for protocol, url in urls.items() for arg in (f"--{protocol}-url", url)]
+        verify = [*command, "verify", "--config", str(config), *endpoints, "--topic-arn", topic, "--json", *logs]
+        verified = _run(verify, env)
+        if verified.returncode in (0, 1):  # healthy or not, it checked the host and printed the document
+            healthy = _print_host(json.loads(verified.stdout), urls) and verified.returncode == 0
+        else:
+            print(f"\nmirrorkeeper demo: verify failed (exit {verified.returncode}); its error is above")
+            healthy = False
         if values["keep_running"]:
             print(
-                f"\nservices are up: HTTP {config.http_url}  FTP {config.ftp_url}  S3 (moto) {endpoint}  "
-                f"bucket {BUCKET}; Ctrl-C to stop",
+                f"\nservices are up: HTTP {urls['http']}  FTP {urls['ftp']}  S3 (moto) {endpoint}  bucket {BUCKET}  "
+                f"host config {config}; Ctrl-C to stop",
                 flush=True,  # whoever reads a pipe (a script, a test) learns the services are up now
             )
             _wait_forever()
-        synced = all(r.result in (SyncResult.SUCCESS, SyncResult.NO_CHANGE) for r in (first, second))
-        return 0 if synced and state["health"]["overall"] == "ok" else 1
+        synced = all(report.get("result") in SYNCED for report in [*first.values(), *second.values()])
+        return 0 if synced and len(first) == len(second) == len(upstreams) and healthy else 1
 
 
-def _print_syncs(upstream: str, endpoint: str, runs: list[tuple[str, RunReport]]) -> None:
-    print(f"\nmirrorkeeper demo — upstream {upstream} → s3://{BUCKET}/pub/ (moto server {endpoint})\n")
-    rows: list[tuple[Any, ...]] = [("run", "result", "uploaded", "bytes", "deleted", "S3 requests", "seconds")]
-    for label, report in runs:
-        rows.append(
-            (
-                label,
-                report.result.value,
-                report.uploaded_files,
-                report.uploaded_bytes,
-                report.deleted_objects,
-                report.s3_requests,
-                f"{report.duration:.2f}",
-            )
-        )
-    print(table(rows))
-    last = runs[-1][1]
-    print(
-        f"\nmirror: {last.mirror_entries} entries, {last.mirror_bytes} bytes; skipped {last.skipped_total} "
-        "unsafe or unmirrorable names"
+def _mirror_name(upstream: str) -> str:
+    """A real upstream's mirror is named, and served under, the last segment of its URL when that
+    makes a mirror name (rsync://host/openvz/ → openvz), else 'upstream'."""
+    last = urlsplit(upstream).path.rstrip("/").rsplit("/", 1)[-1].lower()
+    try:
+        return parse_mirror_name(last) or "upstream"
+    except ValueError:
+        return "upstream"
+
+
+def _write_host_config(root: Path, upstreams: Mapping[str, str]) -> Path:
+    """The host's mirrors.toml, as an operator writes it: the host, then a table per mirror."""
+    (root / "staging").mkdir()
+    tables = "".join(f"\n[mirrors.{name}]\nupstream = {json.dumps(url)}\n" for name, url in upstreams.items())
+    config = root / "mirrors.toml"
+    config.write_text(
+        f'[host]\nname = "{HOST_NAME}"\nbucket = "{BUCKET}"\nstaging_dir = {json.dumps(str(root / "staging"))}\n'
+        + tables
     )
+    return config
+
+
+def _run(command: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a mirrorkeeper command; its stdout is returned, its stderr (logs at the demo's level, error
+    lines) passed on once it ends. Not a terminal for it, so a sync draws no progress line."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    sys.stderr.write(done.stderr)
+    return done
+
+
+def _sync_reports(command: list[str], env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Run ``sync --all``: each mirror's JSON summary line, by mirror (its errors went to stderr)."""
+    done = _run(command, env)
+    reports = (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))
+    return {report["mirror"]: report for report in reports}
+
+
+def _move_upstream_on(root: Path) -> None:
+    """Both upstreams change between the syncs: OpenVZ gains a package; the Debian-like archive
+    gets an upload that replaces a package in pool/ and rewrites its suite's indices."""
+    write_file(
+        root / "openvz/virtuozzo/releases/7.0.22/x86_64/os/Packages/vzctl-7.0.22-1.rpm",
+        b"new package\n",
+        int(time.time()),
+    )
+    debian_like(root / "debian", uploads=1)
+
+
+def _print_syncs(upstreams: Mapping[str, str], endpoint: str, runs: Mapping[str, dict[str, dict[str, Any]]]) -> None:
+    mirrors = f"{len(upstreams)} mirror" + ("s" if len(upstreams) > 1 else "")
+    print(f"\nmirrorkeeper demo — a host of {mirrors} in s3://{BUCKET}/ (moto server {endpoint})")
+    for name, upstream in upstreams.items():
+        print(f"  {name}: {upstream} → /{name}/")
+    rows: list[list[object]] = [["run", "mirror", "result", "uploaded", "bytes", "deleted", "S3 requests", "seconds"]]
+    for label, reports in runs.items():
+        for name in upstreams:
+            report = reports.get(name, {})
+            counts = [report.get(key, "-") for key in ("uploaded_files", "uploaded_bytes", "deleted_objects")]
+            seconds = f"{report['duration']:.2f}" if "duration" in report else "-"
+            rows.append(
+                [label, name, report.get("result", "no report"), *counts, report.get("s3_requests", "-"), seconds]
+            )
+    print(f"\n{table(rows)}")
+
+
+def _print_host(document: dict[str, Any], urls: Mapping[str, str]) -> bool:
+    """The verify document as one table, a row per mirror and protocol, then what is not ok and
+    where the front page is. True when every mirror is ok on every protocol."""
+    now = time.time()
+    rows: list[list[object]] = [["mirror", "protocol", "URL", *ENDPOINT_COLUMNS]]
+    findings = []
+    for state in document.get("mirrors", []):
+        mirror, health = state["mirror"], state["health"]
+        if "Error" in health:
+            findings.append(f"  {mirror}: health not published ({health['Error']}: {health['Cause']})")
+            continue
+        probed = {endpoint["protocol"]: endpoint for endpoint in probed_endpoints(state)}
+        for protocol in urls:
+            endpoint = probed.get(protocol)
+            if endpoint is None:  # the probe step failed: the findings say why
+                rows.append([mirror, protocol, "-", health["levels"].get(protocol, "?"), "not probed", "", ""])
+                continue
+            rows.append([mirror, protocol, endpoint["url"], *endpoint_cells(endpoint, health["levels"], now)])
+        findings += [
+            f"  {mirror}: {f['component']} ({f['level']}): {f['reason']}"
+            for f in health["findings"]
+            if f["level"] != "ok"
+        ]
+    host = document.get("host", {})
+    healthy = bool(document.get("mirrors")) and not findings and "Error" not in host
+    print(f"\nmirrorkeeper demo: {'OK' if healthy else 'NOT OK'}\n\n{table(rows)}")
+    if findings:
+        print("\nfindings:\n" + "\n".join(findings))
+    if "Error" in host:
+        print(f"\nhost not published: {host['Cause']}")
+    else:
+        front_page = host.get("front_page", urls["http"])
+        print(f"\nfront page: {front_page}  (for tools: {front_page}.mirrorkeeper/mirrors.json)")
+    return healthy
 
 
 def _wait_forever() -> None:

@@ -4,8 +4,11 @@ Deterministic for a given seed: sizes, nesting, names (including the hostile one
 carry), mtimes; plus mutations (change, add, delete a share of files) for incremental runs.
 """
 
+import gzip
+import hashlib
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,3 +143,76 @@ def openvz_like(root: Path, seed: int = 7) -> list[str]:
     if not current.is_symlink():
         os.symlink("7.0.22", current)
     return [*written, "README"]
+
+
+# What each suite of the Debian-like archive holds: (package, version).
+DEBIAN_SUITES = {
+    "bookworm": (("hello", "2.10-3"), ("libzstd1", "1.5.4+dfsg2-5"), ("rsync", "3.2.7-1"), ("vzctl", "4.11.1-1")),
+    "trixie": (("hello", "2.10-3"), ("libzstd1", "1.5.6+dfsg-1"), ("rsync", "3.4.1-1"), ("vzctl", "4.11.1-1")),
+}
+DEBIAN_CODENAMES = {"bookworm": "stable", "trixie": "testing"}
+# The package debian_like's ``uploads`` give new revisions, in one suite: an update rewrites that suite alone.
+DEBIAN_UPLOADED = ("trixie", "rsync")
+
+
+def debian_like(root: Path, seed: int = 11, uploads: int = 0) -> list[str]:
+    """A small archive shaped like Debian's: ``pool/main/<x>/<package>/*.deb`` and, per suite,
+    ``dists/<suite>/Release``, ``InRelease`` and ``main/binary-amd64/Packages`` (plain and gzipped)
+    whose sizes and SHA-256 sums are those of the files they name (InRelease's signature is a
+    placeholder). ``uploads`` is how many new revisions of rsync the testing suite has had: each
+    replaces the previous one in pool/, as the archive software does, and rewrites that suite's
+    indices while the stable suite stays byte for byte the same. Returns every file's path."""
+    base = 1_717_200_000  # 2024-06-01
+    written: set[str] = set()
+    for number, (suite, packages) in enumerate(DEBIAN_SUITES.items()):
+        mtime = base + number * 86_400 + (uploads * 3_600 if suite == DEBIAN_UPLOADED[0] else 0)
+        stanzas = []
+        for package, first_version in packages:
+            version = first_version
+            if (suite, package) == DEBIAN_UPLOADED:
+                upstream_version, _, revision = first_version.rpartition("-")
+                version = f"{upstream_version}-{int(revision) + uploads}"
+            rel = f"pool/main/{_pool_letter(package)}/{package}/{package}_{version}_amd64.deb"
+            # Seeded by name and version: a package has the same bytes in every suite and every run.
+            rng = random.Random(f"{seed}/{package}/{version}")
+            deb = b"!<arch>\ndebian-binary   " + rng.randbytes(rng.randint(8_000, 60_000))
+            if rel not in written:
+                write_file(root / rel, deb, mtime)
+                written.add(rel)
+            stanzas.append(
+                f"Package: {package}\nVersion: {version}\nArchitecture: amd64\n"
+                f"Maintainer: mirrorkeeper sample <sample@example.invalid>\nFilename: {rel}\nSize: {len(deb)}\n"
+                f"SHA256: {hashlib.sha256(deb).hexdigest()}\nDescription: sample package {package}\n"
+            )
+        packages_text = "\n".join(stanzas).encode()
+        indices = {
+            "main/binary-amd64/Packages": packages_text,
+            # mtime=0 in the gzip header: the same Packages always compresses to the same bytes.
+            "main/binary-amd64/Packages.gz": gzip.compress(packages_text, mtime=0),
+        }
+        sums = "".join(f" {hashlib.sha256(body).hexdigest()} {len(body)} {name}\n" for name, body in indices.items())
+        release = (
+            f"Origin: mirrorkeeper sample\nLabel: Debian-like\nSuite: {DEBIAN_CODENAMES[suite]}\nCodename: {suite}\n"
+            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime(mtime))}\nArchitectures: amd64\n"
+            f"Components: main\nSHA256:\n{sums}"
+        ).encode()
+        signature = hashlib.sha256(release).hexdigest()
+        indices["Release"] = release
+        indices["InRelease"] = (
+            b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n"
+            + release
+            + f"-----BEGIN PGP SIGNATURE-----\n\nplaceholder {signature}\n-----END PGP SIGNATURE-----\n".encode()
+        )
+        for name, body in indices.items():
+            write_file(root / f"dists/{suite}/{name}", body, mtime)
+            written.add(f"dists/{suite}/{name}")
+    # The archive keeps no package that no suite names any more.
+    for package_file in (root / "pool").rglob("*.deb"):
+        if package_file.relative_to(root).as_posix() not in written:
+            package_file.unlink()
+    return sorted(written)
+
+
+def _pool_letter(package: str) -> str:
+    """pool/'s directory for a package: its first letter, or 'lib' and the next one for libraries."""
+    return package[:4] if package.startswith("lib") else package[0]

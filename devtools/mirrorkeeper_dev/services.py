@@ -2,6 +2,7 @@
 
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from typing import IO
 
 from mirrorkeeper.errors import MirrorkeeperError
+from mirrorkeeper_dev.rsyncd import free_port
 
 
 class ServiceStartError(MirrorkeeperError):
@@ -67,3 +69,13 @@ def serving(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+
+
+@contextmanager
+def moto_subprocess() -> Iterator[str]:
+    """``python -m moto.server`` on 127.0.0.1 as a process of its own (AWS for the demo and the tests,
+    over the same HTTP code path as production); yields its URL. Its state is its own: resetting
+    another moto server (``POST /moto-api/reset``) leaves it alone."""
+    port = free_port()
+    with serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, what="moto"):
+        yield f"http://127.0.0.1:{port}"

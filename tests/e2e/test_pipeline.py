@@ -4,11 +4,14 @@ moto's server as its own process, a real rsync daemon, and `mirrorkeeper` comman
 subprocesses, exactly as an operator runs them.
 """
 
+import ftplib
+import io
 import json
 import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -53,17 +56,35 @@ def test_sync_mirrors_upstream_and_follows_its_changes(tmp_path: Path, moto_proc
     assert "openvz/state/manifest.jsonl.gz" in {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
 
 
-def test_demo_runs_from_nothing_and_exits_0() -> None:
+def test_demo_runs_a_host_of_two_mirrors_from_nothing_and_exits_0() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mirrorkeeper", "demo"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "mirrorkeeper", "demo"], capture_output=True, text=True, timeout=180, check=False
     )
-    assert result.returncode == 0, result.stderr
-    assert "first sync   success" in result.stdout
-    assert "second sync  success  1 " in result.stdout
-    # the verify summary: both protocols ok, the missing-file checks right, where the status page is
-    assert re.search(r"^http\s+ok\s+\d+ s ago\s+(\d+)/\1\s+404 ok$", result.stdout, re.MULTILINE), result.stdout
-    assert re.search(r"^ftp\s+ok\s+\d+ s ago\s+(\d+)/\1\s+550 ok$", result.stdout, re.MULTILINE), result.stdout
-    assert re.search(r"^status page: http://127\.0\.0\.1:\d+/\.mirrorkeeper/status\.html$", result.stdout, re.MULTILINE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # both mirrors synced twice; the second runs moved only what changed upstream (the Debian-like
+    # archive's upload replaced a package: one deletion)
+    for mirror in ("openvz", "debian"):
+        assert re.search(rf"^first sync\s+{mirror}\s+success\s", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^second sync\s+openvz\s+success\s+1\s", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^second sync\s+debian\s+success\s+\d+\s+\d+\s+1\s", result.stdout, re.MULTILINE)
+    # one table: a row per mirror and protocol, each ok and served under the mirror's path
+    lines = result.stdout.splitlines()
+    header = next(n for n, line in enumerate(lines) if line.split()[:3] == ["mirror", "protocol", "URL"])
+    rows = lines[header + 1 : lines.index("", header)]
+    assert len(rows) == 4, rows
+    front = re.search(r"^front page: http://127\.0\.0\.1:(\d+)/ ", result.stdout, re.MULTILINE)
+    assert front, result.stdout
+    seen = set()
+    for line in rows:
+        found = re.fullmatch(
+            r"(\w+)\s+(http|ftp)\s+(http|ftp)://127\.0\.0\.1:(\d+)/(\w+)/\s+ok\s+\d+ s ago\s+(\d+)/\6\s+(\d+) ok", line
+        )
+        assert found, line
+        mirror, protocol, scheme, port, path, _, missing = found.groups()
+        assert scheme == protocol and path == mirror and missing == {"http": "404", "ftp": "550"}[protocol], line
+        assert protocol == "ftp" or port == front[1], line  # the front page is the HTTP front end's root
+        seen.add((mirror, protocol))
+    assert seen == {(mirror, protocol) for mirror in ("openvz", "debian") for protocol in ("http", "ftp")}
 
 
 def test_verify_reports_each_protocol_and_exits_by_health(tmp_path: Path, moto_process: str) -> None:
@@ -97,7 +118,7 @@ def test_verify_reports_each_protocol_and_exits_by_health(tmp_path: Path, moto_p
     assert refused.stderr.count("\n") == 1 and "trigger.time" in refused.stderr, refused.stderr
 
 
-def test_demo_keep_running_stops_every_service_on_sigterm() -> None:
+def test_demo_keep_running_serves_both_mirrors_and_stops_every_service_on_sigterm() -> None:
     # GIVEN the demo left running, as `--keep-running` does
     process = subprocess.Popen(
         [sys.executable, "-m", "mirrorkeeper", "demo", "--keep-running"],
@@ -113,17 +134,34 @@ def test_demo_keep_running_stops_every_service_on_sigterm() -> None:
             if line.lstrip().startswith("services are up"):
                 break
         text = "".join(lines)
-        ports = [int(p) for p in re.findall(r"(?:HTTP|FTP) \w+://127\.0\.0\.1:(\d+)/", text)]
-        assert len(ports) == 2, text
-        for port in ports:
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        http_port, ftp_port, moto_port = (
+            int(p) for p in re.findall(r"(?:HTTP|FTP|S3 \(moto\)) \w+://127\.0\.0\.1:(\d+)", text)
+        )
+        # THEN each mirror is served under its path over HTTP, and the front page links both
+        http = f"http://127.0.0.1:{http_port}/"
+        with urllib.request.urlopen(http + "openvz/README", timeout=10) as response:
+            assert response.read().startswith(b"OpenVZ downloads mirror")
+        with urllib.request.urlopen(http + "debian/dists/trixie/Release", timeout=10) as response:
+            assert b"Codename: trixie" in response.read()
+        with urllib.request.urlopen(http, timeout=10) as response:
+            front_page = response.read()
+        assert b'href="/openvz/"' in front_page and b'href="/debian/"' in front_page
+        # AND over FTP
+        with ftplib.FTP() as ftp:
+            ftp.connect("127.0.0.1", ftp_port, timeout=10)
+            ftp.login()
+            assert {"openvz", "debian"} <= set(ftp.nlst())
+            assert "Packages" in ftp.nlst("/openvz/virtuozzo/releases/7.0.22/x86_64/os")
+            release = io.BytesIO()
+            ftp.retrbinary("RETR /debian/dists/bookworm/InRelease", release.write)
+            assert release.getvalue().startswith(b"-----BEGIN PGP SIGNED MESSAGE-----")
         # WHEN it is told to stop, as a service manager would
         process.terminate()
         # 0 once it waits (a healthy demo, stopped on request); 130 if the signal lands in the instant
         # between its announcement and the wait: what matters is what it leaves behind
         assert process.wait(30) in (0, 130)
         # THEN nothing it started is still listening
-        for port in ports:
+        for port in (http_port, ftp_port, moto_port):
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:

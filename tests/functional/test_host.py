@@ -15,7 +15,11 @@ from typing import Any
 import boto3
 import pytest
 
+from mirrorkeeper.aws import RequestCounter, s3_client
+from mirrorkeeper.config import AwsConfig, SyncConfig
 from mirrorkeeper.errors import HealthNotPublishedError
+from mirrorkeeper.layout import MirrorLayout
+from mirrorkeeper.sync.run import SyncRun
 from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from mirrorkeeper_dev.sampletree import openvz_like, write_file
 from tests import asl
@@ -310,3 +314,20 @@ def test_the_deployed_workflow_checks_the_mirror_whose_sync_stopped_and_fails_on
         mirrors_sent = {doc.get("Mirror") for doc in emitted if "Mirror" in doc}
         assert mirrors_sent == {"debian"}  # the crashed one sent nothing of its own
         assert any("MirrorsNotOk" in doc for doc in emitted)
+
+
+def test_mirrors_of_one_host_never_take_each_others_staging_for_a_dead_runs(tmp_path: Path) -> None:
+    def run_of(path: str) -> SyncRun:
+        aws = AwsConfig(endpoint_url="http://127.0.0.1:9", region="us-east-1")
+        layout = MirrorLayout.create(BUCKET, path=path)
+        config = SyncConfig(upstream=f"rsync://127.0.0.1:9/{path}/", layout=layout, aws=aws, staging_dir=tmp_path)
+        return SyncRun(config, s3_client(aws), RequestCounter())
+
+    # GIVEN a run of one mirror of the host staging its files
+    staging = run_of("openvz")._staging_root()
+    # WHEN a run of another mirror of the host starts on the same machine, with the same staging directory
+    run_of("debian")._staging_root()
+    # THEN the first run's files stay; only the next run of the same mirror clears them (its dead run's)
+    assert staging.is_dir()
+    run_of("openvz")._staging_root()
+    assert not staging.exists()

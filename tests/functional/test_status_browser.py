@@ -1,7 +1,7 @@
 """status.html opened in a real headless Chromium (Debian's ``chromium``, installed by ``make
 install``): what the browser parses (``--dump-dom``) and what it paints (``--screenshot``); then
-the mirror's pages and upstream's as ``serve-http`` sends them, under its CSP sandbox, with a click
-driven over the DevTools pipe where a dump is not enough.
+the mirror's pages and upstream's, and a host's front page, as ``serve-http`` sends them, under its
+CSP sandbox, with clicks driven over the DevTools pipe where a dump is not enough.
 
 Chromium only ever loads loopback: the page from a file or a server on 127.0.0.1, and every other
 request goes to a proxy address where nothing listens, so a stray fetch fails instead of leaving
@@ -34,7 +34,9 @@ from mirrorkeeper.serve.http import CONTENT_SECURITY_POLICY
 from mirrorkeeper.state import STATUS_HTML_PATH, HealthState, HistoryPoint, ProtocolStatus, SyncOutcome
 from mirrorkeeper.verify.health import HISTORY_SECONDS
 from mirrorkeeper.verify.status import BAR_HEIGHT, BAR_WIDTH, COLOURS, render_status_html
-from tests.support import BUCKET, serve_cli
+from mirrorkeeper_dev.rsyncd import RsyncDaemon
+from mirrorkeeper_dev.sampletree import debian_like, openvz_like
+from tests.support import BUCKET, run_cli, serve_cli
 
 NOW = 1_780_000_000.0 + 1234
 HOUR = 3600.0
@@ -147,10 +149,13 @@ class DevTools:
         result: dict[str, Any] = reply["result"]
         return result
 
-    def wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any] | None:
-        """The first message so far, or arriving within ``timeout`` seconds, that is ``wanted``."""
+    def wait_for(
+        self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 20.0, since: int = 0
+    ) -> dict[str, Any] | None:
+        """The first message so far (from the ``since``-th on), or arriving within ``timeout``
+        seconds, that is ``wanted``."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         while True:
             for message in self._received[seen:]:
                 if wanted(message):
@@ -163,6 +168,47 @@ class DevTools:
             assert chunk, "the browser closed its DevTools pipe"
             *complete, self._buffer = (self._buffer + chunk).split(b"\0")
             self._received += [json.loads(raw) for raw in complete]
+
+    def open_tab(self) -> str:
+        """A new tab, attached with page events on; returns its session."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session: str = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Page.enable", session=session)
+        return session
+
+    def navigate(self, session: str, url: str) -> None:
+        """Load ``url`` in the tab, until its load event."""
+        self.until_loaded(session, lambda: self.call("Page.navigate", {"url": url}, session))
+
+    def until_loaded(self, session: str, action: Callable[[], object]) -> None:
+        """Do ``action`` and wait for the page it loads in the tab to fire its load event."""
+        before = len(self._received)
+        action()
+        loaded = self.wait_for(
+            lambda message: message.get("method") == "Page.loadEventFired" and message.get("sessionId") == session,
+            since=before,
+        )
+        assert loaded is not None, "the page never finished loading"
+
+    def click(self, session: str, selector: str) -> None:
+        """A left click in the middle of the first element ``selector`` finds in the tab's document."""
+        document = self.call("DOM.getDocument", session=session)["root"]["nodeId"]
+        node = self.call("DOM.querySelector", {"nodeId": document, "selector": selector}, session)["nodeId"]
+        assert node, f"nothing matches {selector}"
+        quad = self.call("DOM.getContentQuads", {"nodeId": node}, session)["quads"][0]
+        for kind in ("mousePressed", "mouseReleased"):
+            click = {
+                "type": kind,
+                "x": sum(quad[0::2]) / 4,
+                "y": sum(quad[1::2]) / 4,
+                "button": "left",
+                "clickCount": 1,
+            }
+            self.call("Input.dispatchMouseEvent", click, session)
+
+    def location(self, session: str) -> str:
+        history = self.call("Page.getNavigationHistory", session=session)
+        return str(history["entries"][history["currentIndex"]]["url"])
 
     def close(self) -> None:
         try:
@@ -448,28 +494,14 @@ def test_a_click_on_a_sandboxed_index_page_downloads_the_file(chromium: str, ser
     downloads = tmp_path / "downloads"
     browser = DevTools(chromium, tmp_path)
     try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        session = browser.open_tab()
         browser.call(
             "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads), "eventsEnabled": True}
         )
-        browser.call("Page.enable", session=session)
         # GIVEN an index page as serve-http sends it, with the sandbox CSP
-        browser.call("Page.navigate", {"url": served_pages + "dir/"}, session)
-        assert browser.wait_for(lambda message: message.get("method") == "Page.loadEventFired")
-        document = browser.call("DOM.getDocument", session=session)["root"]["nodeId"]
-        link = browser.call("DOM.querySelector", {"nodeId": document, "selector": 'a[href="file.bin"]'}, session)
-        quad = browser.call("DOM.getContentQuads", {"nodeId": link["nodeId"]}, session)["quads"][0]
+        browser.navigate(session, served_pages + "dir/")
         # WHEN someone clicks the file's link
-        for kind in ("mousePressed", "mouseReleased"):
-            click = {
-                "type": kind,
-                "x": sum(quad[0::2]) / 4,
-                "y": sum(quad[1::2]) / 4,
-                "button": "left",
-                "clickCount": 1,
-            }
-            browser.call("Input.dispatchMouseEvent", click, session)
+        browser.click(session, 'a[href="file.bin"]')
         # THEN the browser downloads it (a sandbox without allow-downloads would refuse to)
         finished = browser.wait_for(
             lambda message: (
@@ -481,3 +513,84 @@ def test_a_click_on_a_sandboxed_index_page_downloads_the_file(chromium: str, ser
     assert finished is not None, "no download finished"
     assert finished["params"]["state"] == "completed"
     assert (downloads / "file.bin").read_bytes() == DOWNLOAD
+
+
+# -- the host's front page, as serve-http sends it ----------------------------------------------------
+
+HOSTILE_HOST = '<b>Mirrors</b> & "Co"'
+# An upstream URL (which parse_upstream accepts) that would close an attribute and open a script.
+HOSTILE_UPSTREAM = "rsync://127.0.0.1:1/openvz\"'><script>document.title='pwned'</script>/"
+
+
+def write_host_config(path: Path, upstreams: dict[str, str]) -> Path:
+    tables = "".join(f"\n[mirrors.{name}]\nupstream = {json.dumps(url)}\n" for name, url in upstreams.items())
+    path.write_text(f'[host]\nname = {json.dumps(HOSTILE_HOST)}\nbucket = "{BUCKET}"\n{tables}')
+    return path
+
+
+@pytest.fixture
+def front_page(s3: Any, endpoint: str, tmp_path: Path) -> Iterator[str]:
+    """A host of two mirrors, openvz and debian, synced by the CLI from two modules of one rsync
+    daemon, served by serve-http and verified, its name holding markup; by the verify, its config
+    names a hostile upstream for openvz (verify shows it, never contacts it). Yields the front page's URL."""
+    openvz_like(tmp_path / "openvz")
+    debian_like(tmp_path / "debian")
+    config = tmp_path / "mirrors.toml"
+    with RsyncDaemon(tmp_path / "openvz", module="openvz", more={"debian": tmp_path / "debian"}) as daemon:
+        upstreams = {name: daemon.url_of(name) for name in ("openvz", "debian")}
+        synced = run_cli(["sync", "--config", str(write_host_config(config, upstreams)), "--all"], endpoint)
+        assert synced.returncode == 0, synced.stderr
+    write_host_config(config, upstreams | {"openvz": HOSTILE_UPSTREAM})
+    with serve_cli("serve-http", endpoint) as port:
+        url = f"http://127.0.0.1:{port}/"
+        verified = run_cli(["verify", "--config", str(config), "--http-url", url, "--metrics", "none"], endpoint)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        yield url
+
+
+def test_the_front_page_has_a_row_per_mirror_and_hostile_values_as_text(
+    chromium: str, front_page: str, tmp_path: Path
+) -> None:
+    # GIVEN the host's front page as serve-http sends it, with the sandbox CSP
+    with urllib.request.urlopen(front_page, timeout=10) as response:
+        assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    # WHEN Chromium loads it
+    dom = dom_of(open_in_chromium(chromium, front_page, tmp_path)[0])
+    # THEN it has a row per mirror, each linking its path and its status page, both protocols ok
+    rows = {row.attrs["data-mirror"]: row for row in dom.walk() if row.tag == "tr" and "data-mirror" in row.attrs}
+    assert list(rows) == ["debian", "openvz"]
+    for name, row in rows.items():
+        assert [a.attrs["href"] for a in row.find("a")] == [f"/{name}/", f"/{name}/.mirrorkeeper/status.html"]
+        assert [span.content() for span in row.find("span") if "b" in span.attrs.get("class", "").split()] == [
+            "success",
+            "ok",
+        ]
+    # AND the host's name and the hostile upstream are text, nothing of them became an element, and the
+    # page's one script is JSON data (which would not run anyway: no script does under either policy)
+    assert dom.find("h1")[0].content() == HOSTILE_HOST
+    assert dom.find("title")[0].content() == f"{HOSTILE_HOST}: mirrors"
+    assert HOSTILE_UPSTREAM in [cell.content() for cell in rows["openvz"].find("td")]
+    assert dom.find("b") == []
+    assert [script.attrs for script in dom.find("script")] == [
+        {"type": "application/json", "id": "mirrorkeeper-entries"}
+    ]
+
+
+def test_the_front_pages_links_open_each_mirror(chromium: str, front_page: str, tmp_path: Path) -> None:
+    browser = DevTools(chromium, tmp_path)
+    try:
+        session = browser.open_tab()
+        for mirror, first_entry in (("openvz", "README"), ("debian", "dists/")):
+            # GIVEN the front page in a tab
+            browser.navigate(session, front_page)
+            # WHEN someone clicks a mirror's name
+            browser.until_loaded(session, lambda mirror=mirror: browser.click(session, f'a[href="/{mirror}/"]'))
+            # THEN the tab shows that mirror's index page, under its path
+            assert browser.location(session) == f"{front_page}{mirror}/"
+            document = browser.call("DOM.getDocument", session=session)["root"]["nodeId"]
+            link = {"nodeId": document, "selector": f'a[href="{first_entry}"]'}
+            assert browser.call("DOM.querySelector", link, session)["nodeId"], (
+                f"{mirror}'s index lists no {first_entry}"
+            )
+    finally:
+        browser.close()

@@ -14,7 +14,7 @@ import itertools
 import json
 import re
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +62,18 @@ def load_template(parameters: Mapping[str, str] | None = None) -> dict[str, Any]
     return expanded
 
 
-def expand_templates(parameter_sets: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """One expansion of template.yaml per set of parameter values, from one run of the expansion."""
-    return json.loads(_expand(json.dumps(parameter_sets, sort_keys=True)))  # type: ignore[no-any-return]
+def expand_templates(parameter_sets: list[dict[str, str]], sam: bool = False) -> list[dict[str, Any]]:
+    """One expansion of template.yaml per set of parameter values, from one run of the expansion;
+    ``sam``: through SAM's transform too, as CloudFormation deploys it."""
+    return json.loads(_expand(json.dumps(parameter_sets, sort_keys=True), sam))  # type: ignore[no-any-return]
 
 
 @functools.cache
-def _expand(parameter_sets: str) -> str:
+def _expand(parameter_sets: str, sam: bool) -> str:
     if not SAM_PYTHON.exists():
         raise RuntimeError(f"{SAM_PYTHON.relative_to(ROOT)} is missing: `make tools` installs the SAM CLI")
     done = subprocess.run(
-        [SAM_PYTHON, EXPAND, TEMPLATE, "--sets", parameter_sets],
+        [SAM_PYTHON, EXPAND, TEMPLATE, "--sets", parameter_sets, *(["--sam"] if sam else [])],
         capture_output=True,
         text=True,
         timeout=120,
@@ -175,6 +176,8 @@ class Resolver:
             ],
             "Fn::GetAZs": lambda a: [f"{self.values['AWS::Region']}{z}" for z in "abc"],
             "Fn::Cidr": lambda a: cidr(self.resolve(a[0]), int(self.resolve(a[1])), int(self.resolve(a[2]))),
+            # (the Rules section's)
+            "Fn::EachMemberEquals": lambda a: all(v == self.resolve(a[1]) for v in self.resolve(a[0])),
         }
 
     def _ref(self, name: str) -> Any:
@@ -199,6 +202,18 @@ class Resolver:
         return _SUB_VAR.sub(replace, text).replace("${!", "${")
 
 
+class StandInAttributes(dict[str, Any]):
+    """A resource's GetAtt attributes for a resolver: those a test knows, and for any other a name that
+    says where it came from."""
+
+    def __init__(self, logical_id: str, known: Mapping[str, Any]) -> None:
+        super().__init__(known)
+        self.logical_id = logical_id
+
+    def __missing__(self, attribute: str) -> str:
+        return f"{self.logical_id}.{attribute}"
+
+
 def cidr(block: str, count: int, host_bits: int) -> list[str]:
     """Fn::Cidr: the first `count` blocks of `host_bits` host bits each (a /64 has 64) in `block`."""
     network = ipaddress.ip_network(block)
@@ -211,13 +226,42 @@ def resources_of_type(template: Mapping[str, Any], *types: str) -> dict[str, dic
 
 
 def policy_statements(resource: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every IAM statement a role or function grants (inline policies and SAM Statement policies)."""
+    """Every IAM statement a role or function grants (inline policies and SAM Statement policies), those
+    of a policy under a condition (Fn::If) included."""
     props = resource.get("Properties", {})
-    for policy in props.get("Policies", []):
+    for policy in (branch for written in props.get("Policies", []) for branch in _branches(written)):
         if isinstance(policy, dict) and "PolicyDocument" in policy:
             yield from policy["PolicyDocument"]["Statement"]
         elif isinstance(policy, dict) and "Statement" in policy:
             yield from policy["Statement"]
+
+
+def _branches(value: Any) -> list[Any]:
+    """The values a Fn::If may take (and a value that is none: itself)."""
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        return [chosen for branch in value["Fn::If"][1:] for chosen in _branches(branch)]
+    return [value]
+
+
+def allows(statements: Iterable[Mapping[str, Any]], action: str, arn: str) -> bool:
+    """Whether these resolved Allow statements grant ``action`` on ``arn``, as IAM matches them: ``*``
+    is any run of characters ("/" too), ``?`` one."""
+
+    def matches(pattern: str) -> bool:
+        return (
+            re.fullmatch(".*".join(".".join(map(re.escape, p.split("?"))) for p in pattern.split("*")), arn) is not None
+        )
+
+    return any(
+        statement["Effect"] == "Allow"
+        and action in as_list(statement["Action"])
+        and any(matches(pattern) for pattern in as_list(statement["Resource"]))
+        for statement in statements
+    )
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def dumps(value: Any) -> str:

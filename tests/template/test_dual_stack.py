@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from jsonpath_ng.ext import parse as jsonpath  # moto's: what its Step Functions evaluate paths with
 
-from tests.template.cfn import NO_VALUE, Resolver, expand_templates, references, walk
+from tests.template.cfn import NO_VALUE, Resolver, StandInAttributes, expand_templates, references, walk
 
 REQUIRED = {
     "UpstreamUrl": "rsync://example.org/m/",
@@ -36,17 +36,6 @@ SETS = {
 IPV6_TYPES = ("AWS::EC2::VPCCidrBlock", "AWS::EC2::SubnetCidrBlock")
 
 
-class _Attributes(dict[str, Any]):
-    """GetAtt of an attribute no test sets: a name that says where it came from."""
-
-    def __init__(self, logical_id: str, known: Mapping[str, Any]) -> None:
-        super().__init__(known)
-        self.logical_id = logical_id
-
-    def __missing__(self, attribute: str) -> str:
-        return f"{self.logical_id}.{attribute}"
-
-
 class Stack:
     """One expansion with its parameter values: what CloudFormation would create, and with what."""
 
@@ -56,7 +45,7 @@ class Stack:
         known = {"Vpc": {"Ipv6CidrBlocks": [VPC_IPV6]}, "FtpLoadBalancer": {"DNSName": LB_DNS_NAME}}
         for logical_id in template["Resources"]:
             self.r.refs[logical_id] = f"{logical_id}-id"
-            self.r.attrs[logical_id] = _Attributes(logical_id, known.get(logical_id, {}))
+            self.r.attrs[logical_id] = StandInAttributes(logical_id, known.get(logical_id, {}))
 
     def active(self, *types: str) -> list[str]:
         return [

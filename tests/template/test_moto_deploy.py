@@ -7,8 +7,9 @@ policies) nor the AWS::LanguageExtensions transform, so the template is read wit
 loops expanded (tests/template/cfn.py) and each resource is created through its own service API, as
 CloudFormation would. Types moto lacks (CloudFront, SAM functions and layer, Elastic IPs on NLBs) get
 a stand-in identity. The moto server runs the state machines started in it, so the FTP target
-registration is run, not only read. The stack is deployed as the defaults make it, and once more with
-a dual-stack FTP load balancer (FtpIpAddressType), whose IPv6 network moto makes too.
+registration is run, not only read. The stack is deployed as the defaults make it (a host of one), once
+more with a dual-stack FTP load balancer (FtpIpAddressType), whose IPv6 network moto makes too, and the
+schedules of a host of two mirrors with what they start.
 """
 
 import graphlib
@@ -22,9 +23,11 @@ from typing import Any
 
 import boto3
 import pytest
+from moto.events.models import EventPattern
 
+from mirrorkeeper.verify.events import EcsTaskStateChange, parse_event
 from mirrorkeeper_dev.rsyncd import free_port
-from mirrorkeeper_dev.services import serving
+from mirrorkeeper_dev.services import moto_subprocess, serving
 from tests.template.cfn import ROOT, Resolver, load_template, references
 
 REGION = "us-east-1"
@@ -314,23 +317,19 @@ class Deployer:
         self.r.attrs[logical_id] = {"Arn": arn}
 
     def create_aws_scheduler_schedule(self, logical_id: str, p: dict[str, Any]) -> None:
-        target = dict(p["Target"])
-        if "EcsParameters" in target:
-            ecs = dict(target["EcsParameters"])
-            vpc = ecs.pop("NetworkConfiguration")["AwsvpcConfiguration"]
-            ecs["NetworkConfiguration"] = {"awsvpcConfiguration": vpc}
-            target["EcsParameters"] = ecs
+        # Without a Name, CloudFormation makes one of the stack's and the logical id (64 at most).
+        name = p.get("Name", f"{STACK}-{logical_id}"[:64])
         arn = self.client_for("scheduler").create_schedule(
-            Name=p["Name"],
+            Name=name,
             GroupName=p["GroupName"],
             ScheduleExpression=p["ScheduleExpression"],
             ScheduleExpressionTimezone=p["ScheduleExpressionTimezone"],
             FlexibleTimeWindow=p["FlexibleTimeWindow"],
             State=p["State"],
             Description=p["Description"],
-            Target=target,
+            Target=p["Target"],
         )["ScheduleArn"]
-        self.r.refs[logical_id] = p["Name"]
+        self.r.refs[logical_id] = name
         self.r.attrs[logical_id] = {"Arn": arn}
 
     # ─── workflows and rules ───
@@ -401,33 +400,55 @@ def deployed(moto_running_state_machines: str) -> Deployer:
     return deployer
 
 
-def test_schedule_starts_the_registered_sync_task_in_the_cluster_with_its_role(deployed: Deployer) -> None:
-    scheduler, ecs, iam = (deployed.client_for(s) for s in ("scheduler", "ecs", "iam"))
-    schedule = scheduler.get_schedule(Name=f"{STACK}-sync", GroupName=STACK)
-    assert schedule["ScheduleExpression"] == "cron(7 */1 * * ? *)"
-    target = schedule["Target"]
-    cluster = ecs.describe_clusters(clusters=[target["Arn"]])["clusters"][0]
+def sync_schedules(deployed: Deployer) -> dict[str, dict[str, Any]]:
+    """The deployed schedules that start the sync task, with the RunTask request each sends, by name."""
+    scheduler = deployed.client_for("scheduler")
+    found = {}
+    for summary in scheduler.list_schedules(GroupName=STACK)["Schedules"]:
+        schedule = scheduler.get_schedule(Name=summary["Name"], GroupName=STACK)
+        if schedule["Target"]["Arn"].endswith(":aws-sdk:ecs:runTask"):
+            found[summary["Name"]] = schedule | {"request": json.loads(schedule["Target"]["Input"])}
+    return found
+
+
+def check_starts_the_sync_task(deployed: Deployer, schedule: dict[str, Any]) -> list[str]:
+    """That a schedule runs the registered sync task in the cluster, in the stack's subnets, with its
+    role, and keeps a dead-letter queue; the command it gives the task."""
+    ecs, iam = deployed.client_for("ecs"), deployed.client_for("iam")
+    request = schedule["request"]
+    cluster = ecs.describe_clusters(clusters=[request["Cluster"]])["clusters"][0]
     assert cluster["status"] == "ACTIVE"
-    task = ecs.describe_task_definition(taskDefinition=target["EcsParameters"]["TaskDefinitionArn"])["taskDefinition"]
-    container = task["containerDefinitions"][0]
-    assert container["command"] == ["sync"] and task["ephemeralStorage"] == {"sizeInGiB": 50}
-    env = {e["name"]: e["value"] for e in container["environment"]}
-    assert env["MIRRORKEEPER_UPSTREAM"] == PARAMETERS["UpstreamUrl"]
-    deployed.client_for("s3").head_bucket(Bucket=env["MIRRORKEEPER_BUCKET"])
-    role = target["RoleArn"].rsplit("/", 1)[1]
+    task = ecs.describe_task_definition(taskDefinition=request["TaskDefinition"])["taskDefinition"]
+    assert task["ephemeralStorage"] == {"sizeInGiB": 50}
+    role = schedule["Target"]["RoleArn"].rsplit("/", 1)[1]
     policy = iam.get_role_policy(RoleName=role, PolicyName="run-sync-task")["PolicyDocument"]
     run = next(s for s in policy["Statement"] if s["Action"] == "ecs:RunTask")
     assert task["taskDefinitionArn"].startswith(run["Resource"].removesuffix("*"))
-    deployed.client_for("sqs").get_queue_attributes(QueueUrl=deployed.r.refs["TriggerDeadLetterQueue"])
-    subnets = target["EcsParameters"]["NetworkConfiguration"]["awsvpcConfiguration"]["Subnets"]
+    queue = schedule["Target"]["DeadLetterConfig"]["Arn"].rsplit(":", 1)[1]
+    deployed.client_for("sqs").get_queue_url(QueueName=queue)
+    subnets = request["NetworkConfiguration"]["AwsvpcConfiguration"]["Subnets"]
     assert len(deployed.client_for("ec2").describe_subnets(SubnetIds=subnets)["Subnets"]) == 2
+    (override,) = request["Overrides"]["ContainerOverrides"]
+    assert override["Name"] == task["containerDefinitions"][0]["name"]
+    command: list[str] = override["Command"]
+    return command
+
+
+def test_a_host_of_ones_schedule_starts_the_registered_sync_task(deployed: Deployer) -> None:
+    (schedule,) = sync_schedules(deployed).values()
+    assert schedule["ScheduleExpression"] == "cron(7 */1 * * ? *)"
+    assert check_starts_the_sync_task(deployed, schedule) == ["sync"]
+    task = deployed.client_for("ecs").describe_task_definition(taskDefinition=schedule["request"]["TaskDefinition"])
+    env = {e["name"]: e["value"] for e in task["taskDefinition"]["containerDefinitions"][0]["environment"]}
+    assert env["MIRRORKEEPER_UPSTREAM"] == PARAMETERS["UpstreamUrl"]
+    deployed.client_for("s3").head_bucket(Bucket=env["MIRRORKEEPER_BUCKET"])
 
 
 def test_alarms_exist_and_notify_a_topic_with_an_email_subscription(deployed: Deployer) -> None:
     cloudwatch, sns = deployed.client_for("cloudwatch"), deployed.client_for("sns")
     alarms = cloudwatch.describe_alarms(AlarmNamePrefix=STACK)
     every = alarms["MetricAlarms"] + alarms.get("CompositeAlarms", [])
-    assert len(every) == 15
+    assert len(every) == 16
     topics = {a for alarm in every for a in alarm["AlarmActions"] + alarm["OKActions"]}
     (topic,) = topics
     subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
@@ -442,8 +463,14 @@ def test_dashboard_shows_every_alarm_that_exists(deployed: Deployer) -> None:
     (widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
     names = [arn.rsplit(":", 1)[1] for arn in widget["properties"]["alarms"]]
     existing = {a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]}
-    assert set(names) == existing and len(names) == 15  # every alarm of the stack
-    metrics = {m[1] for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]}
+    assert set(names) == existing and len(names) == 16  # every alarm of the stack
+    # metrics, or a search of each mirror's metric of a name
+    metrics = {
+        m[1] if isinstance(m[0], str) else m[0]["expression"].split('MetricName="')[1].split('"')[0]
+        for w in body["widgets"]
+        if w["type"] == "metric"
+        for m in w["properties"]["metrics"]
+    }
     assert {
         "FreshnessSeconds",
         "SyncDurationSeconds",
@@ -454,6 +481,8 @@ def test_dashboard_shows_every_alarm_that_exists(deployed: Deployer) -> None:
         "ProbeLatency",
         "ProbesPassed",
         "ProbesFailed",
+        "HealthLevel",
+        "MirrorsNotOk",
     } <= metrics
 
 
@@ -574,3 +603,70 @@ def test_dual_stack_registers_the_ftp_task_by_its_ipv4_address(deployed_dual_sta
     event = _ftp_task_event("RUNNING", "RUNNING", ipv6="2600:1f18:4c2:9e00::7")
     assert _run(d, "FtpTargetsStateMachine", event)["status"] == "SUCCEEDED"
     assert _targets(d) == {2121: [], **{port: ["10.42.0.7"] for port in passive}}
+
+
+HOST = {"MirrorSchedules": "openvz|ENABLED|cron(7 */1 * * ? *),debian-security|DISABLED|cron(25 */6 * * ? *)"}
+
+
+@pytest.fixture(scope="module")
+def deployed_host() -> Iterator[Deployer]:
+    """A host of two mirrors' schedules, what they start and the STOPPED rule, in a moto server of
+    its own (the rest is as `deployed` has it)."""
+    with moto_subprocess() as url:
+        deployer = Deployer(url, load_template(HOST), HOST)
+        deployer.deploy(
+            lambda logical_id, resource: (
+                resource["Type"] == "AWS::Scheduler::Schedule" or (logical_id == "SyncStoppedRule")
+            )
+        )
+        yield deployer
+
+
+def test_each_mirrors_schedule_syncs_that_mirror_and_its_stop_starts_the_workflow(deployed_host: Deployer) -> None:
+    d = deployed_host
+    schedules = sync_schedules(d)
+    assert len(schedules) == 2
+    by_mirror = {}
+    for schedule in schedules.values():
+        command = check_starts_the_sync_task(d, schedule)
+        assert command[:2] == ["sync", "--mirror"] and len(command) == 3
+        by_mirror[command[2]] = schedule
+    assert by_mirror["openvz"]["State"] == "ENABLED" and by_mirror["openvz"]["ScheduleExpression"] == (
+        "cron(7 */1 * * ? *)"
+    )
+    assert by_mirror["debian-security"]["State"] == "DISABLED"  # paused
+    # WHEN the task a schedule started stops, as ECS tells it (the request's overrides, in ECS's case)
+    events = d.client_for("events")
+    rule = events.describe_rule(Name=f"{STACK}-SyncStoppedRule")
+    (target,) = events.list_targets_by_rule(Rule=f"{STACK}-SyncStoppedRule")["Targets"]
+    for mirror, schedule in by_mirror.items():
+        request = schedule["request"]
+        (override,) = request["Overrides"]["ContainerOverrides"]
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "ECS Task State Change",
+            "source": "aws.ecs",
+            "account": d.account,
+            "time": "2026-01-01T00:07:42Z",
+            "region": REGION,
+            "resources": [f"arn:aws:ecs:{REGION}:{d.account}:task/{STACK}-Cluster/0123456789abcdef"],
+            "detail": {
+                "clusterArn": request["Cluster"],
+                "taskArn": f"arn:aws:ecs:{REGION}:{d.account}:task/{STACK}-Cluster/0123456789abcdef",
+                "taskDefinitionArn": request["TaskDefinition"],
+                "lastStatus": "STOPPED",
+                "overrides": {"containerOverrides": [{"name": override["Name"], "command": override["Command"]}]},
+                "containers": [{"name": override["Name"], "exitCode": 0}],
+            },
+        }
+        # THEN the rule starts the verify workflow (the rule as deployed, matched by moto's matcher: its
+        # TestEventPattern API is not implemented), whose first step reads which mirror it was
+        assert EventPattern.load(rule["EventPattern"]).matches_event(event), mirror
+        assert target["Arn"] == d.r.refs["VerifyStateMachine"]
+        trigger = parse_event(EcsTaskStateChange, event)
+        assert trigger.detail.mirror == mirror
+        # and the FTP service's tasks, in the same cluster, start nothing
+        other = json.loads(json.dumps(event))
+        other["detail"]["taskDefinitionArn"] = request["TaskDefinition"].replace(f"{STACK}-sync:", f"{STACK}-ftp:")
+        assert not EventPattern.load(rule["EventPattern"]).matches_event(other)

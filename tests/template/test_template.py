@@ -12,8 +12,16 @@ import pytest
 from mirrorkeeper.config import setting
 from mirrorkeeper.serve.http import CONTENT_SECURITY_POLICY
 from mirrorkeeper.tiers import DEFAULT_LATE_PATTERNS
-from mirrorkeeper.verify.events import DiffInput, ScheduledVerify, parse_event
-from tests.template.cfn import ROOT, SAM_PYTHON, Resolver, policy_statements, references, resources_of_type
+from mirrorkeeper.verify.events import DiffInput, EcsTaskDetail, ScheduledVerify, parse_event
+from tests.template.cfn import (
+    ROOT,
+    SAM_PYTHON,
+    Resolver,
+    as_list,
+    policy_statements,
+    references,
+    resources_of_type,
+)
 
 FTP_CONTAINER_PORT = 2121
 PSEUDO = {"AWS::Region": "eu-west-1", "AWS::StackName": "mk", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}
@@ -41,17 +49,30 @@ def props(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
     return result
 
 
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
 def test_template_is_a_sam_template_with_the_sections_users_need(template: dict[str, Any]) -> None:
     # (the expansion leaves SAM's transform; the template itself: test_loops.py)
     assert template["Transform"] == "AWS::Serverless-2016-10-31"
     assert {"HttpUrl", "FtpUrl", "BucketName", "TopicArn", "DashboardUrl", "StatusPageUrl"} <= set(template["Outputs"])
     # every parameter without a default is one only the user can know
     required = {name for name, spec in template["Parameters"].items() if "Default" not in spec}
-    assert required == {"UpstreamUrl", "AlertEmail", "SyncImageUri"}
+    assert required == {"AlertEmail", "SyncImageUri"}
+
+
+@pytest.mark.parametrize(
+    ("schedules", "upstream", "deployable"),
+    [("-", "", False), ("-", "rsync://example.org/m/", True), ("openvz|ENABLED|cron(7 */1 * * ? *)", "", True)],
+)
+def test_a_host_of_one_needs_its_upstream_and_a_host_does_not(
+    template: dict[str, Any], schedules: str, upstream: str, deployable: bool
+) -> None:
+    given = {"UpstreamUrl": upstream, "AlertEmail": "a@example.org", "SyncImageUri": "x", "MirrorSchedules": schedules}
+    r = Resolver(template, given, PSEUDO)
+    broken = [
+        name
+        for name, rule in template["Rules"].items()
+        if r.resolve(rule["RuleCondition"]) and not all(r.resolve(a["Assert"]) for a in rule["Assertions"])
+    ]
+    assert (broken == []) == deployable, broken
 
 
 def test_every_reference_names_a_parameter_resource_or_condition(template: dict[str, Any]) -> None:
@@ -62,6 +83,13 @@ def test_every_reference_names_a_parameter_resource_or_condition(template: dict[
     assert references(template["Outputs"]) <= known
 
 
+def test_every_mapping_attribute_has_a_value(template: dict[str, Any]) -> None:
+    # a comma in the text of a YAML flow mapping starts another key (with no value)
+    for name, rows in template["Mappings"].items():
+        for key, row in rows.items():
+            assert None not in row.values(), (name, key, row)
+
+
 def test_cloudfront_function_in_the_template_is_cloudfront_function_js(template: dict[str, Any]) -> None:
     # WHEN the function is changed in cloudfront/function.js (where its tests run)
     # THEN the template must carry the same code, byte for byte
@@ -70,21 +98,53 @@ def test_cloudfront_function_in_the_template_is_cloudfront_function_js(template:
     assert props(template, "PathFunction")["FunctionConfig"]["Runtime"] == "cloudfront-js-2.0"
 
 
-def test_sync_schedule_runs_exactly_the_sync_task(template: dict[str, Any]) -> None:
-    target = props(template, "SyncSchedule")["Target"]
-    assert target["Arn"] == {"Fn::GetAtt": ["Cluster", "Arn"]}
-    ecs = target["EcsParameters"]
-    assert ecs["TaskDefinitionArn"] == {"Ref": "SyncTaskDefinition"}
-    assert ecs["LaunchType"] == "FARGATE" and ecs["TaskCount"] == 1
-    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["TriggerDeadLetterQueue", "Arn"]}
-    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+def test_a_host_of_ones_schedule_runs_the_sync_task_as_before(template: dict[str, Any]) -> None:
+    # (a host's schedules, one per mirror: test_host.py)
+    (schedule_id,) = resources_of_type(template, "AWS::Scheduler::Schedule").keys() - {"VerifySchedule"}
+    assert schedule_id == "SyncSchedule"  # the logical id it has always had
+    r = Resolver(template, {"UpstreamUrl": "rsync://e.org/m/", "AlertEmail": "a@e.org", "SyncImageUri": "x"}, PSEUDO)
+    for logical_id in template["Resources"]:
+        r.refs[logical_id] = f"{logical_id}-ref"
+        r.attrs[logical_id] = {"Arn": f"{logical_id}-arn"}
+    schedule = r.resolve(props(template, schedule_id))
+    assert "Name" not in schedule and schedule["State"] == "ENABLED"  # CloudFormation names it
+    assert schedule["ScheduleExpression"] == "cron(7 */1 * * ? *)"
+    target = schedule["Target"]
+    # the universal target for ECS RunTask, whose Input is the request
+    assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:ecs:runTask"
+    request = json.loads(target["Input"])
+    assert request["Cluster"] == "Cluster-arn" and request["TaskDefinition"] == "SyncTaskDefinition-ref"
+    assert request["LaunchType"] == "FARGATE" and request["Count"] == 1
+    assert request["NetworkConfiguration"]["AwsvpcConfiguration"] == {
+        "Subnets": ["PublicSubnetA-ref", "PublicSubnetB-ref"],
+        "SecurityGroups": ["SyncSecurityGroup-ref"],
+        "AssignPublicIp": "ENABLED",
+    }
+    # the task's own command, which names no mirror: the workflow then checks the only one there is;
+    # and a scheduled run says so (sync --trigger's variable)
+    (override,) = request["Overrides"]["ContainerOverrides"]
     task = props(template, "SyncTaskDefinition")
+    assert override == {
+        "Name": task["ContainerDefinitions"][0]["Name"],
+        "Command": ["sync"],
+        "Environment": [{"Name": "MIRRORKEEPER_TRIGGER", "Value": "cron"}],
+    }
     assert task["ContainerDefinitions"][0]["Command"] == ["sync"]
-    env = {e["Name"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    overrides = {"containerOverrides": [{"name": override["Name"], "command": override["Command"]}]}
+    assert (
+        EcsTaskDetail.model_validate({"taskArn": "t", "lastStatus": "STOPPED", "overrides": overrides}).mirror is None
+    )
+    assert request["PropagateTags"] == "TASK_DEFINITION" and request["EnableECSManagedTags"] is True
+    env = {e["Name"] for e in r.resolve(task)["ContainerDefinitions"][0]["Environment"]}
     assert {"MIRRORKEEPER_UPSTREAM", "MIRRORKEEPER_BUCKET", "MIRRORKEEPER_MAX_DELETE_PERCENT"} <= env
     assert task["EphemeralStorage"] == {"SizeInGiB": {"Ref": "EphemeralStorageGiB"}}
-    # AND its role may run only that family, in that cluster, and pass only the task's two roles
-    assert target["RoleArn"] == {"Fn::GetAtt": ["SyncSchedulerRole", "Arn"]}
+    assert target["DeadLetterConfig"]["Arn"] == "TriggerDeadLetterQueue-arn"
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+
+
+def test_the_schedules_role_may_run_only_the_sync_task_in_its_cluster(template: dict[str, Any]) -> None:
+    # universal or templated, the target needs ecs:RunTask (and PassRole, TagResource) of its role
+    task = props(template, "SyncTaskDefinition")
     statements = list(policy_statements(template["Resources"]["SyncSchedulerRole"]))
     run = next(s for s in statements if s["Action"] == "ecs:RunTask")
     assert run["Resource"]["Fn::Sub"].endswith("task-definition/" + task["Family"]["Fn::Sub"] + ":*")
@@ -92,9 +152,10 @@ def test_sync_schedule_runs_exactly_the_sync_task(template: dict[str, Any]) -> N
     passrole = next(s for s in statements if s["Action"] == "iam:PassRole")
     assert passrole["Resource"] == [task["ExecutionRoleArn"], task["TaskRoleArn"]]
     tag = next(s for s in statements if s["Action"] == "ecs:TagResource")
-    assert (
-        ecs["PropagateTags"] == "TASK_DEFINITION" and tag["Condition"]["StringEquals"]["ecs:CreateAction"] == "RunTask"
-    )
+    assert tag["Condition"]["StringEquals"]["ecs:CreateAction"] == "RunTask"
+    for schedule in resources_of_type(template, "AWS::Scheduler::Schedule").values():
+        if "runTask" in json.dumps(schedule):
+            assert schedule["Properties"]["Target"]["RoleArn"] == {"Fn::GetAtt": ["SyncSchedulerRole", "Arn"]}
 
 
 def test_stopped_sync_task_starts_the_verify_workflow_with_the_whole_event(template: dict[str, Any]) -> None:
@@ -301,10 +362,12 @@ def test_every_log_group_has_retention_and_everything_logs_to_one(template: dict
 
 
 def test_functions_get_the_environment_and_permissions_of_the_contract(template: dict[str, Any]) -> None:
+    # (what a host's functions get, and may write under each mirror's path: test_host.py)
     env = template["Globals"]["Function"]["Environment"]["Variables"]
     assert set(env) == {
         "MIRRORKEEPER_BUCKET",
         "MIRRORKEEPER_PREFIX",
+        "MIRRORKEEPER_CONFIG",
         "MIRRORKEEPER_MIRROR_NAME",
         "MIRRORKEEPER_HTTP_URL",
         "MIRRORKEEPER_FTP_URL",
@@ -324,26 +387,36 @@ def test_functions_get_the_environment_and_permissions_of_the_contract(template:
                     out.add((action, json.dumps(resource, sort_keys=True)))
         return out
 
+    def keys(*found: str) -> set[str]:
+        return {json.dumps({"Fn::Sub": f"${{MirrorBucket.Arn}}/{key}"}) for key in found}
+
     bucket = json.dumps({"Fn::GetAtt": ["MirrorBucket", "Arn"]})
-    state = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/*"})
-    repair = json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/repair.json"})
-    assert grants("DiffManifestsFunction") == {
-        ("s3:ListBucket", bucket),
-        ("s3:GetObject", state),
-        ("s3:PutObject", repair),
-        ("s3:DeleteObject", repair),
-        # marks the manifest for repair (a copy onto itself with new metadata)
-        ("s3:PutObject", json.dumps({"Fn::Sub": "${MirrorBucket.Arn}/state/manifest.jsonl.gz"})),
-    }
+    (state,) = keys("state/*")
+    # each mirror's own, at the root (a host of one) or under its path (IAM's * matches "/" too)
+    repair = keys("state/repair.json", "state/*/repair.json")
+    # marks the manifest for repair (a copy onto itself with new metadata)
+    manifest = keys("state/manifest.jsonl.gz", "state/*/manifest.jsonl.gz")
+    # and forgets the upstream trace state, so that the repairing sync lists upstream in full
+    upstream = keys("state/upstream.json", "state/*/upstream.json")
+    assert grants("DiffManifestsFunction") == {("s3:ListBucket", bucket), ("s3:GetObject", state)} | {
+        (action, key) for key in repair for action in ("s3:PutObject", "s3:DeleteObject")
+    } | {("s3:PutObject", key) for key in manifest} | {("s3:DeleteObject", key) for key in upstream}
     assert grants("ProbeEndpointsFunction") == {("s3:GetObject", state)}
-    owned = ["state/health.json", "pub/.mirrorkeeper/status.html", "pub/.mirrorkeeper/status.json"]
-    assert grants("PublishHealthFunction") == {("s3:GetObject", state)} | {
-        ("s3:PutObject", json.dumps({"Fn::Sub": f"${{MirrorBucket.Arn}}/{key}"})) for key in owned
-    }
+    owned = keys(
+        "state/health.json",
+        "state/*/health.json",
+        "pub/.mirrorkeeper/status.html",
+        "pub/.mirrorkeeper/status.json",
+        "pub/*/.mirrorkeeper/status.html",
+        "pub/*/.mirrorkeeper/status.json",
+    )
+    assert grants("PublishHealthFunction") == {("s3:GetObject", state)} | {("s3:PutObject", key) for key in owned}
     # the health function cannot write the manifest, the lease or a run report (nor the repair list)
     written = {r for action, r in grants("PublishHealthFunction") if action == "s3:PutObject"}
-    for private in ("manifest.jsonl.gz", "lock.json", "runs/", "repair.json", "*"):
-        assert not any(f"state/{private}" in r for r in written), private
+    for private in ("manifest.jsonl.gz", "lock.json", "runs/", "repair.json"):
+        assert not any(private in r for r in written), private
+    assert state not in written
+    assert grants("ListMirrorsFunction") == {("s3:GetObject", *keys("state/.host/mirrors.toml"))}
     publish_policies = props(template, "PublishHealthFunction")["Policies"]
     assert {"SNSPublishMessagePolicy": {"TopicName": {"Fn::GetAtt": ["AlertTopic", "TopicName"]}}} in publish_policies
 
@@ -369,7 +442,7 @@ def test_the_task_execution_role_pulls_from_the_image_repository_alone(template:
 def test_the_sync_task_invalidates_the_stacks_distribution_and_nothing_else(template: dict[str, Any]) -> None:
     # GIVEN the sync task's environment: the stack's distribution under the setting's variable
     task = props(template, "SyncTaskDefinition")
-    env = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    env = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"] if "Name" in e}
     assert env[setting("cloudfront_distribution_id").env] == {"Ref": "Distribution"}
     # THEN the task role, and no one else, may create and read invalidations, on that distribution alone
     invalidating = [

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 
+from mirrorkeeper.config import AwsConfig
+from mirrorkeeper.verify.alerts import SnsNotifier
 from mirrorkeeper.verify.events import (
     DiffInput,
     EcsTaskStateChange,
@@ -20,7 +22,8 @@ from mirrorkeeper.verify.events import (
     StepError,
     parse_event,
 )
-from mirrorkeeper.verify.workflow import MAP_CONCURRENCY, STEPS, cli_trigger
+from mirrorkeeper.verify.metrics import CloudWatchSink
+from mirrorkeeper.verify.workflow import MAP_CONCURRENCY, STEPS, HostDeps, cli_trigger
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = json.loads((REPO / "statemachine" / "verify.asl.json").read_text())
@@ -199,3 +202,24 @@ def test_the_command_lines_trigger_is_a_complete_scheduled_verify_event() -> Non
     parsed = parse_event(ScheduledVerify, event)
     assert parsed.source == "mirrorkeeper.cli" and parsed.time.timestamp() == 1795634644
     assert parse_event(ScheduledVerify, cli_trigger(1795634644.5)).id != parsed.id
+
+
+def test_every_mirror_of_a_host_checks_with_the_hosts_clients(tmp_path: Path) -> None:
+    # GIVEN a host of two mirrors reaching AWS the same way
+    config = tmp_path / "mirrors.toml"
+    config.write_text(
+        '[host]\nbucket = "mirrors"\nendpoint_url = "http://127.0.0.1:9"\n\n[mirrors.one]\nupstream = "rsync://h/one/"\n'
+        '\n[mirrors.two]\nupstream = "rsync://h/two/"\n'
+    )
+    flags = {"config": str(config), "http_url": "http://127.0.0.1:9/", "topic_arn": "arn:aws:sns:us-east-1:1:t"}
+    deps = HostDeps.load(flags, "cloudwatch", environ={})
+    one, two = deps.mirror("one"), deps.mirror("two")
+    # THEN each mirror's checks use the host's one client per service: building one loads its model
+    assert one.s3 is two.s3 is deps.host.s3
+    assert isinstance(one.metrics, CloudWatchSink) and isinstance(two.metrics, CloudWatchSink)
+    assert one.metrics.client is two.metrics.client
+    assert isinstance(one.notifier, SnsNotifier) and isinstance(two.notifier, SnsNotifier)
+    assert one.notifier.client is two.notifier.client
+    # AND a different way to AWS gets a client of its own
+    other = AwsConfig(endpoint_url="http://127.0.0.1:10", region="us-east-1")
+    assert deps.clients.s3(other) is not one.s3

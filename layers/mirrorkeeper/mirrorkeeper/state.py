@@ -14,6 +14,8 @@ each is read and written. No other module builds one of these keys or parses one
     <prefix>state/invalidations.json         EdgeRecord: what the last run that overwrote or deleted
                                              told the edge to forget          sync → serve-http, verify
     <prefix>state/health.json                HealthState: levels, last checks, 14 days    verify
+    <prefix>state/.host/mirrors.toml         a deployed host's config file, the stack's
+                                             MIRRORKEEPER_CONFIG        make deploy → sync, verify
     <prefix>pub/.mirrorkeeper/trace          our trace file (content.render_trace; its path is the
                                              trace_path setting, layout.DEFAULT_TRACE_PATH)   sync
     <prefix>pub/.mirrorkeeper/status.html    the status page, and status.json        verify
@@ -64,6 +66,8 @@ HEALTH = "health.json"
 INVALIDATIONS = "invalidations.json"
 RUNS = "runs/"
 LAST_RUN = RUNS + "last.json"
+
+HOST_CONFIG = "mirrors.toml"  # under the host's own state (layout.host_state_prefix)
 
 STATUS_HTML_PATH = RESERVED_DIR + "status.html"
 STATUS_JSON_PATH = RESERVED_DIR + "status.json"
@@ -628,6 +632,12 @@ class HealthState:
 
 
 # -- reading and writing ------------------------------------------------------------------------
+
+
+def host_config_key(layout: MirrorLayout) -> str:
+    """Where a deployed host keeps its config file: `make deploy` puts it there, and the stack's tasks
+    and functions read it (MIRRORKEEPER_CONFIG, s3://BUCKET/KEY)."""
+    return layout.host_state_prefix + HOST_CONFIG
 
 
 def _json_body(doc: dict[str, Any]) -> bytes:

@@ -401,8 +401,9 @@ class SyncRun:
         """A fresh staging directory for this run. Those of this mirror's earlier runs go first: we
         hold the lease, so none of those runs is alive (one killed with SIGKILL leaves its files)."""
         base = Path(self.config.staging_dir or tempfile.gettempdir())
-        # The same bucket name on two endpoints (two local test servers) is two mirrors.
-        where = f"{self.config.aws.endpoint_url or ''} {self.layout.bucket}/{self.layout.prefix}"
+        # The same bucket name on two endpoints (two local test servers) is two mirrors, and so are two
+        # paths of a host's bucket: a run of one must never take the other's live files for a dead run's.
+        where = f"{self.config.aws.endpoint_url or ''} {self.layout.bucket}/{self.layout.prefix} {self.layout.path}"
         mirror = hashlib.sha256(where.encode()).hexdigest()[:10]
         prefix = f"mirrorkeeper-{mirror}-"
         for stale in base.glob(prefix + "*"):

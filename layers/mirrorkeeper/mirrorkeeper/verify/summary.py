@@ -1,4 +1,4 @@
-"""The table a person reads in five seconds after ``verify`` (and at the end of ``demo``)."""
+"""The table a person reads in five seconds after ``verify``; ``demo``'s host table has the same cells."""
 
 from __future__ import annotations
 
@@ -15,6 +15,29 @@ def _age(seconds: float | None) -> str:
     return "unknown" if seconds is None else human_age(seconds) + " ago"
 
 
+ENDPOINT_COLUMNS = ("level", "freshness", "probes passed", "missing file")
+
+
+def probed_endpoints(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The endpoints a mirror's verify state probed ([] when its probe step failed)."""
+    probes = state.get("probes", {})
+    return [] if "Error" in probes else list(probes.get("endpoints", []))
+
+
+def endpoint_cells(endpoint: dict[str, Any], levels: dict[str, str], now: float) -> list[object]:
+    """One probed endpoint under ENDPOINT_COLUMNS: its protocol's level, the served trace's age, the
+    probes passed, and whether a missing path got the protocol's not-found answer."""
+    epoch = endpoint.get("trace_epoch")
+    check = endpoint.get("missing_check")
+    expected = MISSING_STATUS.get(endpoint["protocol"], "-")
+    return [
+        levels.get(endpoint["protocol"], "?"),
+        _age(now - epoch if epoch is not None else None),
+        f"{endpoint['passed']}/{endpoint['passed'] + endpoint['failed']}",
+        "-" if check is None else (f"{expected} ok" if check else f"not {expected}"),
+    ]
+
+
 def print_verify_summary(state: dict[str, Any], mirror: str, out: IO[str] | None = None) -> None:
     out = out or sys.stdout
     health = state["health"]
@@ -23,22 +46,8 @@ def print_verify_summary(state: dict[str, Any], mirror: str, out: IO[str] | None
         return
     levels: dict[str, str] = health["levels"]
     now = time.time()
-    rows: list[list[object]] = [["protocol", "level", "freshness", "probes passed", "missing file"]]
-    probes = state.get("probes", {})
-    for endpoint in probes.get("endpoints", []) if "Error" not in probes else []:
-        protocol = endpoint["protocol"]
-        epoch = endpoint.get("trace_epoch")
-        check = endpoint.get("missing_check")
-        expected = MISSING_STATUS.get(protocol, "-")
-        rows.append(
-            [
-                protocol,
-                levels.get(protocol, "?"),
-                _age(now - epoch if epoch is not None else None),
-                f"{endpoint['passed']}/{endpoint['passed'] + endpoint['failed']}",
-                "-" if check is None else (f"{expected} ok" if check else f"not {expected}"),
-            ]
-        )
+    rows: list[list[object]] = [["protocol", *ENDPOINT_COLUMNS]]
+    rows += [[endpoint["protocol"], *endpoint_cells(endpoint, levels, now)] for endpoint in probed_endpoints(state)]
     drift = state.get("drift", {})
     mirror_cell = (
         f"{drift.get('completion_pct', 0):.1f}% complete, drift {drift.get('drift', 0)}, lag {drift.get('lag', 0)}"

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirrorkeeper.aws import S3Client, s3_client, service_client
+from mirrorkeeper.aws import S3Client, SharedClients
 from mirrorkeeper.config import VERIFY, VerifyConfig, resolve, verify_config
 from mirrorkeeper.errors import ConfigError, ExitCode, HealthNotPublishedError, StateConflictError
 from mirrorkeeper.host import MirrorEntry, mirror_entries, summarise_all
@@ -99,20 +99,26 @@ class Deps:
 
     @classmethod
     def create(
-        cls, config: VerifyConfig, metrics: str = "cloudwatch", mirrors: list[MirrorEntry] | None = None
+        cls,
+        config: VerifyConfig,
+        metrics: str = "cloudwatch",
+        mirrors: list[MirrorEntry] | None = None,
+        *,
+        clients: SharedClients,
     ) -> Deps:
-        """``metrics``: "emf" in Lambda (stdout), "cloudwatch" elsewhere (PutMetricData), or "none"."""
+        """``metrics``: "emf" in Lambda (stdout), "cloudwatch" elsewhere (PutMetricData), or "none";
+        ``clients``: the host's, shared by all its mirrors."""
         sink: MetricsSink
         if metrics == "emf":
             sink = EmfSink(config.metrics_namespace)
         elif metrics == "cloudwatch":
-            sink = CloudWatchSink(service_client("cloudwatch", config.aws), config.metrics_namespace)
+            sink = CloudWatchSink(clients.service("cloudwatch", config.aws), config.metrics_namespace)
         else:
             sink = _NoMetrics()
         notifier: Notifier = (
-            SnsNotifier(service_client("sns", config.aws), config.topic_arn) if config.topic_arn else LogNotifier()
+            SnsNotifier(clients.service("sns", config.aws), config.topic_arn) if config.topic_arn else LogNotifier()
         )
-        return cls(config, s3_client(config.aws), sink, notifier, mirrors=mirrors or [])
+        return cls(config, clients.s3(config.aws), sink, notifier, mirrors=mirrors or [])
 
 
 @dataclass(frozen=True)
@@ -123,20 +129,22 @@ class HostDeps:
     host: Deps
     settings: dict[str, dict[str, Any]]
     metrics: str
+    clients: SharedClients
 
     @classmethod
     def load(cls, flags: dict[str, Any], metrics: str, environ: dict[str, str] | None = None) -> HostDeps:
         entries = mirror_entries(VERIFY, flags, environ)
         values = resolve(VERIFY, flags, environ, mirror="" if entries else None)
-        deps = Deps.create(verify_config(values), metrics, mirrors=[entry for entry, _ in entries])
-        return cls(deps, {entry.name: mirror_values for entry, mirror_values in entries}, metrics)
+        clients = SharedClients()
+        deps = Deps.create(verify_config(values), metrics, [entry for entry, _ in entries], clients=clients)
+        return cls(deps, {entry.name: mirror_values for entry, mirror_values in entries}, metrics, clients)
 
     def mirror(self, name: str) -> Deps:
         if not name and not self.settings:
             return self.host
         if name not in self.settings:
             raise ConfigError(f"no mirror {name!r} in the host's config file; its mirrors: {', '.join(self.settings)}")
-        return Deps.create(verify_config(self.settings[name]), self.metrics)
+        return Deps.create(verify_config(self.settings[name]), self.metrics, clients=self.clients)
 
 
 class _NoMetrics:
