@@ -1635,8 +1635,11 @@ def load_verify_config(flags: Mapping[str, Any], environ: Mapping[str, str] | No
 
 
 def mirror_url(url: str, layout: MirrorLayout) -> str:
-    """The host's URL of a protocol, made a mirror's: its path below the root ('' stays '')."""
-    return url + layout.path + "/" if url and layout.path else url
+    """The host's URL of a protocol, made a mirror's: its path below the root ('' stays ''); over rsync
+    the module serve-rsync names after the path (a nested path's '/' would end the module's name)."""
+    if not url or not layout.path:
+        return url
+    return url + (module_of_path(layout.path) if url.startswith("rsync:") else layout.path) + "/"
 
 
 def verify_config(values: Mapping[str, Any]) -> VerifyConfig:
