@@ -106,6 +106,7 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python bench/frontends.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/host.py
+	$(BIN)/python bench/rsync.py
 
 pr: test bench ## everything a reviewer would run
 

@@ -48,13 +48,12 @@ from mirrorkeeper.logs import setup_logging
 from mirrorkeeper.verify.summary import ENDPOINT_COLUMNS, endpoint_cells, probed_endpoints
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import debian_like, openvz_like, write_file
-from mirrorkeeper_dev.services import ServiceStartError, moto_subprocess, serving
+from mirrorkeeper_dev.services import ServiceStartError, moto_subprocess, serving, wait_for_replicas
 
 BUCKET = "mirrorkeeper-demo"
 HOST_NAME = "mirrorkeeper demo"
 PROTOCOLS = ("http", "ftp", "rsync")
 SYNCED = ("success", "no-change")
-READY_TIMEOUT = 120.0  # seconds serve-rsync may take to build the replicas of the samples (or of --upstream)
 
 
 DEMO = "demo"
@@ -143,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         # verified before, every rsync row would say down.
         try:
             # Each mirror's path is its name (the config file names no other), its module the path's.
-            _wait_for_replicas(servers["rsync"], [replica / module_of_path(name) for name in upstreams])
+            wait_for_replicas(servers["rsync"], [replica / module_of_path(name) for name in upstreams])
         except ServiceStartError as exc:
             print(f"\nmirrorkeeper demo: {exc}")
             return 1
@@ -188,19 +187,6 @@ def _write_host_config(root: Path, upstreams: Mapping[str, str]) -> Path:
         + tables
     )
     return config
-
-
-def _wait_for_replicas(server: subprocess.Popen[bytes], links: list[Path], timeout: float = READY_TIMEOUT) -> None:
-    """Until every rsync module serves a complete replica: its link in the replica directory appears
-    when its first build ends (docs/rsync.md). ServiceStartError when serve-rsync exits first (a
-    first build that fails ends it) or the builds outlast ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not all(link.is_symlink() for link in links):
-        if server.poll() is not None:
-            raise ServiceStartError(f"serve-rsync exited {server.returncode} before its replicas were built")
-        if time.monotonic() > deadline:
-            raise ServiceStartError(f"serve-rsync had not built its replicas after {timeout:.0f} s")
-        time.sleep(0.1)
 
 
 def _run(command: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
