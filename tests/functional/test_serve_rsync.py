@@ -244,3 +244,38 @@ def test_verify_probes_the_rsync_module_and_gives_it_its_own_row(
     # AND once the module is gone, rsync is down
     down = run_cli(["verify", "--bucket", BUCKET, "--rsync-url", url, "--metrics", "none"], endpoint)
     assert down.returncode == 1 and re.search(r"^rsync\s+down", down.stdout, re.MULTILINE), down.stdout
+
+
+def test_a_host_of_two_mirrors_is_two_modules_named_by_path_each_pulling_its_own_tree(
+    s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    # GIVEN a host of two mirrors, one under a nested path, synced from two upstream modules
+    trees = {"openvz": tmp_path / "openvz", "debian": tmp_path / "debian"}
+    generate_tree(trees["openvz"], TreeSpec(files=20, total_bytes=40_000, seed=3))
+    generate_tree(trees["debian"], TreeSpec(files=25, total_bytes=50_000, seed=4))
+    config = tmp_path / "mirrors.toml"
+    with RsyncDaemon(trees["openvz"], module="openvz", more={"debian": trees["debian"]}) as daemon:
+        config.write_text(
+            f'[host]\nname = "mirrors.test"\nbucket = "{BUCKET}"\n\n'
+            f'[mirrors.openvz]\nupstream = "{daemon.url_of("openvz")}"\n\n'
+            f'[mirrors.debian]\nupstream = "{daemon.url_of("debian")}"\npath = "linux/debian"\n'
+        )
+        result = run_cli(["sync", "--config", str(config), "--all"], endpoint)
+        assert result.returncode == 0, result.stderr
+    # WHEN serve-rsync serves the host
+    replica = tmp_path / "replica"
+    with serve_rsync(endpoint, replica, "--config", str(config)) as server:
+        wait_until(lambda: (replica / "openvz").is_symlink() and (replica / "linux-debian").is_symlink(), what="builds")
+        # THEN each mirror is a module named by its path ('/' → '-'), listed with its name
+        listing = subprocess.run(
+            ["rsync", f"rsync://127.0.0.1:{server.port}/"], capture_output=True, text=True, timeout=30, check=False
+        )
+        modules = {
+            line.split()[0] for line in listing.stdout.splitlines() if line and not line.startswith("mirrors.test")
+        }
+        assert modules == {"openvz", "linux-debian"}, listing.stdout
+        # AND a client pulling each gets that mirror's tree, and no other's
+        for module, mirror in (("openvz", "openvz"), ("linux-debian", "debian")):
+            pulled = pull(server.port, tmp_path / f"copy-{module}", module=module)
+            assert pulled.returncode == 0, pulled.stderr
+            assert without_ours(tree_files(tmp_path / f"copy-{module}")) == tree_files(trees[mirror]), module
