@@ -53,21 +53,23 @@ from mirrorkeeper_dev.services import ServiceStartError, serving, wait_for_repli
 TREE_BUCKET, BIG_BUCKET = "bench-rsync-tree", "bench-rsync-big"
 MODULE = "mirror"  # serve-rsync's module for a single mirror
 BIG_NAME = "big.bin"
-POLL_INTERVAL = 0.2  # serve-rsync's look at the manifest's version, short so that noticing costs little
+# serve-rsync's look at the manifest's version while catching up, short so that noticing costs little.
+# The pulls run at its default (30 s): five looks a second would take CPU from the daemon on two cores.
+POLL_INTERVAL = 0.2
 GETS_PER_FILE_MAX = 1.1  # issue 15: catch-up GETs <= 1.1x the changed files
 CATCH_UP_VS_SYNC_MAX = 2.0  # issue 15: catch-up <= 2x the sync that published the change
 PULL_VS_PLAIN_MIN = 0.9  # issue 15: pull throughput >= 0.9x the plain daemon's
 
 
 @contextmanager
-def serve_rsync(bucket: str, replica: Path, env: dict[str, str]) -> Iterator[tuple[int, int]]:
-    """serve-rsync over ``bucket`` until the block ends; yields its process id and port once its
-    module serves the complete replica (the first build ended)."""
+def serve_rsync(bucket: str, replica: Path, env: dict[str, str], *extra: str) -> Iterator[tuple[int, int]]:
+    """serve-rsync over ``bucket`` (with ``extra`` flags) until the block ends; yields its process id
+    and port once its module serves the complete replica (the first build ended)."""
     replica.mkdir()
     port = free_port()
     command = [
         *MIRRORKEEPER, "serve-rsync", "--bucket", bucket, "--replica-dir", str(replica), "--host", "127.0.0.1",
-        "--port", str(port), "--poll-interval", str(POLL_INTERVAL),
+        "--port", str(port), *extra,
     ]  # fmt: skip
     with serving(command, port, env, "serve-rsync") as process:
         try:
@@ -80,7 +82,7 @@ def serve_rsync(bucket: str, replica: Path, env: dict[str, str]) -> Iterator[tup
 def catch_up(
     upstream: Path, paths: list[str], daemon: RsyncDaemon, moto: MotoServer, env: dict[str, str], workdir: Path
 ) -> list[str]:
-    with serve_rsync(TREE_BUCKET, workdir / "replica-tree", env) as (pid, _):
+    with serve_rsync(TREE_BUCKET, workdir / "replica-tree", env, "--poll-interval", str(POLL_INTERVAL)) as (pid, _):
         link = workdir / "replica-tree" / MODULE
         before = os.readlink(link)
         done = mutate(upstream, paths, 0.01)
@@ -137,6 +139,9 @@ def pull_throughput(big: Path, daemon: RsyncDaemon, env: dict[str, str], workdir
             for label in list(sources) if number % 2 == 0 else reversed(sources):
                 shutil.rmtree(into, ignore_errors=True)
                 into.mkdir()
+                # Each pull starts with nothing left to write back: not the replica's download, nor the
+                # previous pull's copy, whose flushing would otherwise slow whichever pull came next.
+                os.sync()
                 pulled = run_measured(["rsync", "-a", sources[label], f"{into}/"], env, workdir, 300)
                 pulled.check(f"rsync from the {label}")
                 if (into / BIG_NAME).stat().st_size != size:
