@@ -105,10 +105,11 @@ def test_a_one_percent_change_is_fetched_from_s3_and_pulled_alone(
         wait_until(lambda: served(server.port, tmp_path / "probe"), what="the first build")
         assert pull(server.port, copy).returncode == 0
         first_trace = trace_of(server.port, tmp_path / "t")
-        # WHEN a sync changes 1% of the files (2 changed, 2 added, 2 deleted)
+        # WHEN a sync changes 1% of the files (2 changed, 2 added, 2 deleted); only serve-rsync talks
+        # through the proxy, and it may fetch the change before the sync's process has ended
         done = mutate(upstream, paths, 0.01)
-        sync(daemon, endpoint)
         gets.clear()
+        sync(daemon, endpoint)
         wait_until(lambda: trace_of(server.port, tmp_path / "t") not in (b"", first_trace), what="the update")
         # THEN the replica fetched those objects and no other data
         data = sorted(key for key in gets if key.startswith("pub/") and not key.startswith(f"pub/{OURS}/"))
