@@ -54,7 +54,7 @@ $(STAMP): requirements-dev.txt layers/mirrorkeeper/pyproject.toml devtools/pypro
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -e "layers/mirrorkeeper[ftp]" -e devtools
 	@touch $(STAMP)
 
-demo: install ## a mirror host on this machine: two sample mirrors (rsync daemon), moto server, sync, HTTP, FTP, verify
+demo: install ## a mirror host on this machine: two sample mirrors (rsync daemon), moto server, sync, HTTP, FTP, rsync, verify
 	$(BIN)/mirrorkeeper demo
 
 test: install lint ## lint, then every test tier (the command CI runs)
@@ -110,6 +110,7 @@ bench: install ## benchmarks with ratios against named baselines (slow; not part
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/host.py
 	$(BIN)/python bench/push.py
+	$(BIN)/python bench/rsync.py
 
 pr: test bench ## everything a reviewer would run
 

@@ -32,7 +32,7 @@ from mirrorkeeper_dev.rsyncd import free_port
 # 127.0.0.1 - - [25/Nov/2026 17:43:59] "PUT /bucket/key HTTP/1.1" 200 -
 # werkzeug colours the request of some answers (206, 304, 4xx) with ANSI escapes, even into a file.
 _ESCAPES = rb"(?:\x1b\[[\d;]*m)*"
-_REQUEST_LINE = re.compile(rb'\] "' + _ESCAPES + rb"[A-Z]+ \S+ HTTP/[\d.]+" + _ESCAPES + rb'" \d{3} ')
+_REQUEST_LINE = re.compile(rb'\] "' + _ESCAPES + rb"(?P<method>[A-Z]+) \S+ HTTP/[\d.]+" + _ESCAPES + rb'" \d{3} ')
 
 
 def compile_mirrorkeeper() -> None:
@@ -211,12 +211,14 @@ class MotoServer:
         self._settle()
         return self.log_path.stat().st_size
 
-    def requests_since(self, offset: int) -> int:
-        """HTTP requests the server logged since ``offset`` (werkzeug logs each after answering it)."""
+    def requests_since(self, offset: int, method: str = "") -> int:
+        """HTTP requests (of ``method`` alone, when given) the server logged since ``offset`` (werkzeug
+        logs each after answering it)."""
         self._settle()
         with open(self.log_path, "rb") as log:
             log.seek(offset)
-            return sum(1 for line in log if _REQUEST_LINE.search(line))
+            found = (_REQUEST_LINE.search(line) for line in log)
+            return sum(1 for match in found if match and method in ("", match["method"].decode()))
 
     def _settle(self, quiet: float = 0.3, limit: float = 10.0) -> None:
         """Wait until the log stops growing: the last answer's line may trail the answer itself."""

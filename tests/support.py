@@ -5,7 +5,8 @@ import random
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,15 @@ def tree_files(root: Path) -> dict[str, tuple[bytes, int]]:
     return out
 
 
+def tree_shape(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` by relative path: 'dir', 'file', or a symlink's target."""
+    shape = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        shape[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
+    return shape
+
+
 # Where a server listening on an unspecified address is reached for the readiness check.
 _REACHED_AT = {"::": "::1", "0.0.0.0": "127.0.0.1"}
 
@@ -87,6 +97,44 @@ def serve_cli(command: str, endpoint: str, *extra: str, host: str = "127.0.0.1")
     args = [sys.executable, "-m", "mirrorkeeper", command, "--bucket", BUCKET, "--host", host, "--port", str(port)]
     with serving([*args, *extra], port, cli_env(endpoint), command, host=_REACHED_AT.get(host, host)):
         yield port
+
+
+@contextmanager
+def serve_rsync(endpoint: str, replica: Path, *extra: str) -> Iterator["subprocess.Popen[bytes]"]:
+    """``mirrorkeeper serve-rsync`` on a free port, polling fast; yields the process (its port in
+    ``.port``) once the daemon listens: its module may still be initialising (:func:`served`)."""
+    replica.mkdir(exist_ok=True)
+    port = free_port()
+    args = [
+        sys.executable, "-m", "mirrorkeeper", "serve-rsync", "--bucket", BUCKET, "--replica-dir", str(replica),
+        "--port", str(port), "--poll-interval", "0.2", *extra,
+    ]  # fmt: skip
+    with serving(args, port, cli_env(endpoint), "serve-rsync") as process:
+        process.port = port  # type: ignore[attr-defined]
+        yield process
+
+
+def pull(port: int, into: Path, *options: str, module: str = "mirror") -> subprocess.CompletedProcess[str]:
+    """A real client: ``rsync -a --delete rsync://127.0.0.1:PORT/MODULE/ INTO``."""
+    return subprocess.run(
+        ["rsync", "-a", "--delete", *options, f"rsync://127.0.0.1:{port}/{module}/", f"{into}/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def served(port: int, scratch: Path) -> bool:
+    """True once the module answers transfers (its first build is complete)."""
+    return pull(port, scratch, "--dirs", "--exclude=*").returncode == 0
 
 
 def free_port_range(count: int) -> tuple[int, int]:

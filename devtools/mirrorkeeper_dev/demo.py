@@ -5,9 +5,10 @@ as two modules of a real rsync daemon on loopback; a moto server as AWS, in its 
 reached over the same boto3 HTTP code path as production; and the host's config file naming both
 mirrors. Then what an operator runs, each a real ``mirrorkeeper`` process: ``sync --all`` twice
 (upstream moves on in between, so the second run moves only that), ``serve-http`` and
-``serve-ftp`` serving every mirror under its path, and one ``verify`` over the host (every
-mirror on every protocol, each mirror's status page, the host's front page). It prints one table,
-a row per mirror and protocol, and the front page's address.
+``serve-ftp`` serving every mirror under its path, ``serve-rsync`` serving each as a module of
+that name from its local replica, and one ``verify`` over the host (every mirror on every
+protocol, each mirror's status page, the host's front page). It prints one table, a row per
+mirror and protocol, and the front page's address.
 
 ``--upstream`` mirrors a real rsync module instead, as a host of that one mirror; ``--keep-running``
 leaves it all up to browse. Exit 0 only when every mirror is healthy on every protocol.
@@ -35,6 +36,7 @@ from mirrorkeeper.config import (
     Setting,
     add_flags,
     flags_of,
+    module_of_path,
     parse_bool,
     parse_mirror_name,
     parse_upstream,
@@ -46,11 +48,11 @@ from mirrorkeeper.logs import setup_logging
 from mirrorkeeper.verify.summary import ENDPOINT_COLUMNS, endpoint_cells, probed_endpoints
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import debian_like, openvz_like, write_file
-from mirrorkeeper_dev.services import moto_subprocess, serving
+from mirrorkeeper_dev.services import ServiceStartError, moto_subprocess, serving, wait_for_replicas
 
 BUCKET = "mirrorkeeper-demo"
 HOST_NAME = "mirrorkeeper demo"
-PROTOCOLS = ("http", "ftp")
+PROTOCOLS = ("http", "ftp", "rsync")
 SYNCED = ("success", "no-change")
 
 
@@ -77,7 +79,7 @@ DEMO_SETTINGS = (
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         DEMO,
-        help="run a mirror host locally: rsync daemon, moto server, sync, HTTP and FTP, verify",
+        help="run a mirror host locally: rsync daemon, moto server, sync, HTTP, FTP and rsync, verify",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -116,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
             _move_upstream_on(root)
         second = _sync_reports(sync_all, env)
         _print_syncs(upstreams, endpoint, {"first sync": first, "second sync": second})
-        urls = {}
+        urls, servers = {}, {}
+        # serve-rsync keeps each mirror's replica on local disk, as on its Fargate task's storage.
+        replica = root / "replica"
+        replica.mkdir()
         for protocol in PROTOCOLS:
             port = free_port()
             serve = [
@@ -129,8 +134,18 @@ def run(args: argparse.Namespace) -> int:
                 "--log-format",
                 "json",
             ]
-            stack.enter_context(serving(serve, port, env, f"serve-{protocol}"))
+            if protocol == "rsync":
+                serve += ["--replica-dir", str(replica)]
+            servers[protocol] = stack.enter_context(serving(serve, port, env, f"serve-{protocol}"))
             urls[protocol] = f"{protocol}://127.0.0.1:{port}/"
+        # serve-rsync listens at once, each module 'initialising' until its replica's first build ends:
+        # verified before, every rsync row would say down.
+        try:
+            # Each mirror's path is its name (the config file names no other), its module the path's.
+            wait_for_replicas(servers["rsync"], [replica / module_of_path(name) for name in upstreams])
+        except ServiceStartError as exc:
+            print(f"\nmirrorkeeper demo: {exc}")
+            return 1
         topic = service_client("sns", aws).create_topic(Name="mirrorkeeper-demo-alerts")["TopicArn"]
         endpoints = [arg for protocol, url in urls.items() for arg in (f"--{protocol}-url", url)]
         verify = [*command, "verify", "--config", str(config), *endpoints, "--topic-arn", topic, "--json", *logs]
@@ -142,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
             healthy = False
         if values["keep_running"]:
             print(
-                f"\nservices are up: HTTP {urls['http']}  FTP {urls['ftp']}  S3 (moto) {endpoint}  bucket {BUCKET}  "
+                f"\nservices are up: HTTP {urls['http']}  FTP {urls['ftp']}  rsync {urls['rsync']}  "
+                f"S3 (moto) {endpoint}  bucket {BUCKET}  "
                 f"host config {config}; Ctrl-C to stop",
                 flush=True,  # whoever reads a pipe (a script, a test) learns the services are up now
             )

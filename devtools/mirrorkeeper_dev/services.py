@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 from mirrorkeeper.errors import MirrorkeeperError
@@ -79,3 +80,17 @@ def moto_subprocess() -> Iterator[str]:
     port = free_port()
     with serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, what="moto"):
         yield f"http://127.0.0.1:{port}"
+
+
+def wait_for_replicas(server: "subprocess.Popen[bytes]", links: Sequence[Path], timeout: float = 600) -> None:
+    """Until serve-rsync (``server``) serves every module's complete replica: a module's link in the
+    replica directory appears when its first build ends (docs/rsync.md); until then the module is
+    'initialising' and refuses transfers. ServiceStartError when serve-rsync exits first (a first
+    build that fails ends it) or the builds outlast ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not all(link.is_symlink() for link in links):
+        if server.poll() is not None:
+            raise ServiceStartError(f"serve-rsync exited {server.returncode} before its replicas were built")
+        if time.monotonic() > deadline:
+            raise ServiceStartError(f"serve-rsync had not built its replicas after {timeout:.0f} s")
+        time.sleep(0.1)

@@ -19,7 +19,10 @@ import pytest
 
 from mirrorkeeper_dev.rsyncd import RsyncDaemon
 from mirrorkeeper_dev.sampletree import TreeSpec, add_hostile_names, generate_tree, mutate, openvz_like
-from tests.support import BUCKET, is_ours, run_cli, serve_cli, tree_files
+from tests.support import BUCKET, is_ours, pull, run_cli, serve_cli, tree_files
+
+# The answer to a path that does not exist, by protocol, as verify's table shows it.
+MISSING = {"http": "404", "ftp": "550", "rsync": "ENOENT"}
 
 
 def test_sync_mirrors_upstream_and_follows_its_changes(tmp_path: Path, moto_process: str) -> None:
@@ -67,24 +70,25 @@ def test_demo_runs_a_host_of_two_mirrors_from_nothing_and_exits_0() -> None:
         assert re.search(rf"^first sync\s+{mirror}\s+success\s", result.stdout, re.MULTILINE), result.stdout
     assert re.search(r"^second sync\s+openvz\s+success\s+1\s", result.stdout, re.MULTILINE), result.stdout
     assert re.search(r"^second sync\s+debian\s+success\s+\d+\s+\d+\s+1\s", result.stdout, re.MULTILINE)
-    # one table: a row per mirror and protocol, each ok and served under the mirror's path
+    # one table: a row per mirror and protocol, each ok and served under the mirror's path (over rsync,
+    # the module the path names)
     lines = result.stdout.splitlines()
     header = next(n for n, line in enumerate(lines) if line.split()[:3] == ["mirror", "protocol", "URL"])
     rows = lines[header + 1 : lines.index("", header)]
-    assert len(rows) == 4, rows
+    assert len(rows) == 6, rows
     front = re.search(r"^front page: http://127\.0\.0\.1:(\d+)/ ", result.stdout, re.MULTILINE)
     assert front, result.stdout
     seen = set()
     for line in rows:
         found = re.fullmatch(
-            r"(\w+)\s+(http|ftp)\s+(http|ftp)://127\.0\.0\.1:(\d+)/(\w+)/\s+ok\s+\d+ s ago\s+(\d+)/\6\s+(\d+) ok", line
+            r"(\w+)\s+(\w+)\s+(\w+)://127\.0\.0\.1:(\d+)/(\w+)/\s+ok\s+\d+ s ago\s+(\d+)/\6\s+(\w+) ok", line
         )
         assert found, line
         mirror, protocol, scheme, port, path, _, missing = found.groups()
-        assert scheme == protocol and path == mirror and missing == {"http": "404", "ftp": "550"}[protocol], line
-        assert protocol == "ftp" or port == front[1], line  # the front page is the HTTP front end's root
+        assert scheme == protocol and path == mirror and missing == MISSING[protocol], line
+        assert protocol != "http" or port == front[1], line  # the front page is the HTTP front end's root
         seen.add((mirror, protocol))
-    assert seen == {(mirror, protocol) for mirror in ("openvz", "debian") for protocol in ("http", "ftp")}
+    assert seen == {(mirror, protocol) for mirror in ("openvz", "debian") for protocol in MISSING}
 
 
 def test_verify_reports_each_protocol_and_exits_by_health(tmp_path: Path, moto_process: str) -> None:
@@ -118,7 +122,7 @@ def test_verify_reports_each_protocol_and_exits_by_health(tmp_path: Path, moto_p
     assert refused.stderr.count("\n") == 1 and "trigger.time" in refused.stderr, refused.stderr
 
 
-def test_demo_keep_running_serves_both_mirrors_and_stops_every_service_on_sigterm() -> None:
+def test_demo_keep_running_serves_both_mirrors_and_stops_every_service_on_sigterm(tmp_path: Path) -> None:
     # GIVEN the demo left running, as `--keep-running` does
     process = subprocess.Popen(
         [sys.executable, "-m", "mirrorkeeper", "demo", "--keep-running"],
@@ -134,8 +138,8 @@ def test_demo_keep_running_serves_both_mirrors_and_stops_every_service_on_sigter
             if line.lstrip().startswith("services are up"):
                 break
         text = "".join(lines)
-        http_port, ftp_port, moto_port = (
-            int(p) for p in re.findall(r"(?:HTTP|FTP|S3 \(moto\)) \w+://127\.0\.0\.1:(\d+)", text)
+        http_port, ftp_port, rsync_port, moto_port = (
+            int(p) for p in re.findall(r"(?:HTTP|FTP|rsync|S3 \(moto\)) \w+://127\.0\.0\.1:(\d+)", text)
         )
         # THEN each mirror is served under its path over HTTP, and the front page links both
         http = f"http://127.0.0.1:{http_port}/"
@@ -155,6 +159,12 @@ def test_demo_keep_running_serves_both_mirrors_and_stops_every_service_on_sigter
             release = io.BytesIO()
             ftp.retrbinary("RETR /debian/dists/bookworm/InRelease", release.write)
             assert release.getvalue().startswith(b"-----BEGIN PGP SIGNED MESSAGE-----")
+        # AND over rsync, each mirror a module named after its path, as a downstream mirror pulls it
+        for mirror in ("openvz", "debian"):
+            pulled = pull(rsync_port, tmp_path / mirror, module=mirror)
+            assert pulled.returncode == 0, pulled.stderr
+        assert (tmp_path / "openvz/README").read_bytes().startswith(b"OpenVZ downloads mirror")
+        assert b"Codename: trixie" in (tmp_path / "debian/dists/trixie/Release").read_bytes()
         # WHEN it is told to stop, as a service manager would
         process.terminate()
         # its verdict once it waits (0 for a healthy demo; a loaded machine can make a probe time out,
@@ -163,7 +173,7 @@ def test_demo_keep_running_serves_both_mirrors_and_stops_every_service_on_sigter
         verdict = 0 if "mirrorkeeper demo: OK" in text else 1
         assert process.wait(30) in (verdict, 130), text
         # THEN nothing it started is still listening
-        for port in (http_port, ftp_port, moto_port):
+        for port in (http_port, ftp_port, rsync_port, moto_port):
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:

@@ -1,6 +1,7 @@
 """Fixtures the functional tests of more than one module share."""
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,3 +25,16 @@ def hostile_mirror(upstream: Path, rsync_daemon: Callable[[Path], RsyncDaemon], 
     result = run_cli(["sync", "--upstream", rsync_daemon(upstream).url, "--bucket", BUCKET], endpoint)
     assert result.returncode == 0, result.stderr
     return upstream
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A 256 KiB tmpfs: a disk that fills up (mounting it needs root, as CI has)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    assert result.returncode == 0, f"this test mounts a tmpfs and needs root: {result.stderr!r}"
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)

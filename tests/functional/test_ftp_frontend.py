@@ -29,7 +29,7 @@ from mirrorkeeper.serve.ftp import RETR_CHUNK, make_server
 from mirrorkeeper.serve.served import ObjectCache, ServedTree
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import write_file
-from tests.support import BUCKET, free_port_range, run_cli, serve_cli, tree_files
+from tests.support import BUCKET, free_port_range, run_cli, serve_cli, tree_files, tree_shape
 
 
 @contextmanager
@@ -147,15 +147,6 @@ def test_lftp_mirrors_the_whole_root_as_upstream_plus_our_public_files(
     assert all(copied[path] == found for path, found in upstream_files.items())  # with upstream's mtimes
     directories = {".mirrorkeeper": "dir", "project": "dir", "project/trace": "dir"}
     assert tree_shape(local) == tree_shape(upstream) | directories | dict.fromkeys(ours, "file")
-
-
-def tree_shape(root: Path) -> dict[str, str]:
-    """Every entry under ``root`` by relative path: 'dir', 'file', or a symlink's target."""
-    shape = {}
-    for path in root.rglob("*"):
-        rel = path.relative_to(root).as_posix()
-        shape[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "file"
-    return shape
 
 
 def test_resumed_downloads_start_at_the_rest_offset(s3: Any, endpoint: str) -> None:

@@ -13,21 +13,37 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mirrorkeeper.layout import MirrorLayout
 from mirrorkeeper.state import Level, StateStore
 from mirrorkeeper.verify.health import assess_endpoint
-from mirrorkeeper.verify.probes import Outcome, ProbeKind, SampleFile, choose_sample, probe_endpoint
+from mirrorkeeper.verify.probes import (
+    Outcome,
+    ProbeFindingError,
+    ProbeKind,
+    SampleFile,
+    choose_sample,
+    probe_endpoint,
+    rsync_handshake,
+)
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import HOSTILE_NAMES, add_hostile_names, write_file
-from tests.support import BUCKET, run_cli, serve_cli
+from tests.support import BUCKET, run_cli, serve_cli, serve_rsync, served, wait_until
 
 
 def test_rsync_handshake_accepts_the_module_and_refuses_a_missing_one(rsync_daemon: Any, upstream: Path) -> None:
+    # The probe where no rsync client can run (the Lambda runtime)
     daemon: RsyncDaemon = rsync_daemon(upstream)
-    served = probe_endpoint("rsync", daemon.url, [], ".mirrorkeeper/trace", 5, 1)
-    assert [r.outcome for r in served.results] == [Outcome.OK] and served.reachable
+    rsync_handshake(daemon.url, 5)
+    with pytest.raises(ProbeFindingError, match="nosuchmodule"):
+        rsync_handshake(daemon.url.replace("/mirror/", "/nosuchmodule/"), 5)
+
+
+def test_an_rsync_module_that_is_not_served_is_down(rsync_daemon: Any, upstream: Path) -> None:
+    daemon: RsyncDaemon = rsync_daemon(upstream)
     missing = probe_endpoint("rsync", daemon.url.replace("/mirror/", "/nosuchmodule/"), [], "", 5, 1)
-    assert missing.results[0].outcome is Outcome.WRONG_STATUS and "nosuchmodule" in missing.results[0].detail
+    assert not missing.reachable and "nosuchmodule" in missing.results[0].detail
     assert assess_endpoint(missing, 0, 3600, 3600)[0].level is Level.DOWN
 
 
@@ -113,8 +129,8 @@ def test_content_other_than_the_manifest_says_is_caught(
             assert {f.level for f in findings} == {Level.DEGRADED}, findings
 
 
-def test_every_hostile_name_probes_clean_on_both_protocols(
-    s3: Any, endpoint: str, rsync_daemon: Any, upstream: Path
+def test_every_hostile_name_probes_clean_on_every_protocol(
+    s3: Any, endpoint: str, rsync_daemon: Any, upstream: Path, tmp_path: Path
 ) -> None:
     # GIVEN a mirror of every hostile name (spaces, %, #, ?, +, unicode, leading dashes, ' -> ')
     add_hostile_names(upstream)
@@ -126,10 +142,20 @@ def test_every_hostile_name_probes_clean_on_both_protocols(
         # every file, each also downloaded and hashed
         sample = choose_sample(found[1], (), 10_000, 0, 0, 10_000, 1 << 20, random.Random(1))
     assert len(sample) >= 2 * len(HOSTILE_NAMES)
-    # WHEN both front ends are probed for all of them
-    with serve_cli("serve-http", endpoint) as http_port, serve_cli("serve-ftp", endpoint) as ftp_port:
-        for protocol, port in (("http", http_port), ("ftp", ftp_port)):
-            report = probe_endpoint(protocol, f"{protocol}://127.0.0.1:{port}/", sample, ".mirrorkeeper/trace", 10, 4)
+    # WHEN every front end is probed for all of them
+    with (
+        serve_cli("serve-http", endpoint) as http_port,
+        serve_cli("serve-ftp", endpoint) as ftp_port,
+        serve_rsync(endpoint, tmp_path / "replica") as rsync,
+    ):
+        wait_until(lambda: served(rsync.port, tmp_path / "probe"), what="the replica")
+        urls = {
+            "http": f"http://127.0.0.1:{http_port}/",
+            "ftp": f"ftp://127.0.0.1:{ftp_port}/",
+            "rsync": f"rsync://127.0.0.1:{rsync.port}/mirror/",
+        }
+        for protocol, url in urls.items():
+            report = probe_endpoint(protocol, url, sample, ".mirrorkeeper/trace", 10, 4)
             # THEN every probe passes: names reach the right object and the bytes are upstream's
             failed = [(r.kind.value, r.path, r.detail) for r in report.results if not r.ok]
             assert failed == [], (protocol, failed[:5])

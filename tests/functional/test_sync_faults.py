@@ -220,19 +220,6 @@ def test_an_object_s3_keeps_refusing_is_skipped_and_everything_else_is_published
     assert mirror_files(s3) == v2
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Any:
-    """A 256 KiB tmpfs for staging (the test needs root, as CI has)."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, check=False
-    )
-    assert result.returncode == 0, f"this test mounts a tmpfs and needs root: {result.stderr!r}"
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=False)
-
-
 def test_full_staging_disk_exits_1_with_advice_and_serves_the_old_tree(
     upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tiny_disk: Path
 ) -> None:

@@ -1,6 +1,6 @@
-"""FtpIpAddressType: a dual-stack FTP load balancer and the IPv6 network it needs, checked on the
-expansion for each way a stack may set it (its own VPC or the operator's, FTP on or off), with every
-condition and Fn::If decided as CloudFormation decides them.
+"""FtpIpAddressType: a dual-stack load balancer (FTP's, which rsync shares) and the IPv6 network it
+needs, checked on the expansion for each way a stack may set it (its own VPC or the operator's, FTP
+and rsync on or off), with every condition and Fn::If decided as CloudFormation decides them.
 
 The design these tests hold the template to: a target group serves one address family and a
 listener forwards to one group, so the passive and control target groups stay IPv4. IPv4 clients
@@ -32,6 +32,8 @@ SETS = {
     "dualstack, operator's VPC": {"FtpIpAddressType": "dualstack", **OPERATOR},
     "dualstack, FTP off": {"FtpIpAddressType": "dualstack", "EnableFtp": "false"},
     "ipv4, operator's VPC": OPERATOR,
+    "dualstack, rsync alone": {"FtpIpAddressType": "dualstack", "EnableFtp": "false", "EnableRsync": "true"},
+    "ipv4, rsync on": {"EnableRsync": "true"},
 }
 IPV6_TYPES = ("AWS::EC2::VPCCidrBlock", "AWS::EC2::SubnetCidrBlock")
 
@@ -190,7 +192,32 @@ def test_dual_stack_lets_the_sync_reach_an_ipv6_upstream(stacks: dict[str, Stack
     ]
 
 
-@pytest.mark.parametrize("name", ["ipv4", "ipv4, operator's VPC", "dualstack, FTP off"])
+def test_rsync_alone_keeps_the_load_balancer_and_its_dual_stack(stacks: dict[str, Stack]) -> None:
+    s = stacks["dualstack, rsync alone"]
+    assert not [k for k in s.active() if k.startswith("FtpPassive") or k.startswith("FtpControl")]
+    lb = s.props("FtpLoadBalancer")
+    assert lb["IpAddressType"] == "dualstack"
+    (route,) = [r for r in s.active("AWS::EC2::Route") if "DestinationIpv6CidrBlock" in s.props(r)]
+    assert route in s.needs("FtpLoadBalancer")
+    assert s.props("RsyncListener") == {
+        "LoadBalancerArn": s.ref("FtpLoadBalancer"),
+        "Protocol": "TCP",
+        "Port": 873,
+        "DefaultActions": [{"Type": "forward", "TargetGroupArn": s.ref("RsyncTargetGroup")}],
+    }
+    # the daemon listens on both families, behind an IPv4 group that keeps IPv4 clients' addresses
+    command = s.props("RsyncTaskDefinition")["ContainerDefinitions"][0]["Command"]
+    assert command[command.index("--host") + 1] == "::"
+    (group,) = s.active("AWS::ElasticLoadBalancingV2::TargetGroup")
+    p = s.props(group)
+    assert p.get("IpAddressType", "ipv4") == "ipv4" and p["TargetType"] == "ip"
+    assert {"Key": "preserve_client_ip.enabled", "Value": "true"} in p["TargetGroupAttributes"]
+    ingress = s.props("RsyncSecurityGroup")["SecurityGroupIngress"]
+    assert not [rule for rule in ingress if "CidrIpv6" in rule]
+    assert s.r.resolve(s.template["Outputs"]["FtpDualStackUrl"]["Value"]) == ""  # FTP is off
+
+
+@pytest.mark.parametrize("name", ["ipv4", "ipv4, operator's VPC", "dualstack, FTP off", "ipv4, rsync on"])
 def test_without_dual_stack_nothing_ipv6_appears(stacks: dict[str, Stack], name: str) -> None:
     s = stacks[name]
     assert not s.active(*IPV6_TYPES, "AWS::EC2::SecurityGroupEgress")
@@ -205,6 +232,8 @@ def test_without_dual_stack_nothing_ipv6_appears(stacks: dict[str, Stack], name:
     assert found == []
     if "FtpLoadBalancer" in active:
         assert active["FtpLoadBalancer"]["IpAddressType"] == "ipv4"
-        command = active["FtpTaskDefinition"]["ContainerDefinitions"][0]["Command"]
-        assert command[command.index("--host") + 1] == "0.0.0.0"
+    for task in ("FtpTaskDefinition", "RsyncTaskDefinition"):
+        if task in active:
+            command = active[task]["ContainerDefinitions"][0]["Command"]
+            assert command[command.index("--host") + 1] == "0.0.0.0", task
     assert s.r.resolve(s.template["Outputs"]["FtpDualStackUrl"]["Value"]) == ""

@@ -195,12 +195,12 @@ def test_sam_cli_reads_the_parameters_make_deploy_gives_it_over_the_saved_ones(h
 # One mirror's figures as publish-health returns them (mirrorkeeper.verify.metrics.mirror_figures).
 FIGURES = {
     "overall": 1,
-    "levels": {"http": 0, "ftp": 1},
-    "freshness": {"http": 60.0, "ftp": 9000.0},
-    "passed": {"http": 18, "ftp": 17},
-    "failed": {"http": 0, "ftp": 1},
-    "latency": {"http": [12.0], "ftp": [40.0]},
-    "missing": {"http": 1, "ftp": 1},
+    "levels": {"http": 0, "ftp": 1, "rsync": 0},
+    "freshness": {"http": 60.0, "ftp": 9000.0, "rsync": 90.0},
+    "passed": {"http": 18, "ftp": 17, "rsync": 18},
+    "failed": {"http": 0, "ftp": 1, "rsync": 0},
+    "latency": {"http": [12.0], "ftp": [40.0], "rsync": [55.0]},
+    "missing": {"http": 1, "ftp": 1, "rsync": 1},
     "completion": 100.0,
     "drift": 0,
     "lag": 0,

@@ -16,8 +16,9 @@ from tests.template.cfn import Resolver, expand_templates, load_raw_template, re
 RAW = load_raw_template()
 COUNTS: list[str] = RAW["Parameters"]["FtpPassivePorts"]["AllowedValues"]
 FIRST_PASSIVE_PORT = 60000
-# An NLB has at most 50 listeners (default quota); FTP's port 21 and a future rsync listener on 873 need two.
-LISTENER_QUOTA, OTHER_LISTENERS = 50, 2
+# An NLB has at most 50 listeners (default quota); FTP's port 21 and rsync's 873 need two.
+LISTENER_QUOTA = 50
+OTHER_LISTENERS = {"FtpControlListener": "FtpControlTargetGroup", "RsyncListener": "RsyncTargetGroup"}
 REQUIRED = {
     "UpstreamUrl": "rsync://example.org/m/",
     "AlertEmail": "a@example.org",
@@ -64,7 +65,7 @@ def test_every_allowed_passive_port_count_has_its_ports_and_fits_the_listener_qu
     assert sorted(rows, key=int) == COUNTS
     for count in COUNTS:
         n = int(count)
-        assert n + OTHER_LISTENERS <= LISTENER_QUOTA, count
+        assert n + len(OTHER_LISTENERS) <= LISTENER_QUOTA, count
         assert rows[count]["Indexes"] == [str(i) for i in range(n)], count
         assert rows[count]["Last"] == FIRST_PASSIVE_PORT + n - 1, count
     assert ports == {str(i): FIRST_PASSIVE_PORT + i for i in range(max(map(int, COUNTS)))}
@@ -81,8 +82,9 @@ def test_passive_ports_follow_ftp_passive_ports(expanded: dict[str, dict[str, An
     assert all(
         listener["Properties"]["LoadBalancerArn"] == {"Ref": "FtpLoadBalancer"} for listener in listeners.values()
     )
-    passive = {k: v for k, v in listeners.items() if k != "FtpControlListener"}
-    assert len(passive) == n and len(listeners) + OTHER_LISTENERS - 1 <= LISTENER_QUOTA
+    passive = {k: v for k, v in listeners.items() if k not in OTHER_LISTENERS}
+    assert len(passive) == n and set(listeners) - set(passive) == set(OTHER_LISTENERS)
+    assert len(listeners) <= LISTENER_QUOTA
     by_port = {}
     for logical_id, listener in passive.items():
         port = r.resolve(listener["Properties"]["Port"])
@@ -93,7 +95,7 @@ def test_passive_ports_follow_ftp_passive_ports(expanded: dict[str, dict[str, An
         by_port[port] = f"FtpPassive{index}TargetGroup"
     assert sorted(by_port) == list(range(first, last + 1))
     groups = resources_of_type(template, "AWS::ElasticLoadBalancingV2::TargetGroup")
-    assert set(groups) == {"FtpControlTargetGroup", *by_port.values()}
+    assert set(groups) == {*OTHER_LISTENERS.values(), *by_port.values()}
     for port, group_id in by_port.items():
         group = r.resolve(groups[group_id]["Properties"])
         assert group["Port"] == port and group["HealthCheckPort"] == "2121", group_id
@@ -145,7 +147,7 @@ def test_registration_may_touch_the_passive_groups_only(expanded: dict[str, dict
     for group_id, group in resources_of_type(template, "AWS::ElasticLoadBalancingV2::TargetGroup").items():
         tags = {t["Key"]: t["Value"] for t in group["Properties"].get("Tags", [])}
         assert (tags.get("mirrorkeeper:ftp-passive") == {"Ref": "AWS::StackName"}) == (
-            group_id != "FtpControlTargetGroup"
+            group_id not in OTHER_LISTENERS.values()
         )
 
 

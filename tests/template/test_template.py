@@ -24,6 +24,7 @@ from tests.template.cfn import (
 )
 
 FTP_CONTAINER_PORT = 2121
+RSYNC_CONTAINER_PORT = 8873
 PSEUDO = {"AWS::Region": "eu-west-1", "AWS::StackName": "mk", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}
 # Actions AWS grants only on "*" (no resource-level permissions), each used on purpose.
 STAR_RESOURCE_ACTIONS = {
@@ -238,7 +239,7 @@ def test_every_alarm_notifies_the_topic_on_alarm_and_ok(template: dict[str, Any]
         assert "README.md" in text, logical_id  # each alarm says where to read what to do
 
 
-@pytest.mark.parametrize("protocol", ["http", "ftp"])
+@pytest.mark.parametrize("protocol", ["http", "ftp", "rsync"])
 def test_freshness_alarm_per_protocol_breaches_on_missing_data(template: dict[str, Any], protocol: str) -> None:
     alarm = props(template, f"Freshness{protocol.capitalize()}Alarm")
     assert alarm["Namespace"] == "Mirrorkeeper" and alarm["MetricName"] == "FreshnessSeconds"
@@ -639,6 +640,85 @@ def test_ftp_targets_workflow_registers_in_the_groups_it_finds_on_the_ftp_load_b
     assert choices == {"STOPPED": "Deregister", "RUNNING": "Register"}
 
 
+RSYNC_ON = {"UpstreamUrl": "rsync://example.org/m/", "AlertEmail": "a@example.org", "SyncImageUri": "x"}
+
+
+@pytest.mark.parametrize(("ftp", "rsync"), [("true", "false"), ("false", "false"), ("true", "true"), ("false", "true")])
+def test_rsync_is_optional_and_shares_the_load_balancer_with_ftp(
+    template: dict[str, Any], ftp: str, rsync: str
+) -> None:
+    r = Resolver(template, {**RSYNC_ON, "EnableFtp": ftp, "EnableRsync": rsync}, PSEUDO)
+    assert template["Parameters"]["EnableRsync"]["Default"] == "false"
+    own = [k for k in template["Resources"] if k.startswith("Rsync")]
+    assert len(own) == 7 and all(r.active(k) == (rsync == "true") for k in own)
+    # one load balancer and address, there when either protocol is
+    for shared in ("FtpLoadBalancer", "FtpAddress"):
+        assert r.active(shared) == ("true" in (ftp, rsync)), shared
+    for protocol in ("ftp", "rsync"):
+        on = {"ftp": ftp, "rsync": rsync}[protocol] == "true"
+        alarms = [f"Freshness{protocol.capitalize()}Alarm", f"ProbesFailed{protocol.capitalize()}Alarm"]
+        assert all(r.active(alarm) == on for alarm in alarms), protocol
+    r.refs["FtpAddress"] = "192.0.2.10"
+    expected = "rsync://192.0.2.10/" if rsync == "true" else ""
+    assert r.resolve(template["Outputs"]["RsyncUrl"]["Value"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("schedules", "url"),
+    [("-", "rsync://192.0.2.10/mirror/"), ("openvz|ENABLED|cron(7 */1 * * ? *)", "rsync://192.0.2.10/")],
+)
+def test_verification_probes_rsync_at_the_module_a_host_of_one_or_a_hosts_mirrors_are_served_as(
+    template: dict[str, Any], schedules: str, url: str
+) -> None:
+    r = Resolver(template, {**RSYNC_ON, "EnableRsync": "true", "MirrorSchedules": schedules}, PSEUDO)
+    r.refs.update(FtpAddress="192.0.2.10", MirrorBucket="mk-mirror")
+    # (a host's verify makes it each mirror's: rsync://HOST/<module of its path>/, config.mirror_url)
+    assert r.resolve(template["Globals"]["Function"]["Environment"]["Variables"]["MIRRORKEEPER_RSYNC_URL"]) == url
+    # and the task serves the host's config file's mirrors, or the one mirror as module 'mirror'
+    (task,) = props(template, "RsyncTaskDefinition")["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in r.resolve(task["Environment"])}
+    assert ("MIRRORKEEPER_CONFIG" in env) == (schedules != "-") and "MIRRORKEEPER_MODULE" not in env
+
+
+def test_rsync_task_serves_unprivileged_from_its_disk_behind_port_873(template: dict[str, Any]) -> None:
+    task_definition = props(template, "RsyncTaskDefinition")
+    # its disk, sized by a parameter within Fargate's limits, holds the replica
+    assert task_definition["EphemeralStorage"] == {"SizeInGiB": {"Ref": "RsyncStorageGiB"}}
+    size = template["Parameters"]["RsyncStorageGiB"]
+    assert (size["MinValue"], size["MaxValue"]) == (21, 200) and 21 <= size["Default"] <= 200
+    (task,) = task_definition["ContainerDefinitions"]
+    command = task["Command"]
+    # (the host, IPv6 or not with FtpIpAddressType: test_dual_stack.py)
+    assert command[0] == "serve-rsync" and command[command.index("--port") + 1] == str(RSYNC_CONTAINER_PORT)
+    assert command[command.index("--replica-dir") + 1] == "/var/lib/mirrorkeeper"  # the image's user's home
+    assert task["PortMappings"] == [{"ContainerPort": RSYNC_CONTAINER_PORT, "Protocol": "tcp"}]
+    # its own log group, with the stack's retention
+    assert task["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "RsyncLogGroup"}
+    assert props(template, "RsyncLogGroup")["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    # port 873 of the load balancer FTP uses, to a health-checked group keeping clients' addresses
+    listener = props(template, "RsyncListener")
+    assert listener["LoadBalancerArn"] == {"Ref": "FtpLoadBalancer"} and listener["Port"] == 873
+    assert listener["DefaultActions"] == [{"Type": "forward", "TargetGroupArn": {"Ref": "RsyncTargetGroup"}}]
+    group = props(template, "RsyncTargetGroup")
+    assert (
+        group["TargetType"] == "ip" and group["Port"] == RSYNC_CONTAINER_PORT and group["HealthCheckProtocol"] == "TCP"
+    )
+    assert {"Key": "preserve_client_ip.enabled", "Value": "true"} in group["TargetGroupAttributes"]
+    service = props(template, "RsyncService")
+    assert service["LoadBalancers"] == [
+        {"ContainerName": "rsync", "ContainerPort": RSYNC_CONTAINER_PORT, "TargetGroupArn": {"Ref": "RsyncTargetGroup"}}
+    ]
+    assert service["DesiredCount"] == 1 and service["NetworkConfiguration"]["AwsvpcConfiguration"][
+        "SecurityGroups"
+    ] == [{"Ref": "RsyncSecurityGroup"}]
+    ingress = props(template, "RsyncSecurityGroup")["SecurityGroupIngress"]
+    assert [(rule["FromPort"], rule["ToPort"]) for rule in ingress] == [(RSYNC_CONTAINER_PORT, RSYNC_CONTAINER_PORT)]
+    # it reads the files, the manifests and the host's config file, and writes nothing
+    (policy,) = props(template, "RsyncTaskRole")["Policies"]
+    actions = {a for st in policy["PolicyDocument"]["Statement"] for a in as_list(st["Action"])}
+    assert actions == {"s3:ListBucket", "s3:GetObject"}
+
+
 def test_skipped_checks_say_why(template: dict[str, Any]) -> None:
     skipped = 0
     for logical_id, resource in template["Resources"].items():
@@ -650,8 +730,8 @@ def test_skipped_checks_say_why(template: dict[str, Any]) -> None:
     assert text.count("ignore_checks: [") == text.count("# W1030") >= 1  # the one cfn-lint ignore has its reason
 
 
-@pytest.mark.parametrize("ftp", ["true", "false"])
-def test_dashboard_body_is_json_with_or_without_ftp(template: dict[str, Any], ftp: str) -> None:
+@pytest.mark.parametrize(("ftp", "rsync"), [("true", "false"), ("false", "false"), ("true", "true"), ("false", "true")])
+def test_dashboard_body_is_json_with_or_without_ftp_and_rsync(template: dict[str, Any], ftp: str, rsync: str) -> None:
     resolver = Resolver(
         template,
         {
@@ -659,6 +739,7 @@ def test_dashboard_body_is_json_with_or_without_ftp(template: dict[str, Any], ft
             "AlertEmail": "a@example.org",
             "SyncImageUri": "img",
             "EnableFtp": ftp,
+            "EnableRsync": rsync,
         },
         {"AWS::Region": "us-east-1", "AWS::StackName": "mk", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"},
     )

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkeeper.config import ConfigFile, resolve, sync_config
+from mirrorkeeper.config import ConfigFile, mirror_url, resolve, sync_config
 from mirrorkeeper.errors import ConfigError
 from mirrorkeeper.host import Schedule
+from mirrorkeeper.layout import MirrorLayout
 
 HOST = """
 [host]
@@ -122,3 +123,14 @@ def test_a_schedule_is_one_cron_expression_and_its_next_run(
 def test_intervals_no_schedule_can_keep_are_refused(interval: float, minute: int) -> None:
     with pytest.raises(ConfigError, match=r"interval|minute"):
         Schedule(interval, minute)
+
+
+def test_a_nested_mirrors_urls_are_its_path_over_http_and_ftp_and_its_module_over_rsync() -> None:
+    layout = MirrorLayout.create("my-mirror-bucket", path="linux/debian")
+    assert mirror_url("https://mirrors.test/", layout) == "https://mirrors.test/linux/debian/"
+    assert mirror_url("ftp://mirrors.test/", layout) == "ftp://mirrors.test/linux/debian/"
+    # rsync takes a module name up to the first '/': the module serve-rsync names after the path
+    assert mirror_url("rsync://mirrors.test/", layout) == "rsync://mirrors.test/linux-debian/"
+    # a mirror at the root keeps the URL given, and no URL stays none
+    assert mirror_url("rsync://mirrors.test/mirror/", MirrorLayout.create("b")) == "rsync://mirrors.test/mirror/"
+    assert mirror_url("", layout) == ""

@@ -24,6 +24,7 @@ COMMANDS = {
     "sync": "mirrorkeeper.commands.sync",
     "serve-http": "mirrorkeeper.commands.serve_http",
     "serve-ftp": "mirrorkeeper.commands.serve_ftp",
+    "serve-rsync": "mirrorkeeper.commands.serve_rsync",
     "verify": "mirrorkeeper.commands.verify",
     "announce": "mirrorkeeper.commands.announce",
     "mirrors": "mirrorkeeper.commands.mirrors",

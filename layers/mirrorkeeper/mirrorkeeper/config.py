@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SYNC = "sync"
 SERVE_HTTP = "serve-http"
 SERVE_FTP = "serve-ftp"
+SERVE_RSYNC = "serve-rsync"
 VERIFY = "verify"
 ANNOUNCE = "announce"
 MIRRORS = "mirrors"
@@ -40,7 +41,9 @@ SERVE_PUSH = "serve-push"
 PUSH = "push"
 SERVE = frozenset({SERVE_HTTP, SERVE_FTP})
 # Every command that works on the bucket (``push`` only talks to a push endpoint).
-ALL = frozenset({SYNC, SERVE_HTTP, SERVE_FTP, VERIFY, ANNOUNCE, MIRRORS, SERVE_PUSH})
+ALL = frozenset({SYNC, SERVE_HTTP, SERVE_FTP, SERVE_RSYNC, VERIFY, ANNOUNCE, MIRRORS, SERVE_PUSH})
+# What every front end takes: where it listens, how many it serves and for how long.
+LISTENERS = SERVE | {SERVE_RSYNC}
 # Commands that act on one mirror of a host (or each of them in turn).
 PER_MIRROR = frozenset({SYNC, VERIFY, ANNOUNCE, MIRRORS})
 # serve-push answers for every mirror of the host, so it reads each one's place and state, never --mirror.
@@ -317,6 +320,26 @@ def parse_directory(text: str) -> str:
 
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_MODULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def parse_module(text: str) -> str:
+    """An rsync module name: the first segment of an rsync:// path, so never a '/' (nor ']' or spaces,
+    which rsyncd.conf's section headers cannot carry)."""
+    name = str(text).strip()
+    if not _MODULE.fullmatch(name):
+        raise ValueError(
+            "an rsync module name is 1-64 letters, digits, '.', '_' and '-', starting with one of the first two"
+        )
+    return name
+
+
+def module_of_path(path: str) -> str:
+    """The rsync module serving a host's mirror at URL path ``path``: rsync takes a module name up to
+    the first '/', so a nested path's segments are joined with '-' (linux/debian → linux-debian)."""
+    return path.replace("/", "-")
+
+
 _SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
 
@@ -459,6 +482,7 @@ SAFETY = "safety"
 TUNING = "tuning"
 LISTENING = "listening"
 FTP = "FTP"
+RSYNC = "rsync"
 ENDPOINTS = "endpoints to probe"
 RULES = "health rules and alerts"
 PROBING = "probing"
@@ -775,7 +799,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_late_patterns,
         DEFAULT_LATE_PATTERNS,
         "index files published after data, as tiers: 'Packages*,Sources*;Release,InRelease,repomd.xml'",
-        frozenset({SYNC, VERIFY}),
+        frozenset({SYNC, VERIFY, SERVE_RSYNC}),
         TUNING,
         default_text="apt, yum and checksum files",
         per_mirror=True,
@@ -785,7 +809,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_trace_path,
         DEFAULT_TRACE_PATH,
         "trace file path inside the mirror",
-        frozenset({SYNC, VERIFY, MIRRORS}),
+        frozenset({SYNC, VERIFY, MIRRORS, SERVE_RSYNC}),
         TUNING,
         per_mirror=True,
     ),
@@ -869,7 +893,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_command,
         "rsync",
         "rsync program and fixed options",
-        frozenset({SYNC}),
+        frozenset({SYNC, SERVE_RSYNC}),
         TUNING,
         metavar="CMD",
     ),
@@ -904,23 +928,23 @@ SETTINGS: tuple[Setting, ...] = (
         per_mirror=True,
     ),
     # -- serve-http and serve-ftp
-    Setting("host", plain, "127.0.0.1", "address to listen on", SERVE | {SERVE_PUSH}, LISTENING),
+    Setting("host", plain, "127.0.0.1", "address to listen on", LISTENERS | {SERVE_PUSH}, LISTENING),
     Setting(
         "port",
         parse_port,
         0,
         "port to listen on; 0 picks a free one",
-        SERVE | {SERVE_PUSH},
+        LISTENERS | {SERVE_PUSH},
         LISTENING,
-        command_defaults={SERVE_HTTP: 8080, SERVE_FTP: 2121, SERVE_PUSH: 8090},
+        command_defaults={SERVE_HTTP: 8080, SERVE_FTP: 2121, SERVE_RSYNC: 873, SERVE_PUSH: 8090},
     ),
-    Setting("max_connections", count(1, 100_000), 256, "connections served at once", SERVE, LISTENING),
+    Setting("max_connections", count(1, 100_000), 256, "connections served at once", LISTENERS, LISTENING),
     Setting(
         "idle_timeout",
         duration(0.0, 86400.0),
         300.0,
         "seconds an idle connection is kept",
-        SERVE,
+        LISTENERS,
         LISTENING,
         default_text="300",
     ),
@@ -1110,6 +1134,53 @@ SETTINGS: tuple[Setting, ...] = (
         frozenset({PUSH}),
         PUSHING,
         default_text="30",
+    ),
+    # -- serve-rsync
+    Setting(
+        "replica_dir",
+        parse_directory,
+        "",
+        "directory holding the local replica the rsync daemon serves (one snapshot per module, plus the "
+        "previous one while clients may still read it)",
+        frozenset({SERVE_RSYNC}),
+        RSYNC,
+        default_text="none",
+        metavar="DIR",
+    ),
+    Setting(
+        "module",
+        parse_module,
+        "mirror",
+        "the rsync module's name for a single mirror (with a config file's mirrors, each is named after its path)",
+        frozenset({SERVE_RSYNC}),
+        RSYNC,
+        metavar="NAME",
+    ),
+    Setting(
+        "poll_interval",
+        duration(high=86400.0),
+        30.0,
+        "seconds between looks at the manifest's version (one HEAD per mirror); a new one is applied at once",
+        frozenset({SERVE_RSYNC}),
+        RSYNC,
+        default_text="30",
+    ),
+    Setting(
+        "download_concurrency",
+        count(1, 256),
+        16,
+        "parallel downloads from S3 into the replica",
+        frozenset({SERVE_RSYNC}),
+        RSYNC,
+    ),
+    Setting(
+        "replica_reserve",
+        size(0),
+        64 * 1024**2,
+        "free space to leave on the replica's disk: a build or update that would use it is refused",
+        frozenset({SERVE_RSYNC}),
+        RSYNC,
+        default_text="64M",
     ),
     # -- verify (and the announcement's URLs)
     Setting(
@@ -1717,6 +1788,65 @@ def sessions_per_address(given: int | None, passive_ports: tuple[int, int] | Non
 
 
 @dataclass(frozen=True)
+class RsyncModule:
+    """One module of ``serve-rsync``: a mirror's replica, served read-only under ``name``."""
+
+    name: str
+    layout: MirrorLayout
+    title: str  # the mirror's name, shown in the module list
+    trace_path: str
+    late_patterns: LateTiers
+
+
+@dataclass(frozen=True)
+class RsyncServeConfig:
+    """Settings of ``serve-rsync``: the replicas it keeps and the daemon that serves them."""
+
+    replica_dir: Path
+    modules: tuple[RsyncModule, ...]
+    aws: AwsConfig
+    host_name: str
+    host: str = default("host")
+    port: int = 873
+    max_connections: int = default("max_connections")
+    idle_timeout: float = default("idle_timeout")
+    poll_interval: float = default("poll_interval")
+    download_concurrency: int = default("download_concurrency")
+    replica_reserve: int = default("replica_reserve")
+    rsync_command: str = default("rsync_command")
+
+
+def load_rsync_serve_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> RsyncServeConfig:
+    """One module per mirror of the host's config file, named after its path; else one, ``--module``."""
+    env = os.environ if environ is None else environ
+    values = resolve(SERVE_RSYNC, flags, env)
+    replica_dir = Path(require(values, "replica_dir", "DIR"))
+    layout = load_layout(values)
+    file = read_config(SERVE_RSYNC, flags, env)
+    modules: list[RsyncModule] = []
+    for name, path in file.served_paths.items():
+        mine = resolve(SERVE_RSYNC, flags, env, mirror=name, file=file)
+        module = module_of_path(path)
+        if any(m.name == module for m in modules):
+            raise ConfigError(f"config file {file.path}: two mirrors' paths make the rsync module name {module!r}")
+        title = mine["mirror_name"] or name
+        modules.append(
+            RsyncModule(module, replace(layout, path=path), title, mine["trace_path"], mine["late_patterns"])
+        )
+    if not modules:
+        title = values["mirror_name"] or layout.bucket
+        modules.append(RsyncModule(values["module"], layout, title, values["trace_path"], values["late_patterns"]))
+    return pick(
+        RsyncServeConfig,
+        values,
+        replica_dir=replica_dir,
+        modules=tuple(modules),
+        aws=load_aws_config(values),
+        host_name=values["host_name"] or layout.bucket,
+    )
+
+
+@dataclass(frozen=True)
 class VerifyConfig:
     """Settings of ``mirrorkeeper verify`` and of the three verification Lambdas (same names, same
     environment variables, so the local chain and the deployed workflow read one configuration)."""
@@ -1764,8 +1894,11 @@ def load_verify_config(flags: Mapping[str, Any], environ: Mapping[str, str] | No
 
 
 def mirror_url(url: str, layout: MirrorLayout) -> str:
-    """The host's URL of a protocol, made a mirror's: its path below the root ('' stays '')."""
-    return url + layout.path + "/" if url and layout.path else url
+    """The host's URL of a protocol, made a mirror's: its path below the root ('' stays ''); over rsync
+    the module serve-rsync names after the path (a nested path's '/' would end the module's name)."""
+    if not url or not layout.path:
+        return url
+    return url + (module_of_path(layout.path) if url.startswith("rsync:") else layout.path) + "/"
 
 
 def verify_config(values: Mapping[str, Any]) -> VerifyConfig:

@@ -62,6 +62,10 @@ class StagingFullError(MirrorkeeperError):
     """The local staging directory ran out of space."""
 
 
+class ReplicaFullError(MirrorkeeperError):
+    """serve-rsync's replica directory has no room for what the manifest needs."""
+
+
 class StorageError(MirrorkeeperError):
     """S3 refused or kept failing a request after retries. ``per_object`` when the refusal concerns
     that one object (a key S3 will not take) rather than the store as a whole (unreachable, no

@@ -116,6 +116,7 @@ class ManifestMeta:
     published: float = 0.0  # when the manifest was written (S3's LastModified); not stored as metadata
     # Paths of our own trace files that upstream publishes itself (so we do not write ours there).
     upstream_owns: tuple[str, ...] = ()
+    etag: str = ""  # which version of the manifest this is (S3's ETag): what serve-rsync follows
 
     def to_metadata(self) -> dict[str, str]:
         values = {
@@ -848,7 +849,7 @@ class StateStore:
                     return None
                 raise
         meta = ManifestMeta.from_metadata(dict(response.get("Metadata", {})))
-        return replace(meta, published=response["LastModified"].timestamp())
+        return replace(meta, published=response["LastModified"].timestamp(), etag=str(response.get("ETag", "")))
 
     @contextmanager
     def manifest_entries(self) -> Iterator[Iterator[Entry]]:

@@ -1,4 +1,4 @@
-"""What ``serve-http`` and ``serve-ftp`` share: the start of their run (one place, so they agree)."""
+"""What the serve commands share: the start of their run (one place, so they agree)."""
 
 from __future__ import annotations
 

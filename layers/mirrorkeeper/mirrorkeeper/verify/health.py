@@ -143,7 +143,7 @@ def assess_endpoint(
         first = report.results[0] if report.results else None
         return [Finding(name, Level.DOWN, f"unreachable at {report.url}: {first.detail if first else 'no answer'}")]
     findings: list[Finding] = []
-    if report.protocol == "rsync":
+    if any(r.kind is ProbeKind.HANDSHAKE for r in report.results):  # rsync where no client could run
         failed = [r for r in report.results if not r.ok]
         return [Finding(name, Level.DOWN, f"the rsync module is not served: {r.detail}") for r in failed]
     if report.trace_epoch is None:

@@ -6,8 +6,11 @@ and hashed against the manifest, and a fresh random missing path that must answe
 new name each time: CloudFront caches 404s). Each probe has a timeout and its own latency; probes
 of one endpoint run concurrently, each worker thread on its own connection.
 
-rsync endpoints get a protocol handshake (greeting, module accepted): the Lambda runtime has no
-rsync binary, and the handshake is what tells a downstream mirror the module is there.
+rsync endpoints are probed with the rsync client, as downstream mirrors pull: the module's listing,
+the trace file, the sample's listed sizes and mtimes, downloads hashed, and a missing path that must
+fail with rsync's "No such file or directory". Where there is no rsync binary (the Lambda runtime)
+they get a protocol handshake instead (greeting, module accepted): what tells a downstream mirror
+the module is there.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import ftplib
 import hashlib
 import heapq
 import http.client
+import os
 import random
 import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -113,7 +120,8 @@ class EndpointReport:
 
     @property
     def missing_check(self) -> bool | None:
-        """True when a missing path got 404 / 550; None when not checked (unreachable, rsync)."""
+        """True when a missing path got 404 / 550 / rsync's error; None when not checked (unreachable, a
+        handshake only)."""
         found = [r for r in self.results if r.kind is ProbeKind.MISSING]
         return found[0].ok if found else None
 
@@ -379,6 +387,93 @@ class FtpSession:
             self.ftp.close()
 
 
+# rsync's listing of one file: permissions, size (--no-h: plain digits), date and time (TZ=UTC), name.
+_RSYNC_LISTED = re.compile(rb"^\S+\s+(\d+) (\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) ")
+_RSYNC_MISSING = b"No such file or directory"
+_RSYNC_GLOB = re.compile(r"[*?\[]")
+
+
+class RsyncSession:
+    """The rsync client, one run per probe (a daemon connection serves one transfer)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.timeout = timeout
+
+    def _run(self, path: str, *options: str, into: str = "") -> subprocess.CompletedProcess[bytes]:
+        # The daemon reads a path with *, ? or [ as a glob pattern (then \\ escapes), and one starting
+        # with '-' as an option: './' keeps a name a name.
+        if _RSYNC_GLOB.search(path):
+            path = re.sub(r"([\\*?\[])", r"\\\1", path)
+        remote = self.url + "./" + path
+        seconds = max(1, round(self.timeout))
+        command = ["rsync", "--no-motd", "--no-h", f"--contimeout={seconds}", f"--timeout={seconds}", *options, remote]
+        try:
+            return subprocess.run(
+                [*command, into] if into else command,
+                capture_output=True,
+                timeout=self.timeout * 3,
+                env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"rsync took over {self.timeout * 3:g} s") from None
+
+    @staticmethod
+    def _said(result: subprocess.CompletedProcess[bytes]) -> str:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        return (lines[0] if lines else f"rsync exit {result.returncode}")[:200]
+
+    def _failed(self, result: subprocess.CompletedProcess[bytes]) -> Exception:
+        """What a failed run means: the module is not served (exit 5: unknown, refused, initialising; 10:
+        no connection; 35: connect timeout), or a finding about the path asked for."""
+        if result.returncode in (5, 10, 35):
+            return ConnectionRefusedError(self._said(result))
+        return ProbeFindingError(Outcome.WRONG_STATUS, self._said(result))
+
+    def root(self) -> None:
+        result = self._run("", "--list-only")
+        if result.returncode != 0:
+            raise self._failed(result)
+
+    def _fetch(self, path: str, limit: int) -> bytes:
+        with tempfile.TemporaryDirectory(prefix="mirrorkeeper-probe-") as scratch:
+            result = self._run(path, into=os.path.join(scratch, "got"))
+            if result.returncode != 0:
+                raise self._failed(result)
+            with open(os.path.join(scratch, "got"), "rb") as got:
+                return got.read(limit)
+
+    def read_small(self, path: str) -> bytes:
+        return self._fetch(path, READ_LIMIT)
+
+    def check_file(self, sample: SampleFile) -> None:
+        result = self._run(sample.path, "--list-only")
+        listed = _RSYNC_LISTED.match(result.stdout)
+        if result.returncode != 0 or listed is None:
+            raise self._failed(result)
+        size, *stamp = (int(part) for part in listed.groups())
+        check_mtime(calendar.timegm((*stamp, 0, 0, 0)), sample, "listed mtime")
+        if size != sample.size:
+            raise ProbeFindingError(Outcome.WRONG_SIZE, f"listed size {size}, manifest says {sample.size}")
+
+    def download(self, sample: SampleFile) -> str:
+        return hashlib.sha256(self._fetch(sample.path, sample.size + 1)).hexdigest()
+
+    def check_missing(self, path: str) -> None:
+        result = self._run(path, "--list-only")
+        if result.returncode == 0:
+            raise ProbeFindingError(Outcome.WRONG_STATUS, "a missing file was listed")
+        if _RSYNC_MISSING not in result.stderr:
+            expected = _RSYNC_MISSING.decode()
+            raise ProbeFindingError(
+                Outcome.WRONG_STATUS, f"a missing file got {self._said(result)!r}, not {expected!r}"
+            )
+
+    def close(self) -> None:
+        """Nothing stays open between probes."""
+
+
 def rsync_handshake(url: str, timeout: float) -> None:
     """Greet an rsync daemon and ask for the module; raises ProbeFindingError unless it is accepted."""
     parts = urlsplit(url)
@@ -435,7 +530,7 @@ class ServerSlots:
 
 SERVER_SLOTS = ServerSlots()
 
-SESSIONS: dict[str, Callable[[str, float], Session]] = {"http": HttpSession, "ftp": FtpSession}
+SESSIONS: dict[str, Callable[[str, float], Session]] = {"http": HttpSession, "ftp": FtpSession, "rsync": RsyncSession}
 
 
 @contextmanager
@@ -459,7 +554,7 @@ def probe_endpoint(
     protocol: str, url: str, sample: list[SampleFile], trace_path: str, timeout: float, concurrency: int
 ) -> EndpointReport:
     report = EndpointReport(protocol, url, probed_at=time.time())
-    if protocol == "rsync":
+    if protocol == "rsync" and shutil.which("rsync") is None:
         with _timed(ProbeKind.HANDSHAKE, "", report.results):
             rsync_handshake(url, timeout)
         return report

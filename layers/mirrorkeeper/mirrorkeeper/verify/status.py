@@ -47,7 +47,7 @@ BAR_HEIGHT = 14
 COLOURS = {"ok": "#2e7d32", "degraded": "#f9a825", "down": "#c62828", "unknown": "#9e9e9e", "none": "#e0e0e0"}
 _RANK = {level.label: int(level) for level in Level}
 _LINK_SCHEMES = ("http://", "https://", "ftp://")
-_MISSING_CODE = {"http": "404", "https": "404", "ftp": "550"}
+_MISSING_CODE = {"http": "404", "https": "404", "ftp": "550", "rsync": "ENOENT"}
 
 
 def known_label(text: str) -> str:

@@ -8,7 +8,7 @@ from typing import IO, Any
 
 from mirrorkeeper.display import human_age, table
 
-MISSING_STATUS = {"http": "404", "ftp": "550"}
+MISSING_STATUS = {"http": "404", "ftp": "550", "rsync": "ENOENT"}
 
 
 def _age(seconds: float | None) -> str:

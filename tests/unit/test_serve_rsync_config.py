@@ -1,0 +1,86 @@
+"""serve-rsync's settings: its defaults, the checks on each, and the modules a single mirror or a
+host's config file makes (one per mirror, named by its path, '/' joined by '-')."""
+
+from pathlib import Path
+
+import pytest
+
+from mirrorkeeper.config import load_rsync_serve_config
+from mirrorkeeper.errors import ConfigError
+
+
+def test_a_single_mirror_is_one_module_with_the_documented_defaults(tmp_path: Path) -> None:
+    config = load_rsync_serve_config({"bucket": "my-mirror", "replica_dir": str(tmp_path)}, {})
+    (module,) = config.modules
+    assert (module.name, module.layout.served_prefix, module.title) == ("mirror", "pub/", "my-mirror")
+    assert config.replica_dir == tmp_path and config.host_name == "my-mirror"
+    # docs/rsync.md: port 873, 16 downloads at once, a look every 30 s, 64M left free
+    assert (config.port, config.download_concurrency, config.poll_interval) == (873, 16, 30.0)
+    assert config.replica_reserve == 64 * 1024**2
+
+
+def test_flags_and_environment_set_them(tmp_path: Path) -> None:
+    env = {
+        "MIRRORKEEPER_REPLICA_DIR": str(tmp_path),
+        "MIRRORKEEPER_POLL_INTERVAL": "2m",
+        "MIRRORKEEPER_DOWNLOAD_CONCURRENCY": "4",
+    }
+    flags = {"bucket": "my-mirror", "module": "openvz-download", "replica_reserve": "1G", "download_concurrency": "8"}
+    config = load_rsync_serve_config(flags, env)
+    assert config.modules[0].name == "openvz-download"
+    assert (config.poll_interval, config.download_concurrency, config.replica_reserve) == (120.0, 8, 1024**3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"module": "linux/debian"}, "--module"),  # rsync ends a module's name at the first '/'
+        ({"module": "a b"}, "--module"),  # rsyncd.conf's section headers carry no spaces
+        ({"download_concurrency": "0"}, "--download-concurrency"),
+        ({"download_concurrency": "257"}, "--download-concurrency"),
+        ({"poll_interval": "soon"}, "--poll-interval"),
+        ({"replica_reserve": "lots"}, "--replica-reserve"),
+        ({"replica_dir": "/nonexistent/replica"}, "--replica-dir"),
+    ],
+)
+def test_bad_settings_are_config_errors_naming_the_flag(tmp_path: Path, flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_rsync_serve_config({"bucket": "my-mirror", "replica_dir": str(tmp_path), **flags}, {})
+
+
+def test_the_replica_directory_must_be_given(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--replica-dir DIR"):
+        load_rsync_serve_config({"bucket": "my-mirror"}, {})
+
+
+HOST = """
+[host]
+name = "mirrors.example.org"
+bucket = "my-mirror-bucket"
+
+[mirrors.openvz]
+upstream = "rsync://download.openvz.org/openvz-download/"
+
+[mirrors.debian]
+upstream = "rsync://ftp.debian.org/debian/"
+path = "linux/debian"
+"""
+
+
+def test_a_hosts_mirrors_are_modules_named_by_their_paths(tmp_path: Path) -> None:
+    host = tmp_path / "mirrors.toml"
+    host.write_text(HOST)
+    config = load_rsync_serve_config({"config": str(host), "replica_dir": str(tmp_path)}, {})
+    modules = {m.name: (m.title, m.layout.served_prefix, m.layout.bucket) for m in config.modules}
+    assert modules == {
+        "openvz": ("openvz", "pub/openvz/", "my-mirror-bucket"),
+        "linux-debian": ("debian", "pub/linux/debian/", "my-mirror-bucket"),
+    }
+    assert config.host_name == "mirrors.example.org"
+
+
+def test_two_paths_making_one_module_name_are_refused(tmp_path: Path) -> None:
+    host = tmp_path / "mirrors.toml"
+    host.write_text(HOST + '\n[mirrors.other]\nupstream = "rsync://h/m/"\npath = "linux-debian"\n')
+    with pytest.raises(ConfigError, match="rsync module name 'linux-debian'"):
+        load_rsync_serve_config({"config": str(host), "replica_dir": str(tmp_path)}, {})
