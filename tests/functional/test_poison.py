@@ -96,6 +96,8 @@ def test_a_path_failing_three_runs_in_a_row_is_quarantined_then_retried_daily(
             code, _, stderr = sync(daemon, endpoint)
             assert code == 5, stderr
             assert report(s3)["newly_quarantined"] == ([] if run < 3 else ["bad.iso"])
+            # AND the run that quarantines it says it will be retried daily, not every run
+            assert ("quarantined: retried daily" in stderr.strip().splitlines()[-1]) == (run == 3), stderr
         # THEN it is quarantined: the fourth run does not try it, and is no longer "partial"
         code, _, stderr = sync(daemon, endpoint)
         assert code == 0, stderr
@@ -157,6 +159,7 @@ def test_an_index_naming_a_file_that_failed_is_held_back_with_what_names_it(
     # THEN Packages (which names it) and Release (which names Packages) keep their published
     # versions, the other new package is published, and the dropped one stays for the old index
     assert code == 5, stderr
+    assert "1 path was skipped and 3 index files that name them held back" in stderr.strip().splitlines()[-1]
     served = mirror_files(s3)
     for index in ("Packages", "Packages.gz"):
         assert served[f"dists/stable/main/binary-all/{index}"] == published[f"dists/stable/main/binary-all/{index}"]

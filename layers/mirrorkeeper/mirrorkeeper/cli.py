@@ -51,7 +51,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="mirrorkeeper",
         description="Keep a public download mirror in AWS: rsync upstream into S3, serve it over HTTP and FTP, "
         "verify it and report health to CloudWatch and SNS.",
-        epilog="exit codes: 0 ok, 1 failure, 2 usage/config error, 3 lock held, 4 deletion guard refused. "
+        epilog="exit codes: 0 ok, 1 failure, 2 usage/config error, 3 lock held, 4 deletions held by the guard "
+        "(the rest published), 5 partial (some paths skipped), 6 upstream busy, 130 stopped by a signal. "
         "'mirrorkeeper COMMAND --help' explains each command.",
     )
     parser.add_argument("--version", action="version", version=f"mirrorkeeper {__version__}")

@@ -14,6 +14,8 @@ import ipaddress
 import math
 import os
 import re
+import shlex
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
@@ -142,9 +144,15 @@ def duration(low: float = 0.0, high: float = 30 * 86400.0, zero: bool = False) -
     def parse(text: str) -> float:
         if zero and re.fullmatch(r"\s*0+(\.0*)?\s*[smhd]?\s*", str(text).lower()):
             return 0.0
-        value = parse_duration(text)
+        try:
+            value = parse_duration(text)
+        except ValueError:
+            if zero:
+                raise ValueError("expected 0 (off) or a duration such as 3600, 90s, 45m, 1h or 2d") from None
+            raise
         if not low < value <= high:
-            raise ValueError(f"expected a duration above {low:g} s and at most {high:g} s")
+            lowest = "0 (off) or more" if zero else f"above {low:g} s"
+            raise ValueError(f"expected a duration {lowest} and at most {high:g} s")
         return value
 
     return parse
@@ -212,7 +220,11 @@ def parse_late_patterns(text: str | list[Any]) -> LateTiers:
         # Patterns match file names, never paths: one with a '/' would silently match nothing.
         if "/" in pattern or any(ord(c) < 32 for c in pattern):
             raise ValueError(f"pattern {pattern!r} must be a file name pattern such as Packages* (no '/')")
-    return tuple(tier for tier in parsed if tier)
+    tiers_given = tuple(tier for tier in parsed if tier)
+    if not tiers_given:
+        # Without a late tier index files would be published with the data they name, not after it.
+        raise ValueError("names no pattern: give file name patterns, tiers split by ';', such as 'Packages*;Release'")
+    return tiers_given
 
 
 def parse_trace_path(text: str) -> str:
@@ -303,15 +315,21 @@ def parse_region(text: str) -> str:
 
 
 def parse_command(text: str) -> str:
+    """A program and its fixed options; the program must be installed (checked before any lease)."""
     command = str(text).strip()
     if not command:
         raise ValueError("the command is empty")
+    program = shlex.split(command)[0]
+    if shutil.which(program) is None:
+        raise ValueError(f"the program {program!r} is not installed or not on PATH: install it or name another")
     return command
 
 
 def parse_directory(text: str) -> str:
     """A directory that exists and that we can write to ('' for the system's temporary directory)."""
     path = str(text).strip()
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError("it is a file, not a directory: point at a directory")
     if path and not os.path.isdir(path):
         raise ValueError("no such directory: create it or point at another")
     if path and not os.access(path, os.W_OK | os.X_OK):
@@ -759,12 +777,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "lock_ttl",
         duration(0.0, 86400.0),
-        120.0,
+        # S3 stamps times in whole seconds and expiry keeps a second of grace: a crashed sync blocks
+        # the next for up to this plus two seconds, under two minutes.
+        115.0,
         "seconds a sync lease lasts without renewal (renewed every third of it): how long a crashed sync "
-        "blocks the next",
+        "blocks the next (plus up to 2 s: S3's clock has whole seconds)",
         frozenset({SYNC}),
         SAFETY,
-        default_text="120",
+        default_text="115",
     ),
     Setting(
         "staging_dir",

@@ -97,9 +97,19 @@ class RunFailures:
     def summary(self) -> str:
         """One sentence for the run's last line."""
         first = next(iter(sorted(self.failed.items())), None) or next(iter(sorted(self.held.items())), None)
-        count = len(self.failed) + len(self.held)
         detail = f" (first: {printable(first[0])}: {first[1]})" if first else ""
+        skipped = f"{len(self.failed)} {'path was' if len(self.failed) == 1 else 'paths were'} skipped"
+        if self.held:
+            files = "file" if len(self.held) == 1 else "files"
+            skipped += f" and {len(self.held)} index {files} that name them held back"
+        quarantined = [p for p in self.failed if p in self.log.quarantined() and p not in self._known]
+        retried = (
+            f"; {len(quarantined)} of them failed {self.quarantine_after} runs in a row and are quarantined: retried "
+            "daily, not every run"
+            if quarantined
+            else ""
+        )
         return (
-            f"published, but {count} paths were skipped{detail}; they keep their published copy and the next run "
-            "retries them (the run report lists them all)"
+            f"published, but {skipped}{detail}; they keep their published copy and the next run retries them"
+            f"{retried} (the run report lists them all)"
         )
