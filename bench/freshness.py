@@ -10,14 +10,13 @@ same run on the same tree. Targets: at most 0.2x the floor, at most 4 S3 request
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness import BenchError, MotoServer, compile_mirrorkeeper
+from harness import MotoServer, compile_mirrorkeeper, run_in_workdir
 from report import Outcome
 from run import Bench, Tree, clean_env, median_outcome, progress
 
@@ -49,8 +48,7 @@ def median_of(repeat: int, what: str, measure: Callable[[], Outcome]) -> Outcome
     return median_outcome(outcomes)
 
 
-def run_all(args: argparse.Namespace, workdir: Path) -> int:
-    (workdir / "tmp").mkdir()
+def run_all(args: argparse.Namespace, workdir: Path) -> list[str]:
     tempfile.tempdir = str(workdir / "tmp")
     started = time.monotonic()
     compile_mirrorkeeper()
@@ -78,35 +76,25 @@ def run_all(args: argparse.Namespace, workdir: Path) -> int:
             lambda: bench.keeper(daemon.url, BUCKET, "upstream-unchanged", 0, trace),
         )
     ratio = shortcut.wall / floor.wall
-    print(f"trace shortcut, {args.files} files, {tree.total_bytes} bytes, median of {args.repeat} runs each")
-    print(f"  {'':38} {'wall s':>8} {'S3 requests':>12}")
-    print(f"  {'(a) rsync -a --delete (the floor)':38} {floor.wall:8.2f} {'-':>12}")
-    print(f"  {'(b) mirrorkeeper, full listing':38} {listing.wall:8.2f} {listing.requests:12d}")
-    print(f"  {'(c) mirrorkeeper, --upstream-trace':38} {shortcut.wall:8.2f} {shortcut.requests:12d}")
-    print(
-        f"  (c) / (a) = {ratio:.3f}x the floor (target <= {TRACE_VS_FLOOR_MAX}x): "
-        f"{'met' if ratio <= TRACE_VS_FLOOR_MAX else 'MISSED'}"
-    )
-    print(f"  (c) / (b) = {shortcut.wall / listing.wall:.3f}x today's no-change run")
     requests_met = (shortcut.requests or 0) <= TRACE_REQUESTS_MAX
-    print(
+    return [
+        f"trace shortcut, {args.files} files, {tree.total_bytes} bytes, median of {args.repeat} runs each",
+        f"  {'':38} {'wall s':>8} {'S3 requests':>12}",
+        f"  {'(a) rsync -a --delete (the floor)':38} {floor.wall:8.2f} {'-':>12}",
+        f"  {'(b) mirrorkeeper, full listing':38} {listing.wall:8.2f} {listing.requests:12d}",
+        f"  {'(c) mirrorkeeper, --upstream-trace':38} {shortcut.wall:8.2f} {shortcut.requests:12d}",
+        f"  (c) / (a) = {ratio:.3f}x the floor (target <= {TRACE_VS_FLOOR_MAX}x): "
+        f"{'met' if ratio <= TRACE_VS_FLOOR_MAX else 'MISSED'}",
+        f"  (c) / (b) = {shortcut.wall / listing.wall:.3f}x today's no-change run",
         f"  (c) S3 requests {shortcut.requests} (target <= {TRACE_REQUESTS_MAX}): {'met' if requests_met else 'MISSED'}"
-        f"; moto logged {shortcut.logged_requests}"
-    )
-    print(f"  interpreter start and imports alone: {startup:.2f} s; elapsed {time.monotonic() - started:.0f} s")
-    return 0
+        f"; moto logged {shortcut.logged_requests}",
+        f"  interpreter start and imports alone: {startup:.2f} s; elapsed {time.monotonic() - started:.0f} s",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="mirrorkeeper-bench-"))
-    try:
-        return run_all(args, workdir)
-    except BenchError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_in_workdir("freshness", lambda workdir: run_all(args, workdir))
 
 
 if __name__ == "__main__":

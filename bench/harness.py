@@ -19,9 +19,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -238,3 +239,21 @@ class MotoServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def run_in_workdir(name: str, bench: Callable[[Path], list[str]]) -> int:
+    """Run ``bench`` in a temporary directory of its own (removed afterwards), then print the lines it
+    returns and the machine's load around it; a BenchError is one line and exit 1."""
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix=f"mirrorkeeper-bench-{name}-") as work:
+        workdir = Path(work)
+        (workdir / "tmp").mkdir()
+        try:
+            lines = bench(workdir)
+        except BenchError as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 1
+    print(
+        "\n".join(["", *lines, f"(1-minute load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end)"])
+    )
+    return 0

@@ -32,14 +32,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import BenchError, Measured, MotoServer, compile_mirrorkeeper, cpu_seconds, run_measured
+from harness import BenchError, Measured, MotoServer, compile_mirrorkeeper, cpu_seconds, run_in_workdir, run_measured
 from report import ratio, table
 from run import clean_env
 
@@ -263,19 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 mirrors of 200 files, one round")
     options = parser.parse_args(argv)
     mirrors, files, repeat = (4, 200, 1) if options.quick else (options.mirrors, options.files, options.repeat)
-    load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="mirrorkeeper-bench-host-") as work:
-        workdir = Path(work)
-        (workdir / "tmp").mkdir()
-        try:
-            lines = bench_host(workdir, mirrors, files, repeat)
-        except BenchError as exc:
-            print(f"bench: error: {exc}", file=sys.stderr)
-            return 1
-    print(
-        "\n".join(["", *lines, f"(1-minute load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end)"])
-    )
-    return 0
+    return run_in_workdir("host", lambda workdir: bench_host(workdir, mirrors, files, repeat))
 
 
 if __name__ == "__main__":

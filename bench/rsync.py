@@ -33,13 +33,12 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from harness import BenchError, MotoServer, compile_mirrorkeeper, run_measured
+from harness import BenchError, MotoServer, compile_mirrorkeeper, run_in_workdir, run_measured
 from host import MIRRORKEEPER, first_sync, progress, verdict
 from report import ratio, table
 from run import clean_env
@@ -198,19 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (
         (2000, 20_000_000, 20, 3) if options.quick else (options.files, options.bytes, options.big_mb, options.rounds)
     )
-    load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="mirrorkeeper-bench-rsync-") as work:
-        workdir = Path(work)
-        (workdir / "tmp").mkdir()
-        try:
-            lines = bench_rsync(workdir, *sizes)
-        except BenchError as exc:
-            print(f"bench: error: {exc}", file=sys.stderr)
-            return 1
-    print(
-        "\n".join(["", *lines, f"(1-minute load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end)"])
-    )
-    return 0
+    return run_in_workdir("rsync", lambda workdir: bench_rsync(workdir, *sizes))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import ipaddress
 import socket
+from http.server import BaseHTTPRequestHandler
 
 
 def address_family(host: str) -> socket.AddressFamily:
@@ -25,3 +26,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
     it cannot be bound."""
     family = address_family(host)
     return socket.create_server((host, port), family=family, dualstack_ipv6=family == socket.AF_INET6)
+
+
+class NamedRequestHandler(BaseHTTPRequestHandler):
+    """What every HTTP server of ours answers with: HTTP/1.1, ``Server: mirrorkeeper`` and no more
+    (http.server would append the Python version)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "mirrorkeeper"
+
+    def version_string(self) -> str:
+        return self.server_version

@@ -12,11 +12,11 @@ import logging
 import re
 import sys
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from mirrorkeeper.push.handler import PushAnswer, PushHandler, PushRequest
-from mirrorkeeper.sockets import address_family, both_families
+from mirrorkeeper.sockets import NamedRequestHandler, address_family, both_families
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,8 @@ class PushHTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class PushRequestHandler(BaseHTTPRequestHandler):
+class PushRequestHandler(NamedRequestHandler):
     server: PushHTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "mirrorkeeper"
-
-    def version_string(self) -> str:
-        return self.server_version  # http.server would append " " + the Python version
 
     timeout = REQUEST_SECONDS
 

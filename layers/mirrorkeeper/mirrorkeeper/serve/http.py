@@ -29,14 +29,14 @@ import sys
 import threading
 import time
 from datetime import UTC
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.serve.routing import route
 from mirrorkeeper.serve.served import ObjectBody, ObjectChangedError, ObjectInfo, ServedTree
-from mirrorkeeper.sockets import address_family, both_families
+from mirrorkeeper.sockets import NamedRequestHandler, address_family, both_families
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +227,8 @@ def http_date(text: str) -> float | None:
         return None
 
 
-class MirrorRequestHandler(BaseHTTPRequestHandler):
+class MirrorRequestHandler(NamedRequestHandler):
     server: MirrorHTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "mirrorkeeper"
-
-    def version_string(self) -> str:
-        return self.server_version  # http.server would append " " + the Python version
 
     # Headers and body go out in separate writes; with Nagle on, the body of a small keep-alive
     # response waits for the client's delayed ACK of the headers (40 ms on Linux) on every request.
@@ -296,10 +291,10 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 - http.server dispatches by this name
         self._serve()
 
-    def do_HEAD(self) -> None:
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server dispatches by this name
         self._serve()
 
     def log_message(self, format: str, *args: Any) -> None:
