@@ -321,11 +321,12 @@ def test_unreachable_s3_is_one_line_and_exit_1() -> None:
     # GIVEN S3 (here: a port nobody listens on) is unreachable
     nowhere = f"http://127.0.0.1:{free_port()}"
     args = ["verify", "--bucket", BUCKET, "--http-url", "http://127.0.0.1:9/", "--s3-max-attempts", "1"]
-    result = run_cli([*args, "--log-level", "ERROR"], nowhere)
-    # THEN the diff and probe steps are recorded as failed, and publishing health fails in one line
+    result = run_cli([*args, "--log-level", "INFO"], nowhere)
+    # THEN verify says so in one line before any step runs (no error per step and mirror), and exits 1
     assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("mirrorkeeper verify: error: cannot reach the AWS endpoint") and "--endpoint-url" in last
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("mirrorkeeper verify: error: cannot reach the AWS endpoint"), lines
+    assert "--endpoint-url" in lines[-1] and not [line for line in lines[:-1] if "ERROR" in line], lines
     assert "Traceback" not in result.stderr
 
 

@@ -64,6 +64,7 @@ def _read_event(path: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mirrorkeeper.aws import check_bucket
     from mirrorkeeper.verify.summary import print_verify_summary
     from mirrorkeeper.verify.workflow import HostDeps, cli_trigger, run_host
 
@@ -72,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(values["log_format"], values["log_level"])
     deps = HostDeps.load(flags, values["metrics"])
     trigger = _read_event(values["event"]) if values["event"] else cli_trigger(time.time())
+    # An S3 that cannot be reached (or a bucket that is not there) fails every step: one line now,
+    # not a failure per step and per mirror.
+    check_bucket(deps.host.s3, deps.host.config.layout.bucket)
     result = run_host(trigger, deps, only=values["mirror"] if deps.settings else "")
     states, host = result["mirrors"], result["host"]
     if values["json"]:
