@@ -158,7 +158,7 @@ def fan_out(
     runs: dict[str, list[Verified]] = {label: [] for label in hosts}
     endpoints = [arg for protocol, url in urls.items() for arg in (f"--{protocol}-url", url)]
     for round_number in range(repeat):
-        for label in list(hosts) if round_number % 2 == 0 else reversed(hosts):
+        for label in list(hosts) if round_number % 2 == 0 else list(hosts)[::-1]:
             config, mirrors = hosts[label]
             progress(f"verify round {round_number + 1}/{repeat}: {label}")
             before = {name: cpu_seconds(pid) for name, pid in servers.items()}
