@@ -221,6 +221,19 @@ def verdict(passed: bool, target: str, value: str) -> str:
     return f"  {'PASS' if passed else 'MISS'}  {target:<44} {value}"
 
 
+def local_aws(stack: ExitStack, workdir: Path, buckets: Sequence[str]) -> tuple[MotoServer, dict[str, str]]:
+    """A moto server for the rest of ``stack`` with ``buckets`` created, and the environment of the
+    processes measured against it (this process's own clients get its dummy credentials too)."""
+    moto = stack.enter_context(MotoServer(workdir, clean_env(workdir, "http://127.0.0.1:9")))
+    env = clean_env(workdir, moto.url)
+    # This process's own client (the buckets, the run reports) uses the same dummy credentials.
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    client = s3_client(AwsConfig(endpoint_url=moto.url, region="us-east-1"))
+    for bucket in buckets:
+        client.create_bucket(Bucket=bucket)
+    return moto, env
+
+
 def bench_host(workdir: Path, mirrors: int, files: int, repeat: int) -> list[str]:
     names = [f"m{number:02d}" for number in range(1, mirrors + 1)]
     progress(f"generating {mirrors} trees of {files} files")
@@ -228,13 +241,7 @@ def bench_host(workdir: Path, mirrors: int, files: int, repeat: int) -> list[str
         generate_tree(workdir / "upstream" / name, TreeSpec(files=files, total_bytes=files * 2000, seed=100 + number))
     compile_mirrorkeeper()
     with ExitStack() as stack:
-        moto = stack.enter_context(MotoServer(workdir, clean_env(workdir, "http://127.0.0.1:9")))
-        env = clean_env(workdir, moto.url)
-        # This process's own client (the bucket, the run report) uses the same dummy credentials.
-        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-        client = s3_client(AwsConfig(endpoint_url=moto.url, region="us-east-1"))
-        for bucket in (BUCKET, ALONE_BUCKET):
-            client.create_bucket(Bucket=bucket)
+        moto, env = local_aws(stack, workdir, (BUCKET, ALONE_BUCKET))
         upstream = workdir / "upstream"
         more = {name: upstream / name for name in names[1:]}
         daemon = stack.enter_context(RsyncDaemon(upstream / names[0], module=names[0], more=more))

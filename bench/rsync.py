@@ -39,12 +39,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from harness import BenchError, MotoServer, compile_mirrorkeeper, run_in_workdir, run_measured
-from host import MIRRORKEEPER, first_sync, progress, verdict
+from host import MIRRORKEEPER, first_sync, local_aws, progress, verdict
 from report import ratio, table
-from run import clean_env
 
-from mirrorkeeper.aws import s3_client
-from mirrorkeeper.config import AwsConfig
 from mirrorkeeper_dev.rsyncd import RsyncDaemon, free_port
 from mirrorkeeper_dev.sampletree import TreeSpec, generate_tree, mutate, write_file
 from mirrorkeeper_dev.services import ServiceStartError, serving, wait_for_replicas
@@ -170,12 +167,7 @@ def bench_rsync(workdir: Path, files: int, total_bytes: int, big_mb: int, rounds
     write_file(big, os.urandom(big_mb * 1_000_000), 1_700_000_000)
     compile_mirrorkeeper()
     with ExitStack() as stack:
-        moto = stack.enter_context(MotoServer(workdir, clean_env(workdir, "http://127.0.0.1:9")))
-        env = clean_env(workdir, moto.url)
-        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-        client = s3_client(AwsConfig(endpoint_url=moto.url, region="us-east-1"))
-        for bucket in (TREE_BUCKET, BIG_BUCKET):
-            client.create_bucket(Bucket=bucket)
+        moto, env = local_aws(stack, workdir, (TREE_BUCKET, BIG_BUCKET))
         daemon = stack.enter_context(RsyncDaemon(upstream, more={"big": plain}))
         progress("first syncs of the tree and of the big file")
         first_sync(["--upstream", daemon.url, "--bucket", TREE_BUCKET], env, "the tree")
