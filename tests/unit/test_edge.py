@@ -272,3 +272,18 @@ def test_what_serve_http_cached_while_the_record_was_unreadable_goes_at_the_firs
     now[0] = 2.0
     watch.check()
     assert cache.lookup("m/pub/a") is None
+
+
+@pytest.mark.parametrize("follow_republish", [True, False])
+def test_a_changed_trace_empties_the_cache_only_of_a_front_end_that_follows_the_sync(follow_republish: bool) -> None:
+    # GIVEN a cached data file, and a trace (no-cache, so never kept) read once
+    cache = ObjectCache(3600, follow_republish=follow_republish)
+    cache.store("pub/a.rpm", ObjectInfo(1, 1, '"a"', "application/x-rpm", None, None))
+    trace = ObjectInfo(1, 1, '"t1"', "text/plain", "no-cache, max-age=0", None)
+    cache.store("pub/.mirrorkeeper/trace", trace)
+    # WHEN a sync republishes and the new trace is read
+    cache.store("pub/.mirrorkeeper/trace", ObjectInfo(2, 1, '"t2"', "text/plain", "no-cache, max-age=0", None))
+    # THEN a front end that follows the sync forgets the data file; one that ignores syncs (serve-http
+    # --invalidation-poll 0, an edge whose invalidations go unheard) keeps it its whole TTL
+    assert (cache.lookup("pub/a.rpm") is None) is follow_republish
+    assert cache.lookup("pub/.mirrorkeeper/trace") is None

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from mirrorkeeper.aws import check_bucket, s3_client
-from mirrorkeeper.config import ServeConfig, flags_of, read_config, resolve, serve_config
+from mirrorkeeper.config import SERVE_HTTP, ServeConfig, flags_of, read_config, resolve, serve_config
 from mirrorkeeper.errors import ConfigError
 from mirrorkeeper.logs import setup_logging
 from mirrorkeeper.serve.served import EdgeWatch, EdgeWatches, ObjectCache, ServedTree
@@ -27,7 +27,10 @@ def start_serving(command: str, args: argparse.Namespace) -> tuple[ServeConfig, 
     setup_logging(values["log_format"], values["log_level"])
     client = s3_client(config.aws, pool_size=config.max_connections)
     check_bucket(client, config.layout.bucket)
-    cache = ObjectCache(config.cache_ttl) if config.cache_ttl > 0 else None
+    # serve-http told never to look at the sync's record (--invalidation-poll 0) is an edge that
+    # hears nothing of a sync, so a republished trace must not empty its cache either.
+    ignores_syncs = command == SERVE_HTTP and config.invalidation_poll <= 0
+    cache = ObjectCache(config.cache_ttl, follow_republish=not ignores_syncs) if config.cache_ttl > 0 else None
     watch = None
     if cache is not None and config.invalidation_poll > 0:
         # Each mirror of the host keeps its own record of what its syncs invalidated.

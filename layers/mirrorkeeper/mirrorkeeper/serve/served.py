@@ -170,7 +170,8 @@ class ObjectCache:
 
     Each entry lives ``cache_lifetime(its Cache-Control, ttl)`` seconds: a sync's changes are seen
     within ``ttl`` at worst, and objects stored with ``no-cache`` (the trace file) are never kept;
-    reading a changed trace empties the cache at once.
+    with ``follow_republish``, reading a changed trace empties the cache at once. Without it the
+    cache is an edge that hears nothing of the sync: every entry lives its whole lifetime.
     """
 
     def __init__(
@@ -179,8 +180,10 @@ class ObjectCache:
         max_bytes: int = CACHE_BYTES,
         max_body: int = SMALL_BODY,
         clock: Callable[[], float] = time.monotonic,
+        follow_republish: bool = True,
     ) -> None:
         self.ttl = ttl
+        self.follow_republish = follow_republish
         self.max_bytes = max_bytes
         self.max_body = max_body
         self._clock = clock
@@ -207,7 +210,8 @@ class ObjectCache:
     def store(self, key: str, info: ObjectInfo, body: bytes | None = None) -> None:
         lifetime = cache_lifetime(info.cache_control, self.ttl)
         if lifetime <= 0:
-            self._watch(key, info.etag)
+            if self.follow_republish:
+                self._watch(key, info.etag)
             return
         stored = _Stored(info, body, self._clock() + lifetime)
         with self._lock:
