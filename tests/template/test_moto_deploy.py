@@ -172,6 +172,8 @@ class Deployer:
             TargetType=p["TargetType"],
             HealthCheckProtocol=p["HealthCheckProtocol"],
             HealthCheckPort=str(p.get("HealthCheckPort", "traffic-port")),
+            **({"HealthCheckPath": p["HealthCheckPath"]} if "HealthCheckPath" in p else {}),
+            **({"Matcher": p["Matcher"]} if "Matcher" in p else {}),
             **({"Tags": p["Tags"]} if "Tags" in p else {}),
         )["TargetGroups"][0]
         elbv2.modify_target_group_attributes(
@@ -310,6 +312,31 @@ class Deployer:
             ),
         )["taskDefinition"]
         self.r.refs[logical_id] = task["taskDefinitionArn"]
+
+    def create_aws_ecs_service(self, logical_id: str, p: dict[str, Any]) -> None:
+        network = p["NetworkConfiguration"]["AwsvpcConfiguration"]
+        service = self.client_for("ecs").create_service(
+            cluster=p["Cluster"],
+            serviceName=p["ServiceName"],
+            taskDefinition=p["TaskDefinition"],
+            launchType=p["LaunchType"],
+            desiredCount=p["DesiredCount"],
+            healthCheckGracePeriodSeconds=p["HealthCheckGracePeriodSeconds"],
+            networkConfiguration={
+                "awsvpcConfiguration": {
+                    "subnets": network["Subnets"],
+                    "securityGroups": network["SecurityGroups"],
+                    "assignPublicIp": network["AssignPublicIp"],
+                }
+            },
+            loadBalancers=[
+                {"containerName": b["ContainerName"], "containerPort": b["ContainerPort"]}
+                | {"targetGroupArn": b["TargetGroupArn"]}
+                for b in p["LoadBalancers"]
+            ],
+        )["service"]
+        self.r.refs[logical_id] = service["serviceArn"]
+        self.r.attrs[logical_id] = {"Name": service["serviceName"]}
 
     def create_aws_scheduler_schedulegroup(self, logical_id: str, p: dict[str, Any]) -> None:
         arn = self.client_for("scheduler").create_schedule_group(Name=p["Name"])["ScheduleGroupArn"]
@@ -670,3 +697,62 @@ def test_each_mirrors_schedule_syncs_that_mirror_and_its_stop_starts_the_workflo
         other = json.loads(json.dumps(event))
         other["detail"]["taskDefinitionArn"] = request["TaskDefinition"].replace(f"{STACK}-sync:", f"{STACK}-ftp:")
         assert not EventPattern.load(rule["EventPattern"]).matches_event(other)
+
+
+RSYNC = {"EnableRsync": "true"}
+
+
+@pytest.fixture(scope="module")
+def deployed_rsync() -> Iterator[Deployer]:
+    """The rsync service, what it needs and the STOPPED rule, of a stack with EnableRsync, in a moto
+    server of its own (the rest is as `deployed` has it)."""
+    with moto_subprocess() as url:
+        deployer = Deployer(url, load_template(RSYNC), RSYNC)
+        deployer.deploy(lambda logical_id, _: logical_id.startswith("Rsync") or logical_id == "SyncStoppedRule")
+        yield deployer
+
+
+def test_the_rsync_service_is_healthy_by_its_health_port_and_a_stopped_sync_wakes_it(deployed_rsync: Deployer) -> None:
+    d = deployed_rsync
+    ecs, elbv2, sqs = d.client_for("ecs"), d.client_for("elbv2"), d.client_for("sqs")
+    (service,) = ecs.describe_services(cluster=d.r.refs["Cluster"], services=[f"{STACK}-rsync"])["services"]
+    (task,) = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"][
+        "containerDefinitions"
+    ]
+    command = task["command"]
+    health_port = int(command[command.index("--health-port") + 1])
+    # THEN the load balancer asks the port serve-rsync answers its health on, which the task maps
+    (balanced,) = service["loadBalancers"]
+    (group,) = elbv2.describe_target_groups(TargetGroupArns=[balanced["targetGroupArn"]])["TargetGroups"]
+    assert (group["HealthCheckProtocol"], group["HealthCheckPort"]) == ("HTTP", str(health_port))
+    assert {"containerPort": health_port, "protocol": "tcp"} in [
+        {k: m[k] for k in ("containerPort", "protocol")} for m in task["portMappings"]
+    ]
+    # AND the security group lets the load balancer reach it
+    (group_id,) = service["networkConfiguration"]["awsvpcConfiguration"]["securityGroups"]
+    (security,) = d.client_for("ec2").describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    assert health_port in {rule["FromPort"] for rule in security["IpPermissions"]}
+    # WHEN a sync task stops, as ECS tells EventBridge
+    environment = {e["name"]: e["value"] for e in task["environment"]}
+    queue = environment["MIRRORKEEPER_WAKE_QUEUE_URL"]
+    event = {
+        "lastStatus": "STOPPED",
+        "clusterArn": d.r.attrs["Cluster"]["Arn"],
+        "taskDefinitionArn": f"arn:aws:ecs:{REGION}:{d.account}:task-definition/{STACK}-sync:3",
+    }
+    events = d.client_for("events")
+    # (moto delivers to SQS targets but not to state machines: the verify target leaves this copy of
+    # the rule; test_each_mirrors_schedule_syncs_that_mirror_and_its_stop_starts_the_workflow checks it)
+    events.remove_targets(Rule=f"{STACK}-SyncStoppedRule", Ids=["verify"])
+    sent = events.put_events(
+        Entries=[{"Source": "aws.ecs", "DetailType": "ECS Task State Change", "Detail": json.dumps(event)}]
+    )
+    assert sent["FailedEntryCount"] == 0
+    # THEN the queue the rsync task long-polls holds the nudge (moto delivers to the rule's SQS target)
+    received = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"]
+    assert json.loads(received[0]["Body"])["detail"]["lastStatus"] == "STOPPED"
+    # AND only that rule may send to it, and the task's role may take from it
+    policy = json.loads(sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    (statement,) = policy["Statement"]
+    rule_arn = events.describe_rule(Name=f"{STACK}-SyncStoppedRule")["Arn"]
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == rule_arn

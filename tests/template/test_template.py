@@ -169,10 +169,16 @@ def test_stopped_sync_task_starts_the_verify_workflow_with_the_whole_event(templ
     assert pattern["detail"]["clusterArn"] == [{"Fn::GetAtt": ["Cluster", "Arn"]}]
     family = props(template, "SyncTaskDefinition")["Family"]["Fn::Sub"]
     assert pattern["detail"]["taskDefinitionArn"][0]["prefix"]["Fn::Sub"].endswith(f"task-definition/{family}:")
-    (target,) = rule["Targets"]
+    target, wake = rule["Targets"]
     assert target["Arn"] == {"Ref": "VerifyStateMachine"}
     assert not {"Input", "InputPath", "InputTransformer"} & set(target)  # the whole event is the input
     assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["TriggerDeadLetterQueue", "Arn"]}
+    # and, with rsync, to the queue serve-rsync long-polls, which only this rule may send to
+    condition, queue, absent = wake["Fn::If"]
+    assert condition == "RsyncEnabled" and absent == {"Ref": "AWS::NoValue"}
+    assert queue["Arn"] == {"Fn::GetAtt": ["RsyncWakeQueue", "Arn"]}
+    (allowed,) = props(template, "RsyncWakeQueuePolicy")["PolicyDocument"]["Statement"]
+    assert allowed["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["SyncStoppedRule", "Arn"]}}}
 
 
 def test_verify_schedule_sends_the_scheduled_verify_event(template: dict[str, Any]) -> None:
@@ -650,7 +656,7 @@ def test_rsync_is_optional_and_shares_the_load_balancer_with_ftp(
     r = Resolver(template, {**RSYNC_ON, "EnableFtp": ftp, "EnableRsync": rsync}, PSEUDO)
     assert template["Parameters"]["EnableRsync"]["Default"] == "false"
     own = [k for k in template["Resources"] if k.startswith("Rsync")]
-    assert len(own) == 7 and all(r.active(k) == (rsync == "true") for k in own)
+    assert len(own) == 9 and all(r.active(k) == (rsync == "true") for k in own)
     # one load balancer and address, there when either protocol is
     for shared in ("FtpLoadBalancer", "FtpAddress"):
         assert r.active(shared) == ("true" in (ftp, rsync)), shared
@@ -671,7 +677,7 @@ def test_verification_probes_rsync_at_the_module_a_host_of_one_or_a_hosts_mirror
     template: dict[str, Any], schedules: str, url: str
 ) -> None:
     r = Resolver(template, {**RSYNC_ON, "EnableRsync": "true", "MirrorSchedules": schedules}, PSEUDO)
-    r.refs.update(FtpAddress="192.0.2.10", MirrorBucket="mk-mirror")
+    r.refs.update(FtpAddress="192.0.2.10", MirrorBucket="mk-mirror", RsyncWakeQueue="https://sqs.test/1/wake")
     # (a host's verify makes it each mirror's: rsync://HOST/<module of its path>/, config.mirror_url)
     assert r.resolve(template["Globals"]["Function"]["Environment"]["Variables"]["MIRRORKEEPER_RSYNC_URL"]) == url
     # and the task serves the host's config file's mirrors, or the one mirror as module 'mirror'
@@ -691,7 +697,10 @@ def test_rsync_task_serves_unprivileged_from_its_disk_behind_port_873(template: 
     # (the host, IPv6 or not with FtpIpAddressType: test_dual_stack.py)
     assert command[0] == "serve-rsync" and command[command.index("--port") + 1] == str(RSYNC_CONTAINER_PORT)
     assert command[command.index("--replica-dir") + 1] == "/var/lib/mirrorkeeper"  # the image's user's home
-    assert task["PortMappings"] == [{"ContainerPort": RSYNC_CONTAINER_PORT, "Protocol": "tcp"}]
+    health_port = int(command[command.index("--health-port") + 1])
+    assert task["PortMappings"] == [
+        {"ContainerPort": port, "Protocol": "tcp"} for port in (RSYNC_CONTAINER_PORT, health_port)
+    ]
     # its own log group, with the stack's retention
     assert task["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "RsyncLogGroup"}
     assert props(template, "RsyncLogGroup")["RetentionInDays"] == {"Ref": "LogRetentionDays"}
@@ -700,8 +709,12 @@ def test_rsync_task_serves_unprivileged_from_its_disk_behind_port_873(template: 
     assert listener["LoadBalancerArn"] == {"Ref": "FtpLoadBalancer"} and listener["Port"] == 873
     assert listener["DefaultActions"] == [{"Type": "forward", "TargetGroupArn": {"Ref": "RsyncTargetGroup"}}]
     group = props(template, "RsyncTargetGroup")
-    assert (
-        group["TargetType"] == "ip" and group["Port"] == RSYNC_CONTAINER_PORT and group["HealthCheckProtocol"] == "TCP"
+    assert group["TargetType"] == "ip" and group["Port"] == RSYNC_CONTAINER_PORT
+    # healthy once the replica is complete (serve-rsync --health-port), not when the daemon merely listens
+    assert (group["HealthCheckProtocol"], group["HealthCheckPort"], group["Matcher"]) == (
+        "HTTP",
+        str(health_port),
+        {"HttpCode": "200"},
     )
     assert {"Key": "preserve_client_ip.enabled", "Value": "true"} in group["TargetGroupAttributes"]
     service = props(template, "RsyncService")
@@ -711,12 +724,26 @@ def test_rsync_task_serves_unprivileged_from_its_disk_behind_port_873(template: 
     assert service["DesiredCount"] == 1 and service["NetworkConfiguration"]["AwsvpcConfiguration"][
         "SecurityGroups"
     ] == [{"Ref": "RsyncSecurityGroup"}]
+    # a deployment starts the new task beside the old, which serves until the new one is healthy
+    deployment = service["DeploymentConfiguration"]
+    assert (deployment["MinimumHealthyPercent"], deployment["MaximumPercent"]) == (100, 200)
+    assert service["HealthCheckGracePeriodSeconds"] >= 3600  # a build of a large replica is not a failure
     ingress = props(template, "RsyncSecurityGroup")["SecurityGroupIngress"]
-    assert [(rule["FromPort"], rule["ToPort"]) for rule in ingress] == [(RSYNC_CONTAINER_PORT, RSYNC_CONTAINER_PORT)]
-    # it reads the files, the manifests and the host's config file, and writes nothing
-    (policy,) = props(template, "RsyncTaskRole")["Policies"]
-    actions = {a for st in policy["PolicyDocument"]["Statement"] for a in as_list(st["Action"])}
-    assert actions == {"s3:ListBucket", "s3:GetObject"}
+    assert [(rule["FromPort"], rule["ToPort"]) for rule in ingress] == [
+        (RSYNC_CONTAINER_PORT, RSYNC_CONTAINER_PORT),
+        (health_port, health_port),
+    ]
+    # it reads the files, the manifests and the host's config file, and writes nothing; it takes the
+    # wake-up queue's messages
+    actions = {
+        a
+        for policy in props(template, "RsyncTaskRole")["Policies"]
+        for st in policy["PolicyDocument"]["Statement"]
+        for a in as_list(st["Action"])
+    }
+    assert actions == {"s3:ListBucket", "s3:GetObject", "sqs:ReceiveMessage", "sqs:DeleteMessage"}
+    env = {e["Name"]: e["Value"] for e in task["Environment"] if "Name" in e}
+    assert env["MIRRORKEEPER_WAKE_QUEUE_URL"] == {"Ref": "RsyncWakeQueue"}
 
 
 def test_skipped_checks_say_why(template: dict[str, Any]) -> None:

@@ -17,6 +17,8 @@ def test_a_single_mirror_is_one_module_with_the_documented_defaults(tmp_path: Pa
     # docs/rsync.md: port 873, 16 downloads at once, a look every 30 s, 64M left free
     assert (config.port, config.download_concurrency, config.poll_interval) == (873, 16, 30.0)
     assert config.replica_reserve == 64 * 1024**2
+    # no health check port and no wake-up queue unless given
+    assert (config.health_port, config.wake_queue_url) == (None, "")
 
 
 def test_flags_and_environment_set_them(tmp_path: Path) -> None:
@@ -26,7 +28,10 @@ def test_flags_and_environment_set_them(tmp_path: Path) -> None:
         "MIRRORKEEPER_DOWNLOAD_CONCURRENCY": "4",
     }
     flags = {"bucket": "my-mirror", "module": "openvz-download", "replica_reserve": "1G", "download_concurrency": "8"}
+    queue = "https://sqs.us-east-1.amazonaws.com/123456789012/mk-RsyncWakeQueue-1"
+    env |= {"MIRRORKEEPER_WAKE_QUEUE_URL": queue + "/", "MIRRORKEEPER_HEALTH_PORT": "8874"}
     config = load_rsync_serve_config(flags, env)
+    assert (config.wake_queue_url, config.health_port) == (queue, 8874)
     assert config.modules[0].name == "openvz-download"
     assert (config.poll_interval, config.download_concurrency, config.replica_reserve) == (120.0, 8, 1024**3)
 
@@ -38,6 +43,10 @@ def test_flags_and_environment_set_them(tmp_path: Path) -> None:
         ({"module": "a b"}, "--module"),  # rsyncd.conf's section headers carry no spaces
         ({"download_concurrency": "0"}, "--download-concurrency"),
         ({"download_concurrency": "257"}, "--download-concurrency"),
+        ({"wake_queue_url": "sqs.us-east-1.amazonaws.com/123456789012/wake"}, "--wake-queue-url"),  # no scheme
+        ({"wake_queue_url": "https://sqs.us-east-1.amazonaws.com/wake"}, "--wake-queue-url"),  # no account
+        ({"health_port": "0"}, "--health-port"),  # a port the load balancer can be told
+        ({"health_port": "65536"}, "--health-port"),
         ({"poll_interval": "soon"}, "--poll-interval"),
         ({"replica_reserve": "lots"}, "--replica-reserve"),
         ({"replica_dir": "/nonexistent/replica"}, "--replica-dir"),

@@ -298,6 +298,17 @@ def parse_s3_endpoint(text: str) -> str:
     return parse_endpoint_url(("http", "https"))(text).rstrip("/")
 
 
+def parse_queue_url(text: str) -> str:
+    """An SQS queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), or '' for none."""
+    url = str(text).strip().rstrip("/")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(parts.path.strip("/").split("/")) != 2:
+        raise ValueError("expected an SQS queue URL such as https://sqs.us-east-1.amazonaws.com/123456789012/NAME")
+    return url
+
+
 def optional_count(low: int = 0, high: int = 1_000_000_000) -> Callable[[str], int | None]:
     """A whole number, or '' / 'none' for no limit."""
 
@@ -1186,6 +1197,28 @@ SETTINGS: tuple[Setting, ...] = (
         default_text="30",
     ),
     Setting(
+        "wake_queue_url",
+        parse_queue_url,
+        "",
+        "SQS queue the stack also sends each sync's completion to: a message there makes serve-rsync look at "
+        "the manifests at once instead of at the next --poll-interval",
+        frozenset({SERVE_RSYNC}),
+        RSYNC,
+        default_text="none",
+        metavar="URL",
+    ),
+    Setting(
+        "health_port",
+        optional_count(1, 65535),
+        None,
+        "port (on --host) of the health check the load balancer asks: 200 once every module's replica is "
+        "complete and the daemon runs, 503 before and after; none: no health check",
+        frozenset({SERVE_RSYNC}),
+        RSYNC,
+        default_text="none",
+        metavar="PORT",
+    ),
+    Setting(
         "download_concurrency",
         count(1, 256),
         16,
@@ -1831,6 +1864,8 @@ class RsyncServeConfig:
     max_connections: int = default("max_connections")
     idle_timeout: float = default("idle_timeout")
     poll_interval: float = default("poll_interval")
+    wake_queue_url: str = default("wake_queue_url")
+    health_port: int | None = default("health_port")
     download_concurrency: int = default("download_concurrency")
     replica_reserve: int = default("replica_reserve")
     rsync_command: str = default("rsync_command")

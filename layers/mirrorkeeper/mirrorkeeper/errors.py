@@ -66,6 +66,11 @@ class ReplicaFullError(MirrorkeeperError):
     """serve-rsync's replica directory has no room for what the manifest needs."""
 
 
+class DaemonStoppedError(MirrorkeeperError):
+    """The rsync daemon serve-rsync runs ended on its own: serve-rsync ends too, so that whatever
+    runs it (ECS) starts it again rather than keep a task that serves nothing."""
+
+
 class StorageError(MirrorkeeperError):
     """S3 refused or kept failing a request after retries. ``per_object`` when the refusal concerns
     that one object (a key S3 will not take) rather than the store as a whole (unreachable, no

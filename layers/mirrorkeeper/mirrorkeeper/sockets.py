@@ -2,7 +2,7 @@
 
 import ipaddress
 import socket
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def address_family(host: str) -> socket.AddressFamily:
@@ -37,3 +37,18 @@ class NamedRequestHandler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
+
+
+class DualStackHTTPServer(ThreadingHTTPServer):
+    """Our threaded HTTP servers' base: it listens on ``address`` as :func:`listening_socket` does
+    (an IPv6 host by IPv6, and '::' for IPv4 clients too)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler_class: type[BaseHTTPRequestHandler]) -> None:
+        self.address_family = address_family(address[0])  # TCPServer makes its socket with this
+        super().__init__(address, handler_class)
+
+    def server_bind(self) -> None:
+        both_families(self.socket)
+        super().server_bind()

@@ -62,23 +62,23 @@ class Listening(Protocol):
 
 
 @contextmanager
-def binding(config: Listening) -> Iterator[None]:
-    """Around making the server's listening socket: an address that cannot be bound is the operator's
-    --host or --port to fix, said in one line (exit 2), not a traceback."""
+def binding(config: Listening, port: int | None = None, flag: str = "--port") -> Iterator[None]:
+    """Around making a listening socket (the server's, or ``port`` set by ``flag``): an address that
+    cannot be bound is the operator's --host or port to fix, said in one line (exit 2), not a traceback."""
     try:
         yield
     except OSError as exc:
-        raise ConfigError(cannot_listen(config.host, config.port, exc)) from None
+        raise ConfigError(cannot_listen(config.host, config.port if port is None else port, exc, flag)) from None
 
 
-def cannot_listen(host: str, port: int, exc: OSError) -> str:
+def cannot_listen(host: str, port: int, exc: OSError, flag: str = "--port") -> str:
     """What failed and which setting to change, in one line."""
     reasons = {
-        errno.EADDRINUSE: "the port is already in use; stop what holds it or pick another --port",
+        errno.EADDRINUSE: f"the port is already in use; stop what holds it or pick another {flag}",
         errno.EADDRNOTAVAIL: f"{host} is not an address of this host; fix --host (0.0.0.0 or :: listens on all)",
-        errno.EACCES: "no permission: ports below 1024 need root or CAP_NET_BIND_SERVICE; pick --port 1024 or above",
+        errno.EACCES: f"no permission: ports below 1024 need root or CAP_NET_BIND_SERVICE; pick {flag} 1024 or above",
         errno.EAFNOSUPPORT: "this host has no IPv6; fix --host",
         socket.EAI_NONAME: f"{host} is neither an address nor a host name that resolves; fix --host",
     }
-    reason = reasons.get(exc.errno or 0) or f"{exc.strerror or exc}; fix --host or --port"
-    return f"cannot listen on --host {host} --port {port}: {reason}"
+    reason = reasons.get(exc.errno or 0) or f"{exc.strerror or exc}; fix --host or {flag}"
+    return f"cannot listen on --host {host} {flag} {port}: {reason}"

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
+import threading
 
-from mirrorkeeper.aws import check_bucket, s3_client
+from mirrorkeeper.aws import check_bucket, s3_client, service_client
 from mirrorkeeper.commands.serve_common import binding, listening_url
 from mirrorkeeper.config import SERVE_RSYNC, RsyncServeConfig, add_flags, flags_of, load_rsync_serve_config, resolve
-from mirrorkeeper.errors import ReplicaFullError, StorageError
+from mirrorkeeper.errors import DaemonStoppedError, ReplicaFullError, StorageError
 from mirrorkeeper.logs import setup_logging
+from mirrorkeeper.serve.readiness import Readiness, ReadinessServer
 from mirrorkeeper.serve.replica import REPLICA_DIR, Replica
 from mirrorkeeper.serve.rsyncd import ModuleView, RsyncDaemon, render_config, render_motd, write_atomically
+from mirrorkeeper.serve.wake import WakeQueue
 from mirrorkeeper.sockets import listening_socket
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,14 @@ Serve the mirror over rsync: one read-only module per mirror (--module for a sin
 each mirror of the --config file under its path), served by the real rsync daemon from a local
 replica of the served tree. The replica is built from the manifest (files already present with the
 right size and mtime are kept, so a restart resumes), then follows it: every --poll-interval the
-manifest's version is looked at, and a new version becomes a new snapshot that fetches only what
-changed and replaces the served one in one step. Until a module's first build is complete it
-answers with an 'initialising' notice and refuses transfers. A replica directory without room for
-the manifest's files is one line and exit 1. Runs until interrupted.
+manifest's version is looked at (at once when --wake-queue-url receives a sync's completion), and a
+new version becomes a new snapshot that fetches only what changed and replaces the served one in one
+step. Until a module's first build is complete it answers with an 'initialising' notice and refuses
+transfers, and --health-port answers 503 (200 once every module is served and the daemon runs).
+
+Exit codes: 1 when a replica directory has no room for the manifest's files, or the rsync daemon
+stops on its own; 2 for a setting to fix (an address that cannot be bound, an unreadable wake-up
+queue). Runs until interrupted (exit 0).
 """
 
 
@@ -56,17 +62,22 @@ def run(args: argparse.Namespace) -> int:
         for module in config.modules
     ]
     server = Server(config, replicas)
-    server.start()
-    log.info(
-        "serving rsync",
-        extra={"url": listening_url("rsync", (config.host, server.port)), "modules": [m.name for m in config.modules]},
-    )
     try:
+        server.start()
+        if config.wake_queue_url:
+            WakeQueue(service_client("sqs", config.aws), config.wake_queue_url, server.nudged).start()
+        log.info(
+            "serving rsync",
+            extra={
+                "url": listening_url("rsync", (config.host, server.port)),
+                "modules": [m.name for m in config.modules],
+            },
+        )
         server.follow()
     except KeyboardInterrupt:
         log.info("stopped")  # Ctrl-C or SIGTERM is how a server is stopped: not a failure
     finally:
-        server.daemon.stop()
+        server.stop()
     return 0
 
 
@@ -79,6 +90,8 @@ class Server:
         self.empty = self.work / "empty"
         self.port = config.port
         self.daemon = RsyncDaemon(config.rsync_command, self.work / "rsyncd.conf", config.host, config.port)
+        self.nudged = threading.Event()  # set when a sync ended: look at the manifests now
+        self._health: ReadinessServer | None = None
         self._shown: list[bool] = []
 
     def start(self) -> None:
@@ -90,13 +103,32 @@ class Server:
             self.port = probe.getsockname()[1]
         self.daemon.port = self.port
         self.daemon.start()
+        if self.config.health_port is not None:
+            health = (self.config.host, self.config.health_port)
+            with binding(self.config, port=self.config.health_port, flag="--health-port"):
+                self._health = ReadinessServer(health, self.readiness)
+            self._health.start()
+
+    def readiness(self) -> Readiness:
+        return Readiness({r.module.name: r.ready for r in self.replicas}, self.daemon.exit_code is None)
 
     def follow(self) -> None:
         while True:
             for replica in self.replicas:
                 self._update(replica)
             self._offer()
-            time.sleep(self.config.poll_interval)
+            self.nudged.wait(self.config.poll_interval)
+            self.nudged.clear()
+            if (code := self.daemon.exit_code) is not None:
+                raise DaemonStoppedError(
+                    f"the rsync daemon exited with code {code} (its log is above); serve-rsync stops so that it "
+                    "is started again"
+                )
+
+    def stop(self) -> None:
+        if self._health is not None:
+            self._health.shutdown()
+        self.daemon.stop()
 
     def _update(self, replica: Replica) -> None:
         """A failed first build ends the command (one line; nothing half-built is ever offered); a failed

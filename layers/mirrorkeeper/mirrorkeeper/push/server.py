@@ -12,11 +12,10 @@ import logging
 import re
 import sys
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from mirrorkeeper.push.handler import PushAnswer, PushHandler, PushRequest
-from mirrorkeeper.sockets import NamedRequestHandler, address_family, both_families
+from mirrorkeeper.sockets import DualStackHTTPServer, NamedRequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +23,10 @@ REQUEST_SECONDS = 10.0
 _DECIMAL = re.compile("[0-9]+")
 
 
-class PushHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class PushHTTPServer(DualStackHTTPServer):
     def __init__(self, address: tuple[str, int], handler: PushHandler) -> None:
         self.handler = handler
-        self.address_family = address_family(address[0])  # TCPServer makes its socket with this
         super().__init__(address, PushRequestHandler)
-
-    def server_bind(self) -> None:
-        both_families(self.socket)
-        super().server_bind()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exception(), ConnectionError | TimeoutError):

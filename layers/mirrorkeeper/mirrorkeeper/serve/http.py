@@ -29,14 +29,13 @@ import sys
 import threading
 import time
 from datetime import UTC
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
 from mirrorkeeper.errors import StorageError
 from mirrorkeeper.serve.routing import route
 from mirrorkeeper.serve.served import ObjectBody, ObjectChangedError, ObjectInfo, ServedTree
-from mirrorkeeper.sockets import NamedRequestHandler, address_family, both_families
+from mirrorkeeper.sockets import DualStackHTTPServer, NamedRequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +67,7 @@ _NEEDS_LOOK_FIRST = ("Range", "If-None-Match", "If-Modified-Since")
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
-class MirrorHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class MirrorHTTPServer(DualStackHTTPServer):
     # A backlog as deep as the cap: bursts of new connections wait in the kernel, not in threads.
     request_queue_size = 128
 
@@ -91,12 +89,7 @@ class MirrorHTTPServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._open = 0
         self._by_client: dict[str, int] = {}  # open connections by client_key, none at 0
-        self.address_family = address_family(address[0])  # TCPServer makes its socket with this
         super().__init__(address, MirrorRequestHandler)
-
-    def server_bind(self) -> None:
-        both_families(self.socket)
-        super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         client = client_key(client_address[0])

@@ -145,6 +145,11 @@ class RsyncDaemon:
             level = logging.WARNING if "error" in message.lower() or "failed" in message else logging.INFO
             log.log(level, message, extra=fields)
 
+    @property
+    def exit_code(self) -> int | None:
+        """None while the daemon runs (or was never started); else how it ended."""
+        return self._process.poll() if self._process is not None else None
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
