@@ -118,12 +118,15 @@ build: install $(TOOLS_STAMP) ## sam build without Docker: Python 3.13 for the f
 	PATH="$(dir $(PY313)):$$PATH" $(SAM) build --template template.yaml
 
 # Called by `sam build` (the layer's BuildMethod is makefile) in a scratch copy of layers/mirrorkeeper.
-# Wheels for the Lambda platform, whatever this machine is; then the package itself (pure Python).
+# Wheels for the Lambda platform, whatever this machine is; then the package itself (pure Python);
+# then this machine's rsync with its libraries, for verify's rsync probe (left out, with a warning,
+# where it could not run in the Lambda runtime: docs/rsync.md, "Verification").
 build-MirrorkeeperLayer:
 	$(ROOT)/$(BIN)/python -m pip install -q --disable-pip-version-check --target "$(ARTIFACTS_DIR)/python" \
 		--platform manylinux2014_x86_64 --python-version 3.13 --implementation cp --only-binary=:all: \
 		-r "$(ROOT)/requirements-layer.txt"
 	$(ROOT)/$(BIN)/python -m pip install -q --disable-pip-version-check --target "$(ARTIFACTS_DIR)/python" --no-deps .
+	$(ROOT)/$(BIN)/python -m mirrorkeeper_dev.lambda_rsync "$(ARTIFACTS_DIR)"
 
 image: ## build the container image and push it to ECR (needs Docker and the AWS CLI); prints SyncImageUri
 	@command -v docker >/dev/null || { echo "error: docker not found; build the image where Docker runs" >&2; exit 2; }

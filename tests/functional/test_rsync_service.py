@@ -4,9 +4,11 @@ the wake-up queue that carries each sync's completion, and what it does when its
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -120,3 +122,31 @@ def test_a_wake_up_queue_that_cannot_be_read_or_a_taken_health_port_is_one_line_
             said = [line for line in result.stderr.splitlines() if not line.startswith("{")]
             assert result.returncode == 2, result.stderr
             assert len(said) == 1 and expected in said[0], said
+
+
+def test_the_layers_bundled_rsync_lets_verify_probe_rsync_fully_where_the_runtime_has_none(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    # GIVEN the rsync the layer build bundles (mirrorkeeper_dev.lambda_rsync), and a served mirror
+    layer = tmp_path / "layer"
+    built = subprocess.run(
+        [sys.executable, "-m", "mirrorkeeper_dev.lambda_rsync", str(layer)], capture_output=True, text=True, check=True
+    )
+    assert "bundled" in built.stdout, built.stderr
+    generate_tree(upstream, TreeSpec(files=20, total_bytes=60_000))
+    sync(rsync_daemon(upstream), endpoint)
+    with serve_rsync(endpoint, tmp_path / "replica") as server:
+        wait_until(lambda: served(server.port, tmp_path / "probe"), what="the first build")
+        probe = ["verify", "--bucket", BUCKET, "--rsync-url", f"rsync://127.0.0.1:{server.port}/mirror/"]
+        probe += ["--metrics", "none"]
+        # WHEN verify runs where the PATH has no rsync but the layer's (as /opt/bin in the Lambda runtime)
+        bundled = run_cli(probe, endpoint, {"PATH": str(layer / "bin")})
+        # and where it has none at all
+        bare = run_cli(probe, endpoint, {"PATH": str(tmp_path / "empty")})
+    # THEN with the bundle, the listing, trace, sampled files and missing path are all checked
+    assert bundled.returncode == 0, bundled.stdout + bundled.stderr
+    row = next(line for line in bundled.stdout.splitlines() if line.startswith("rsync "))
+    assert re.search(r"rsync\s+ok\s+\d+ s ago\s+(\d+)/\1\s+ENOENT ok", row), row
+    # AND without it, the handshake alone, which cannot see the files
+    bare_row = next(line for line in bare.stdout.splitlines() if line.startswith("rsync "))
+    assert "ENOENT ok" not in bare_row, bare_row
