@@ -21,7 +21,8 @@ Every step must succeed (each sync ``success``, each pull exit 0 with the file's
 else stops the run with ``bench: error:`` and exit 1.
 
 Run: ``.venv/bin/python bench/rsync.py`` (several minutes on two cores, most of it the first sync
-and the first replica build of the tree); ``--quick`` for a smoke run.
+and the first replica build of the tree); ``--quick`` for a smoke run; ``--pull-only`` for part 2
+alone (no tree is generated), to iterate on the pull throughput.
 """
 
 from __future__ import annotations
@@ -159,23 +160,31 @@ def pull_throughput(big: Path, daemon: RsyncDaemon, env: dict[str, str], workdir
     ]
 
 
-def bench_rsync(workdir: Path, files: int, total_bytes: int, big_mb: int, rounds: int) -> list[str]:
-    progress(f"generating {files} files ({total_bytes / 1e6:.0f} MB) and a {big_mb} MB file")
+def bench_rsync(workdir: Path, files: int, total_bytes: int, big_mb: int, rounds: int, pull_only: bool) -> list[str]:
     upstream, plain = workdir / "upstream", workdir / "plain"
-    paths = generate_tree(upstream, TreeSpec(files=files, total_bytes=total_bytes, seed=15))
+    if pull_only:
+        progress(f"generating a {big_mb} MB file")
+        upstream.mkdir()
+        paths = []
+    else:
+        progress(f"generating {files} files ({total_bytes / 1e6:.0f} MB) and a {big_mb} MB file")
+        paths = generate_tree(upstream, TreeSpec(files=files, total_bytes=total_bytes, seed=15))
     big = plain / BIG_NAME
     write_file(big, os.urandom(big_mb * 1_000_000), 1_700_000_000)
     compile_mirrorkeeper()
     with ExitStack() as stack:
         moto, env = local_aws(stack, workdir, (TREE_BUCKET, BIG_BUCKET))
         daemon = stack.enter_context(RsyncDaemon(upstream, more={"big": plain}))
-        progress("first syncs of the tree and of the big file")
-        first_sync(["--upstream", daemon.url, "--bucket", TREE_BUCKET], env, "the tree")
+        lines: list[str] = []
+        if not pull_only:
+            progress("first sync of the tree")
+            first_sync(["--upstream", daemon.url, "--bucket", TREE_BUCKET], env, "the tree")
+            progress("serve-rsync's first build of the tree")
+            lines = [*catch_up(upstream, paths, daemon, moto, env, workdir), ""]
+        progress("first sync of the big file")
         first_sync(["--upstream", daemon.url_of("big"), "--bucket", BIG_BUCKET], env, "the big file")
-        progress("serve-rsync's first build of the tree")
-        lines = catch_up(upstream, paths, daemon, moto, env, workdir)
         progress("pull throughput")
-        return [*lines, "", *pull_throughput(big, daemon, env, workdir, rounds)]
+        return [*lines, *pull_throughput(big, daemon, env, workdir, rounds)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,11 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-mb", type=int, default=100, help="the pulled file's size in MB (default 100)")
     parser.add_argument("--rounds", type=int, default=5, help="pulls from each source (default 5; medians count)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 files of 20 MB, a 20 MB file, 3 rounds")
+    parser.add_argument(
+        "--pull-only", action="store_true", help="part 2 alone (no tree, no catch-up): to iterate on pull throughput"
+    )
     options = parser.parse_args(argv)
     sizes = (
         (2000, 20_000_000, 20, 3) if options.quick else (options.files, options.bytes, options.big_mb, options.rounds)
     )
-    return run_in_workdir("rsync", lambda workdir: bench_rsync(workdir, *sizes))
+    return run_in_workdir("rsync", lambda workdir: bench_rsync(workdir, *sizes, options.pull_only))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ def render_config(modules: Iterable[ModuleView], work: Path, empty: Path, max_co
         f"max connections = {max_connections}",
         f"lock file = {work / 'rsyncd.lock'}",
         f"timeout = {max(1, int(timeout))}",
+        # A timeout makes the daemon tell the client so (MSG_IO_TIMEOUT) in a small write of its own
+        # right after the checksum seed; with Nagle's algorithm that write waits for the client's
+        # delayed ACK, 40 ms on Linux, at every connection (issue 15: a 100 MB pull at 0.76x a daemon
+        # without the setting). The bulk data goes in 32 KB writes, which Nagle never holds back.
+        # Read at start only: set on the listening socket, which each accepted connection inherits.
+        "socket options = TCP_NODELAY",
         f"motd file = {work / 'motd'}",
         "log file = /dev/stdout",
         f"refuse options = {REFUSED}",
