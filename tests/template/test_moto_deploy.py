@@ -41,6 +41,11 @@ PARAMETERS = {
 }
 
 
+def api_names(properties: dict[str, Any], *names: str) -> dict[str, Any]:
+    """CloudFormation's properties ``names`` as the ECS API spells them (Family → family)."""
+    return {name[0].lower() + name[1:]: properties[name] for name in names}
+
+
 class Deployer:
     def __init__(self, endpoint: str, template: dict[str, Any], parameters: dict[str, str] | None = None) -> None:
         self.template = template
@@ -297,13 +302,8 @@ class Deployer:
                 }
             )
         task = self.client_for("ecs").register_task_definition(
-            family=p["Family"],
-            requiresCompatibilities=p["RequiresCompatibilities"],
-            networkMode=p["NetworkMode"],
-            cpu=p["Cpu"],
-            memory=p["Memory"],
-            executionRoleArn=p["ExecutionRoleArn"],
-            taskRoleArn=p["TaskRoleArn"],
+            **api_names(p, "Family", "RequiresCompatibilities", "NetworkMode", "Cpu", "Memory"),
+            **api_names(p, "ExecutionRoleArn", "TaskRoleArn"),
             containerDefinitions=containers,
             **(
                 {"ephemeralStorage": {"sizeInGiB": int(p["EphemeralStorage"]["SizeInGiB"])}}
@@ -316,23 +316,13 @@ class Deployer:
     def create_aws_ecs_service(self, logical_id: str, p: dict[str, Any]) -> None:
         network = p["NetworkConfiguration"]["AwsvpcConfiguration"]
         service = self.client_for("ecs").create_service(
-            cluster=p["Cluster"],
-            serviceName=p["ServiceName"],
-            taskDefinition=p["TaskDefinition"],
-            launchType=p["LaunchType"],
-            desiredCount=p["DesiredCount"],
-            healthCheckGracePeriodSeconds=p["HealthCheckGracePeriodSeconds"],
+            **api_names(p, "Cluster", "ServiceName", "TaskDefinition", "LaunchType", "DesiredCount"),
+            **api_names(p, "HealthCheckGracePeriodSeconds"),
             networkConfiguration={
-                "awsvpcConfiguration": {
-                    "subnets": network["Subnets"],
-                    "securityGroups": network["SecurityGroups"],
-                    "assignPublicIp": network["AssignPublicIp"],
-                }
+                "awsvpcConfiguration": api_names(network, "Subnets", "SecurityGroups", "AssignPublicIp")
             },
             loadBalancers=[
-                {"containerName": b["ContainerName"], "containerPort": b["ContainerPort"]}
-                | {"targetGroupArn": b["TargetGroupArn"]}
-                for b in p["LoadBalancers"]
+                api_names(b, "ContainerName", "ContainerPort", "TargetGroupArn") for b in p["LoadBalancers"]
             ],
         )["service"]
         self.r.refs[logical_id] = service["serviceArn"]
