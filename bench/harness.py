@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from mirrorkeeper.processes import stop_process
 from mirrorkeeper_dev import services
 from mirrorkeeper_dev.rsyncd import free_port
 
@@ -193,13 +194,7 @@ class MotoServer:
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process, grace=10)
 
     def reset(self) -> None:
         """Drop every bucket and object (frees the server's memory between runs)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from mirrorkeeper.errors import UpstreamError
+from mirrorkeeper.processes import stop_process
 
 
 def free_port() -> int:
@@ -86,13 +87,7 @@ class RsyncDaemon:
 
     def stop(self) -> None:
         """Stop the daemon and remove its config and log."""
-        if self._process and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from mirrorkeeper.errors import MirrorkeeperError
+from mirrorkeeper.processes import stop_process
 from mirrorkeeper_dev.rsyncd import free_port
 
 
@@ -64,12 +65,7 @@ def serving(
             wait_for_port(port, process, timeout, what or args[0], log, host)
             yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            stop_process(process, grace=10)
 
 
 @contextmanager

@@ -39,3 +39,21 @@ def table(rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+
+
+# Our pages run no script and load nothing from elsewhere: an inline stylesheet is all they may use.
+PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+def page_head(title: str, style: str) -> str:
+    """An HTML page of ours up to its <body>: ``title`` already escaped, ``style`` the inline CSS."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{PAGE_CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+"""

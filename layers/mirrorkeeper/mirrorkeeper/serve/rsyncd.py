@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirrorkeeper.errors import ConfigError
+from mirrorkeeper.processes import stop_process
 
 # What a read-only mirror refuses: deleting or moving its files, and following symlinks as files
 # (the daemon runs without chroot, and a followed link could name a file outside the module).
@@ -157,13 +158,7 @@ class RsyncDaemon:
         return self._process.poll() if self._process is not None else None
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
         if self._relay is not None:
             self._relay.join(2)
 

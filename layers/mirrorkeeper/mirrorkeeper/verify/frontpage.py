@@ -15,14 +15,13 @@ from urllib.parse import quote
 
 from mirrorkeeper import __version__
 from mirrorkeeper.content import index_data
-from mirrorkeeper.display import human_size, iso
+from mirrorkeeper.display import human_size, iso, page_head
 from mirrorkeeper.entries import ancestors
 from mirrorkeeper.host import MirrorSummary
 from mirrorkeeper.names import printable
 from mirrorkeeper.state import STATUS_HTML_PATH
 
 MIRRORS_JSON_PATH = ".mirrorkeeper/mirrors.json"
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 _STYLE = (
     "body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;max-width:80em}table{border-collapse:collapse}"
     "th,td{padding:.3em .8em .3em 0;text-align:left;border-bottom:1px solid #e0e0e0;vertical-align:top}"
@@ -64,16 +63,9 @@ def render_front_page(host_name: str, mirrors: list[MirrorSummary], now: float) 
         )
     title = _e(host_name)
     body = "\n".join(rows) or '<tr><td colspan="7" class="muted">no mirror configured</td></tr>'
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}: mirrors</title>
-<style>{_STYLE}</style>
-</head>
-<body>
+    page = (
+        page_head(f"{title}: mirrors", _STYLE)
+        + f"""<body>
 <h1>{title}</h1>
 <p class="muted">{len(mirrors)} mirrors. Page generated {iso(now)}. For tools:
 <a href="{MIRRORS_JSON_PATH}">mirrors.json</a> (tunasync's fields).</p>
@@ -89,6 +81,7 @@ def render_front_page(host_name: str, mirrors: list[MirrorSummary], now: float) 
 </body>
 </html>
 """
+    )
     return page.encode()
 
 

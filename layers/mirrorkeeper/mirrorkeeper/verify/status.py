@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirrorkeeper.display import human_age, human_size, iso
+from mirrorkeeper.display import human_age, human_size, iso, page_head
 from mirrorkeeper.names import printable
 from mirrorkeeper.state import HealthState, HistoryPoint, Level, ProtocolStatus
 from mirrorkeeper.verify.health import DEGRADED_AFTER, DOWN_AFTER, HISTORY_SECONDS, MIRROR, OVERALL
@@ -251,7 +251,6 @@ def render_status_json(state: HealthState, mirror_name: str, sync_interval: floa
 
 # -- status.html ----------------------------------------------------------------------------------
 
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#212121;margin:1.5em;max-width:80em}
 h1{font-size:1.5em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.4em 0 .4em}
@@ -443,16 +442,9 @@ def render_status_html(state: HealthState, mirror_name: str, sync_interval: floa
     )
     rows = "".join(_protocol_row(view, sync_interval) for view in protocol_views(state, now))
     legend = " ".join(f'<span class="swatch {label}"></span> {label}' for label in ("ok", "degraded", "down"))
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{name}: {overall} - mirror status</title>
-<style>{_css()}</style>
-</head>
-<body>
+    page = (
+        page_head(f"{name}: {overall} - mirror status", _css())
+        + f"""<body>
 <h1>Mirror status: <span id="mirror-name">{name}</span> <span id="overall">{_badge(overall)}</span></h1>
 <p class="muted">Checked {checked}{since}. Page generated {iso(now)}. The mirror is {rules}.
 For tools: <a href="status.json">status.json</a>.</p>
@@ -478,4 +470,5 @@ its time and checks. {legend} <span class="swatch none"></span> no check</p>
 </body>
 </html>
 """
+    )
     return page.encode()
