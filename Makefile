@@ -93,10 +93,12 @@ lint-template: $(TOOLS_STAMP) ## sam validate --lint, cfn-lint and checkov on te
 	$(TOOLS)/sam/bin/python devtools/expand_template.py template.yaml > .aws-sam/template.expanded.json
 	$(TOOLS)/checkov/bin/checkov --file .aws-sam/template.expanded.json --framework cloudformation --compact --quiet --skip-download
 
+# mypy reads the benchmarks as `python bench/X.py` runs them: each other and both packages by path.
 lint: install lint-template ## ruff, mypy and the template checks
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy layers/mirrorkeeper/mirrorkeeper devtools/mirrorkeeper_dev
+	MYPYPATH=devtools:layers/mirrorkeeper:bench $(BIN)/mypy bench
 
 format: install ## apply ruff's formatting and fixes
 	$(BIN)/ruff format $(PY_DIRS)

@@ -198,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         "--pull-only", action="store_true", help="part 2 alone (no tree, no catch-up): to iterate on pull throughput"
     )
     options = parser.parse_args(argv)
-    sizes = (
+    files, total, big, rounds = (
         (2000, 20_000_000, 20, 3) if options.quick else (options.files, options.bytes, options.big_mb, options.rounds)
     )
-    return run_in_workdir("rsync", lambda workdir: bench_rsync(workdir, *sizes, options.pull_only))
+    return run_in_workdir(
+        "rsync", lambda workdir: bench_rsync(workdir, files, total, big, rounds, pull_only=options.pull_only)
+    )
 
 
 if __name__ == "__main__":
