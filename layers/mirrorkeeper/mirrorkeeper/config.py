@@ -870,8 +870,9 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream_trace",
         parse_upstream_path,
         "",
-        "upstream's trace file (project/trace/master, TIME, ...): fetched first, and when it is byte-identical "
-        "to the last successful run's, the run ends at once as upstream-unchanged",
+        "upstream's trace file, a path inside the module (project/trace/master, TIME, ...; a leading / is the "
+        "module's root): fetched first, and when it is byte-identical to the last successful run's, the run ends "
+        "at once as upstream-unchanged",
         frozenset({SYNC}),
         FRESHNESS,
         default_text="none: every run lists upstream",
