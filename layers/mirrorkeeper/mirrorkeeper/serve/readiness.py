@@ -53,6 +53,8 @@ class ReadinessServer(DualStackHTTPServer):
 
 class ReadinessHandler(NamedRequestHandler):
     server: ReadinessServer
+    # The port is as public as the rsync port: a connection that sends nothing is closed, not kept.
+    timeout = 5.0
 
     def do_GET(self) -> None:  # noqa: N802 - http.server dispatches by this name
         self._answer(body=True)
