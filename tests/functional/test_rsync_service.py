@@ -20,7 +20,7 @@ import boto3
 from mirrorkeeper_dev.rsyncd import free_port
 from mirrorkeeper_dev.sampletree import TreeSpec, generate_tree, write_file
 from tests.functional.test_serve_rsync import DaemonFactory, counting_gets, sync
-from tests.support import BUCKET, pull, run_cli, serve_rsync, served, wait_until
+from tests.support import BUCKET, pull, run_cli, serve_rsync, served, tree_shape, wait_until
 
 
 def health(port: int) -> tuple[int, dict[str, Any]]:
@@ -150,3 +150,36 @@ def test_the_layers_bundled_rsync_lets_verify_probe_rsync_fully_where_the_runtim
     # AND without it, the handshake alone, which cannot see the files
     bare_row = next(line for line in bare.stdout.splitlines() if line.startswith("rsync "))
     assert "ENOENT ok" not in bare_row, bare_row
+
+
+def test_a_client_can_neither_write_delete_follow_links_nor_leave_the_module(
+    upstream: Path, rsync_daemon: DaemonFactory, s3: Any, endpoint: str, tmp_path: Path
+) -> None:
+    # GIVEN a served mirror with a file and a link to it
+    write_file(upstream / "pool/a.rpm", b"package 1", 1_700_000_000)
+    os.symlink("pool/a.rpm", upstream / "latest.rpm")
+    sync(rsync_daemon(upstream), endpoint)
+    replica = tmp_path / "replica"
+    with serve_rsync(endpoint, replica) as server:
+        wait_until(lambda: served(server.port, tmp_path / "probe"), what="the first build")
+        module = f"rsync://127.0.0.1:{server.port}/mirror/"
+        before = tree_shape(replica / "mirror")
+        assert before["pool/a.rpm"] == "file" and before["latest.rpm"] == "-> pool/a.rpm"
+
+        def client(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["rsync", *args], capture_output=True, text=True, timeout=60, check=False)
+
+        # WHEN a client uploads, asks the daemon to delete what it sent, or to follow links as files
+        (tmp_path / "evil.txt").write_text("evil")
+        upload = client(str(tmp_path / "evil.txt"), module)
+        removing = client("--remove-source-files", f"{module}pool/a.rpm", str(tmp_path / "taken"))
+        following = client("-L", f"{module}latest.rpm", str(tmp_path / "followed"))
+        # or climbs out of the module to the replica's working files
+        climbing = client(f"{module}../.replica/rsyncd.conf", str(tmp_path / "conf"))
+        # THEN each is refused, and the served tree is as it was
+        assert upload.returncode != 0 and "read only" in upload.stderr, upload.stderr
+        assert removing.returncode != 0 and "remove-source-files" in removing.stderr, removing.stderr
+        assert following.returncode != 0 and "copy-links" in following.stderr, following.stderr
+        assert climbing.returncode != 0 and not (tmp_path / "conf").exists(), climbing.stdout
+        assert tree_shape(replica / "mirror") == before
+        assert (replica / "mirror/pool/a.rpm").read_bytes() == b"package 1"
