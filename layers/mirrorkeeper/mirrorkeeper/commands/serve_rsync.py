@@ -114,11 +114,11 @@ class Server:
 
     def follow(self) -> None:
         while True:
+            self.nudged.clear()  # a nudge that comes while this look runs asks for one more after it
             for replica in self.replicas:
                 self._update(replica)
             self._offer()
             self.nudged.wait(self.config.poll_interval)
-            self.nudged.clear()
             if (code := self.daemon.exit_code) is not None:
                 raise DaemonStoppedError(
                     f"the rsync daemon exited with code {code} (its log is above); serve-rsync stops so that it "
@@ -128,6 +128,7 @@ class Server:
     def stop(self) -> None:
         if self._health is not None:
             self._health.shutdown()
+            self._health.server_close()
         self.daemon.stop()
 
     def _update(self, replica: Replica) -> None:
