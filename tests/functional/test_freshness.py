@@ -226,28 +226,36 @@ def test_mirmon_reads_our_timestamp_and_ftpsync_trace_over_http_and_ftp(
     epoch = int(served(s3, ".mirrorkeeper/timestamp").split()[0])
     with serve_cli("serve-http", endpoint) as http_port, serve_cli("serve-ftp", endpoint) as ftp_port:
         roots = [f"http://127.0.0.1:{http_port}/", f"ftp://127.0.0.1:{ftp_port}/"]
+        # WHEN Debian's mirmon probes both front ends, as a mirror list's checker would: once for our
+        # timestamp, once for the ftpsync trace, at the same time (mirmon waits in steps of 10 s)
+        checks = {}
         for probed in (".mirrorkeeper/timestamp", "project/trace/mirrors.example.org"):
-            # WHEN Debian's mirmon probes both front ends, as a mirror list's checker would
-            (tmp_path / "list").write_text("".join(f"no {root}\n" for root in roots))
-            (tmp_path / "state").write_text("")
-            (tmp_path / "mirmon.conf").write_text(
-                f"project_name mirrorkeeper\nproject_url http://127.0.0.1/\nmirror_list {tmp_path / 'list'}\n"
-                f"state {tmp_path / 'state'}\nweb_page {tmp_path / 'index.html'}\n"
+            work = tmp_path / probed.replace("/", "_")
+            work.mkdir()
+            (work / "list").write_text("".join(f"no {root}\n" for root in roots))
+            (work / "state").write_text("")
+            (work / "mirmon.conf").write_text(
+                f"project_name mirrorkeeper\nproject_url http://127.0.0.1/\nmirror_list {work / 'list'}\n"
+                f"state {work / 'state'}\nweb_page {work / 'index.html'}\n"
                 "countries /usr/share/mirmon/countries.list\nicons icons\n"
                 f"probe /usr/bin/probe -t %TIMEOUT% %URL%{probed}\n"
             )
-            checked = subprocess.run(
-                ["mirmon", "-q", "-c", str(tmp_path / "mirmon.conf"), "-get", "all"],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=60,
-                env=cli_env(endpoint),
+            checks[probed] = (
+                work,
+                subprocess.Popen(
+                    ["mirmon", "-q", "-c", str(work / "mirmon.conf"), "-get", "all"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=cli_env(endpoint),
+                ),
             )
-            assert checked.returncode == 0, checked.stdout + checked.stderr
+        for probed, (work, mirmon) in checks.items():
+            said, _ = mirmon.communicate(timeout=60)
+            assert mirmon.returncode == 0, said
             # THEN both front ends are probed successfully, and the timestamp's age is the sync's time
             # (Debian's mirmon reads only the first word of a trace's `date -u` line, its weekday)
-            state = {line.split()[0]: line.split() for line in (tmp_path / "state").read_text().splitlines()}
+            state = {line.split()[0]: line.split() for line in (work / "state").read_text().splitlines()}
             for root in roots:
                 _url, age, status = state[root][:3]
                 assert status == "ok", (probed, state[root])
