@@ -22,14 +22,13 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import boto3
-from harness import BenchError, MotoServer, compile_mirrorkeeper
+from harness import BenchError, MotoServer, compile_mirrorkeeper, run_in_workdir
 from report import ratio, table
 from run import clean_env
 
@@ -185,16 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pushes", type=int, default=10, help="pushes measured, one per mirror (default 10)")
     options = parser.parse_args(argv)
     compile_mirrorkeeper()
-    with tempfile.TemporaryDirectory(prefix="mirrorkeeper-bench-push-") as work:
-        workdir = Path(work)
-        (workdir / "tmp").mkdir()
-        try:
-            lines = bench(workdir, options.pushes)
-        except BenchError as exc:
-            print(f"bench: error: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(lines))
-    return 0
+    return run_in_workdir("push", lambda workdir: bench(workdir, options.pushes))
 
 
 if __name__ == "__main__":

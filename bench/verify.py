@@ -21,12 +21,11 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from harness import BenchError, MotoServer, run_measured
+from harness import BenchError, MotoServer, run_in_workdir, run_measured
 from run import clean_env
 
 from mirrorkeeper.aws import s3_client
@@ -193,17 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 200,000 entries, 100 probes")
     options = parser.parse_args(args)
     count, files = (200_000, 100) if options.quick else (options.entries, options.probe_files)
-    with tempfile.TemporaryDirectory(prefix="mirrorkeeper-bench-verify-") as work:
-        workdir = Path(work)
-        (workdir / "tmp").mkdir()
-        try:
-            lines = bench_diff(workdir, count, clean_env(workdir, "http://127.0.0.1:9"))
-            lines += ["", *bench_probe(workdir, files, clean_env(workdir, "http://127.0.0.1:9"))]
-        except BenchError as exc:
-            print(f"bench: error: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(lines))
-    return 0
+
+    def both(workdir: Path) -> list[str]:
+        env = clean_env(workdir, "http://127.0.0.1:9")
+        return [*bench_diff(workdir, count, env), "", *bench_probe(workdir, files, env)]
+
+    return run_in_workdir("verify", both)
 
 
 if __name__ == "__main__":
