@@ -1,8 +1,13 @@
 """The sockets the servers listen on, made alike, so that ``--host`` means the same to all of them."""
 
 import ipaddress
+import logging
 import socket
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def address_family(host: str) -> socket.AddressFamily:
@@ -52,3 +57,10 @@ class DualStackHTTPServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         both_families(self.socket)
         super().server_bind()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exception(), ConnectionError | TimeoutError):
+            # A client that resets or stalls is the network's doing, not a fault worth a traceback.
+            log.debug("connection lost", extra={"client": client_address[0]})
+            return
+        super().handle_error(request, client_address)

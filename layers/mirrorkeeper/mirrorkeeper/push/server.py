@@ -28,12 +28,6 @@ class PushHTTPServer(DualStackHTTPServer):
         self.handler = handler
         super().__init__(address, PushRequestHandler)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exception(), ConnectionError | TimeoutError):
-            log.debug("connection lost", extra={"client": client_address[0]})
-            return
-        super().handle_error(request, client_address)
-
 
 class PushRequestHandler(NamedRequestHandler):
     server: PushHTTPServer

@@ -25,7 +25,6 @@ import ipaddress
 import logging
 import re
 import socket
-import sys
 import threading
 import time
 from datetime import UTC
@@ -105,13 +104,6 @@ class MirrorHTTPServer(DualStackHTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exception(), ConnectionError | TimeoutError):
-            # A client that resets or stalls is the network's doing, not a fault worth a traceback.
-            log.debug("connection lost", extra={"client": client_address[0]})
-            return
-        super().handle_error(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
