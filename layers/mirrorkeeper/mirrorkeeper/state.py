@@ -917,14 +917,7 @@ class StateStore:
         meta = ManifestMeta.from_metadata(dict(head.get("Metadata", {})))
         if meta.repair:
             return
-        flagged = ManifestMeta(
-            entries=meta.entries,
-            bytes=meta.bytes,
-            skipped=meta.skipped,
-            run_id=meta.run_id,
-            repair=True,
-            upstream_owns=meta.upstream_owns,
-        )
+        flagged = replace(meta, listing_key="", repair=True)
         try:
             self.client.copy_object(
                 Bucket=self.bucket,
